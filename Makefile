@@ -1,0 +1,43 @@
+# slurm-faas: the two commands of the README, and their parts.
+#   make demo   set up everything on a fresh Debian 12 machine and run the main job
+#   make test   set up everything and run the whole test suite against real services
+# Both are safe to re-run. Run them as root (they install Debian packages and start Slurm).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages everything here needs: Slurm + munge (the cluster and the plugin's
+# headers), a compiler, Python's venv/headers (cffi), Charliecloud (containers),
+# PostgreSQL (the production database, tested for real).
+DEB_PACKAGES := slurm-wlm slurm-client munge libmunge-dev libslurm-dev gcc make \
+	python3 python3-venv python3-dev charliecloud-runtime postgresql
+APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
+
+.PHONY: deps venv demo test unit clean
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: setup.py pyproject.toml csrc/faas_core.c csrc/faas_core.h spank_plugin/_build_core.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[test,postgres,analyze]'
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+demo: venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash docs/examples/demo.sh
+
+test: venv
+	FAAS_TEST_REQUIRE_ALL=1 $(PY) -m pytest -v tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf build *.egg-info spank_plugin/_faas_core*.so spank_plugin/_faas_core.c $(VENV)

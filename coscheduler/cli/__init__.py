@@ -1,0 +1,1 @@
+"""The click command lines: ``submit-function`` (users) and ``faas-admin`` (sysadmins)."""

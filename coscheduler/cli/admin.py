@@ -1,0 +1,96 @@
+"""faas-admin: the sysadmin's command line."""
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..devcluster import DEFAULT_DIR, ClusterError, DevCluster
+from .common import coscheduler_options, emit_json, friendly_errors, make_client, output_option
+
+
+@click.group()
+@coscheduler_options
+@click.pass_context
+def main(ctx: click.Context, endpoint: str, munge_socket: Optional[str]) -> None:
+    """Administer slurm-faas: slots, the SPANK plugin, the local dev cluster."""
+    ctx.obj = {"endpoint": endpoint, "munge_socket": munge_socket}
+
+
+@main.command()
+@output_option
+@click.pass_context
+@friendly_errors
+def slots(ctx, output):
+    """List the capacity batch jobs lend (node, job, lent CPUs, memory, state)."""
+    rows = make_client(ctx).slots()
+    if output == "json":
+        emit_json(rows)
+        return
+    click.echo(f"{'NODE':<8} {'JOB':>7} {'STATE':<8} {'MEM_MB':>7} {'ENDS':<20} CPUS (OS CPUS)")
+    for r in rows:
+        ends = dt.datetime.fromtimestamp(r["end_time"]).isoformat(timespec="seconds") if r["end_time"] else "-"
+        click.echo(f"{r['node']:<8} {r['job_id']:>7} {r['state']:<8} {r['mem_mb']:>7} {ends:<20} "
+                   f"{r['slurm_cpus']} ({sorted(set(r['os_cpus']))})")
+
+
+@main.group("dev-cluster")
+@click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), envvar="FAAS_DEV_CLUSTER_DIR",
+              default=DEFAULT_DIR, show_default=True, help="where the cluster keeps everything")
+@click.pass_context
+def dev_cluster(ctx, root: Path) -> None:
+    """A real local Slurm cluster (3 nodes) with slurm-faas, for trying things out."""
+    ctx.obj["cluster"] = DevCluster(root)
+
+
+def _cluster(ctx) -> DevCluster:
+    return ctx.obj["cluster"]
+
+
+@dev_cluster.command()
+@click.option("--timeout", type=float, default=90.0, show_default=True)
+@click.pass_context
+def up(ctx, timeout):
+    """Start (or complete) the cluster; wait until nodes are idle and daemons answer."""
+    try:
+        _cluster(ctx).up(timeout)
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"dev cluster up in {_cluster(ctx).root}")
+    click.echo('use it from a shell with: eval "$(faas-admin dev-cluster env)"')
+
+
+@dev_cluster.command()
+@click.pass_context
+def down(ctx):
+    """Cancel the jobs and stop every daemon of the cluster."""
+    _cluster(ctx).down()
+    click.echo("dev cluster down")
+
+
+@dev_cluster.command()
+@click.pass_context
+def status(ctx):
+    """Show each component's pid (or 'stopped') and the nodes' states."""
+    cluster = _cluster(ctx)
+    any_up = False
+    for name, pid in cluster.status().items():
+        any_up |= pid is not None
+        click.echo(f"{name:<18} {'running, pid ' + str(pid) if pid else 'stopped'}")
+    if any_up:
+        for node, state in sorted(cluster.node_states().items()):
+            click.echo(f"node {node:<13} {state}")
+
+
+@dev_cluster.command()
+@click.pass_context
+def env(ctx):
+    """Print shell exports for sbatch/squeue/submit-function: eval "$(faas-admin dev-cluster env)"."""
+    try:
+        for key, value in _cluster(ctx).env().items():
+            click.echo(f"export {key}={shlex.quote(value)}")
+    except ClusterError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,51 @@
+"""Options and error handling shared by the command lines."""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+import click
+
+from ..client import Client, RequestError, Unavailable
+from ..auth import AuthError
+
+
+def coscheduler_options(f: Callable) -> Callable:
+    """--coscheduler and --munge-socket, from the environment that `dev-cluster env` prints."""
+    f = click.option("--munge-socket", envvar="FAAS_MUNGE_SOCKET", default=None,
+                     help="munged socket (default: munge's own)  [env: FAAS_MUNGE_SOCKET]")(f)
+    f = click.option("--coscheduler", "endpoint", envvar="FAAS_COSCHEDULER", default="tcp://127.0.0.1:7800",
+                     show_default=True, help="co-scheduler address  [env: FAAS_COSCHEDULER]")(f)
+    return f
+
+
+def output_option(f: Callable) -> Callable:
+    return click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
+                        show_default=True, help="json: one JSON document for scripts")(f)
+
+
+def make_client(ctx: click.Context) -> Client:
+    obj = ctx.find_root().obj
+    client = Client(obj["endpoint"], obj["munge_socket"])
+    ctx.call_on_close(client.close)
+    return client
+
+
+def friendly_errors(f: Callable) -> Callable:
+    """Turn the client's typed errors into one-line messages and a non-zero exit."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except RequestError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (Unavailable, AuthError, TimeoutError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=1, sort_keys=True))

@@ -1,0 +1,98 @@
+"""Talk to the co-scheduler as a user: one request, one reply, with a munge credential."""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any, Optional
+
+import zmq
+
+from faas_runtime import protocol as P
+
+from .auth import make_credential
+from .states import TERMINAL, State
+
+
+class RequestError(Exception):
+    """The co-scheduler refused a request; ``code`` is one of protocol.E_*."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class Unavailable(Exception):
+    """No answer from the co-scheduler within the timeout."""
+
+
+class Client:
+    def __init__(self, endpoint: str, munge_socket: Optional[str] = None, timeout_s: float = 30.0):
+        self.endpoint = endpoint
+        self.munge_socket = munge_socket
+        self.timeout_s = timeout_s
+        self._rids = itertools.count(1)
+        self._ctx = zmq.Context.instance()
+        self._sock = P.configure(self._ctx.socket(zmq.DEALER))
+        self._sock.connect(endpoint)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, msg_type: str, authenticated: bool = True, **fields: Any) -> dict:
+        rid = f"{os.getpid()}-{next(self._rids)}"
+        msg = {"v": P.VERSION, "type": msg_type, "rid": rid, **fields}
+        if authenticated:
+            msg["cred"] = make_credential(P.body_digest(msg), self.munge_socket)
+        self._sock.send(P.encode(msg_type, **{k: v for k, v in msg.items() if k not in ("v", "type")}))
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._sock.poll(int(remaining * 1000)):
+                raise Unavailable(f"no answer from the co-scheduler at {self.endpoint} within {self.timeout_s:g} s")
+            reply = P.decode(self._sock.recv())
+            if reply.get("rid") != rid:
+                continue  # a late reply to an earlier, timed-out request
+            if reply["type"] == P.ERROR:
+                raise RequestError(reply.get("code", P.E_INTERNAL), reply.get("message", "error"))
+            return reply
+
+    # -- the calls the CLIs and tests use ---------------------------------------------
+
+    def ping(self) -> dict:
+        return self.request(P.PING, authenticated=False)
+
+    def agents(self) -> dict[str, float]:
+        return self.request(P.AGENTS, authenticated=False)["agents"]
+
+    def register(self, **function: Any) -> int:
+        return self.request(P.REGISTER, function=function)["function_id"]
+
+    def invoke(self, function: str, payload_json: str, priority: int = 0) -> int:
+        return self.request(P.INVOKE, function=function, payload_json=payload_json, priority=priority)["invocation_id"]
+
+    def status(self, invocation_id: int) -> dict:
+        return self.request(P.STATUS, invocation_id=invocation_id)
+
+    def result_json(self, invocation_id: int) -> str:
+        return self.request(P.RESULT_GET, invocation_id=invocation_id)["value_json"]
+
+    def slots(self) -> list[dict]:
+        return self.request(P.SLOTS)["slots"]
+
+    def wait(self, invocation_id: int, timeout_s: Optional[float] = None, poll_s: float = 0.1) -> dict:
+        """Poll until the invocation ends; return its final status."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            st = self.status(invocation_id)
+            if State(st["state"]) in TERMINAL:
+                return st
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"invocation {invocation_id} is still {st['state']} after {timeout_s:g} s")
+            time.sleep(poll_s)

@@ -1,0 +1,42 @@
+"""slurm-faas: lend the idle cores and memory of Slurm batch jobs to serverless functions.
+
+The cffi extension (the Slurm-free C core of the SPANK plugin) is declared here, once,
+with ``cffi_modules``; the SPANK plugin itself is built by ``faas-admin`` against the
+running Slurm's headers (see spank_plugin/plugin_build.py).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="slurm-faas",
+    version="0.1.0",
+    description="Backfill the spare cores and memory of Slurm jobs with serverless functions",
+    license="BSD-3-Clause",
+    python_requires=">=3.9",
+    packages=find_packages(include=["spank_plugin*", "coscheduler*", "faas_runtime*"]),
+    # The C sources travel with the package so that faas-admin can build the
+    # SPANK plugin from an installed (non-editable) copy as well.
+    data_files=[("share/slurm-faas/csrc", ["csrc/faas_core.c", "csrc/faas_core.h",
+                                           "csrc/spank_faas.c", "csrc/spank_faas.lds"])],
+    setup_requires=["cffi>=1.15"],
+    cffi_modules=["spank_plugin/_build_core.py:ffibuilder"],
+    install_requires=[
+        "cffi>=1.15",
+        "pyzmq>=25",
+        "msgpack>=1.0",
+        "sqlalchemy>=2.0",
+        "click>=8.1",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6"],
+        "postgres": ["psycopg[binary]>=3.1"],
+        "analyze": ["matplotlib>=3.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "submit-function=coscheduler.cli.submit:main",
+            "faas-admin=coscheduler.cli.admin:main",
+            "faas-coscheduler=coscheduler.daemon:main",
+            "faas-agent=faas_runtime.agent:main",
+        ]
+    },
+)

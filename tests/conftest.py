@@ -1,0 +1,99 @@
+"""Shared fixtures: real services, started by the tests themselves.
+
+- ``cluster``: a real Slurm cluster with slurm-faas (coscheduler.devcluster), one per session.
+- ``postgres_url``: a private PostgreSQL server in a temporary directory.
+- ``database``: a fresh schema on SQLite and on PostgreSQL (parametrised).
+
+With FAAS_TEST_REQUIRE_ALL=1 (set by `make test`, and so in CI) a service that cannot be
+started fails the tests instead of skipping them.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REQUIRE_ALL = os.environ.get("FAAS_TEST_REQUIRE_ALL") == "1"
+
+
+def missing(what: str) -> None:
+    if REQUIRE_ALL:
+        pytest.fail(f"{what} (FAAS_TEST_REQUIRE_ALL=1: the test setup must provide it)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    from coscheduler.devcluster import DevCluster
+
+    if os.geteuid() != 0:
+        missing("the dev cluster runs Slurm daemons and needs root")
+    for tool in ("slurmctld", "slurmd", "munged", "cc"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (make deps)")
+    # Not under pytest's tmp dir: munged wants every parent of its socket world-searchable.
+    root = Path(tempfile.mkdtemp(prefix="faas-cluster-"))
+    c = DevCluster(root)
+    try:
+        c.up(timeout_s=90)
+    except Exception:
+        c.down()
+        raise
+    yield c
+    c.down()
+    if os.environ.get("FAAS_KEEP_CLUSTER") != "1":
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        missing("PostgreSQL server binaries are not installed (make deps)")
+    bindir = Path(initdb[-1]).parent
+    # Not under pytest's tmp dir: its parents are private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="faas-pg-"))
+    data, port = root / "data", _free_port()
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(root, "postgres")
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "faas"],
+                   check=True, capture_output=True)
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "pg.log"),
+                    "-o", f"-k {root} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*run_as, str(bindir / "createdb"), "-h", str(root), "-p", str(port), "-U", "faas", "faas"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg://faas@/faas?host={root}&port={port}"
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    from sqlalchemy import text
+
+    from coscheduler.db import Database
+
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'faas.db'}")
+    else:
+        db = Database(request.getfixturevalue("postgres_url"))
+        with db.engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    db.create_schema()
+    yield db
+    db.dispose()

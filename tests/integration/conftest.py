@@ -1,0 +1,36 @@
+import json
+import subprocess
+
+import pytest
+
+from coscheduler.client import Client
+
+from .helpers import FUNCTIONS, run
+
+
+@pytest.fixture
+def client(cluster):
+    with Client(cluster.coscheduler_endpoint, str(cluster.munge_socket), timeout_s=20) as c:
+        yield c
+
+
+@pytest.fixture
+def jobs(cluster):
+    """Job ids a test submits; cancelled afterwards so tests do not share capacity."""
+    submitted: list[int] = []
+    yield submitted
+    if submitted:
+        subprocess.run(["scancel", *map(str, submitted)], env=cluster.client_env(), capture_output=True)
+
+
+@pytest.fixture
+def probe(client):
+    """Register the probe functions for the test user; return their names."""
+    for name in ("where", "square", "sleepy", "boom"):
+        client.register(name=name, entrypoint=f"probe:{name}", code_dir=str(FUNCTIONS), cores=1, mem_mb=128,
+                        timeout_s=30, max_attempts=3)
+    return client
+
+
+def drained_nodes(cluster) -> list[str]:
+    return [n for n, st in cluster.node_states().items() if "drain" in st or st in ("drng", "drained", "down")]

@@ -1,0 +1,52 @@
+"""Small helpers for tests that drive the real dev cluster."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
+
+
+def wait_until(what: str, check: Callable[[], T], timeout_s: float = 20.0, interval_s: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def run(cluster, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command as a user would, in the cluster's environment."""
+    return subprocess.run(list(argv), capture_output=True, text=True, env=cluster.client_env(), check=check,
+                          timeout=60)
+
+
+def sbatch(cluster, *args: str) -> int:
+    out = run(cluster, "sbatch", "--parsable", *args)
+    return int(out.stdout.strip().split(";")[0])
+
+
+def job_state(cluster, job_id: int) -> str:
+    out = run(cluster, "scontrol", "-o", "show", "job", str(job_id), check=False)
+    for field in out.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "GONE"
+
+
+def squeue_ids(cluster) -> list[str]:
+    return run(cluster, "squeue", "-h", "-o", "%i").stdout.split()
+
+
+def node_states(cluster) -> dict[str, str]:
+    return cluster.node_states()
+
+
+def lend_record(cluster, job_id: int, node: str) -> Path:
+    return cluster.spool / node / f"{job_id}.json"

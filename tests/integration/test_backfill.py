@@ -1,0 +1,77 @@
+"""Functions backfilled onto the spare cores of a real batch job, and taken back at scancel."""
+import json
+import time
+
+from coscheduler.states import TERMINAL, State
+
+from .helpers import job_state, run, sbatch, wait_until
+
+
+def _slot_of(client, job):
+    return wait_until(f"slot of job {job}", lambda: next(
+        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None))
+
+
+def test_twenty_invocations_run_on_the_lent_cpus(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--mem=8G", "--faas-share=cores=2", "--wrap", "sleep 120")
+    jobs.append(job)
+    slot = _slot_of(probe, job)
+    assert slot["slurm_cpus"] == [6, 7]
+    ids = [probe.invoke("square", json.dumps({"n": n})) for n in range(20)]
+    finals = [probe.wait(i, timeout_s=60) for i in ids]
+    assert [f["state"] for f in finals] == ["SUCCEEDED"] * 20
+    lent_os = set(slot["os_cpus"])
+    for n, (inv_id, final) in enumerate(zip(ids, finals)):
+        value = json.loads(probe.result_json(inv_id))
+        assert value["square"] == n * n
+        assert final["job_id"] == job and final["node"] == slot["node"]
+        assert set(final["slurm_cpus"]) <= set(slot["slurm_cpus"])
+        # what the function itself saw: pinned to the OS CPUs its lent cores map to
+        assert set(value["cpus"]) == set(final["os_cpus"]) and set(value["cpus"]) <= lent_os
+    assert job_state(cluster, job) == "RUNNING"  # the batch job is untouched
+
+
+def test_scancel_revokes_and_new_work_waits_for_another_lend(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
+    jobs.append(job)
+    slot = _slot_of(probe, job)
+    run(cluster, "scancel", str(job))
+    t0 = time.monotonic()
+    wait_until("slot revoked", lambda: any(s["slot_id"] == slot["slot_id"] and s["state"] == "REVOKED"
+                                           for s in probe.slots()), timeout_s=2.0, interval_s=0.02)
+    revoked_after = time.monotonic() - t0
+    assert revoked_after <= 2.0
+    inv = probe.invoke("where", json.dumps("late"))
+    time.sleep(3)  # longer than a scheduling tick and a reconcile round
+    assert probe.status(inv)["state"] == "QUEUED"
+    other = sbatch(cluster, "-N1", "-c4", "--faas-share=cores=1", "--wrap", "sleep 60")
+    jobs.append(other)
+    final = probe.wait(inv, timeout_s=30)
+    assert final["state"] == "SUCCEEDED"
+    assert final["job_id"] == other
+    assert json.loads(probe.result_json(inv))["echo"] == "late"
+
+
+def test_eviction_requeues_running_work(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
+    jobs.append(job)
+    _slot_of(probe, job)
+    inv = probe.invoke("sleepy", json.dumps(3))
+    wait_until("running", lambda: probe.status(inv)["state"] == State.RUNNING.value)
+    run(cluster, "scancel", str(job))
+    wait_until("requeued", lambda: probe.status(inv)["state"] == State.QUEUED.value, timeout_s=5)
+    other = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 60")
+    jobs.append(other)
+    final = probe.wait(inv, timeout_s=30)
+    assert final["state"] == "SUCCEEDED" and final["job_id"] == other and final["attempts"] == 2
+    states = [h[0] for h in final["history"]]
+    assert states.count("EVICTED") == 1 and states.count("SUCCEEDED") == 1
+
+
+def test_function_errors_are_reported(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 60")
+    jobs.append(job)
+    _slot_of(probe, job)
+    final = probe.wait(probe.invoke("boom", json.dumps(1)), timeout_s=30)
+    assert final["state"] == "FAILED"
+    assert "RuntimeError: boom 1" in final["error"]
