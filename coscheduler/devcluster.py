@@ -159,7 +159,8 @@ class DevCluster:
             if not parent.stat().st_mode & 0o001:
                 raise ClusterError(f"munged needs every parent of {self.root} searchable by all users, "
                                    f"and {parent} is not (chmod o+x it, or choose another --dir)")
-        for sub in ("state", "slurmd", "spool", "agent", "run", "etc", "lib"):
+        # Logs of the previous run stay readable after `down`; a new run starts new ones.
+        for sub in ("state", "slurmd", "spool", "agent", "run", "etc", "lib", "log"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         for leftover in self.root.glob("faas.db*"):
             leftover.unlink()

@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from ..devcluster import DEFAULT_DIR, ClusterError, DevCluster
+from .analyze import analyze
 from .common import coscheduler_options, emit_json, friendly_errors, make_client, output_option
 
 
@@ -94,3 +95,6 @@ def env(ctx):
             click.echo(f"export {key}={shlex.quote(value)}")
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+main.add_command(analyze)
