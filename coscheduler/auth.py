@@ -46,19 +46,20 @@ def verify_credential(cred: str, expected_payload: str, socket: Optional[str] = 
     """Decode ``cred``; return the identity it proves if its payload is the expected one."""
     try:
         out = subprocess.run(
-            ["unmunge", *_socket_args(socket), "--numeric"],
-            input=cred, capture_output=True, text=True, timeout=10,
+            ["unmunge", *_socket_args(socket)], input=cred, capture_output=True, text=True, timeout=10,
         )
     except FileNotFoundError:
         raise AuthError("the 'unmunge' command is missing: install the Debian package munge") from None
-    if out.returncode != 0:
-        raise AuthError(f"credential refused: {out.stderr.strip() or out.stdout.strip()}")
     meta, _, payload = out.stdout.partition("\n\n")
-    fields = dict(line.split(":", 1) for line in meta.splitlines() if ":" in line)
+    # unmunge prints "KEY:   text (number)" lines, e.g. "STATUS: Replayed credential (17)".
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in meta.splitlines())}
+    if out.returncode != 0:
+        reason = fields.get("STATUS") or out.stderr.strip() or f"unmunge exited {out.returncode}"
+        raise AuthError(f"credential refused: {reason}")
     try:
-        uid = int(fields["UID"].strip().split()[0])
-        gid = int(fields["GID"].strip().split()[0])
-    except (KeyError, ValueError):
+        uid = int(fields["UID"].rsplit("(", 1)[1].rstrip(")"))
+        gid = int(fields["GID"].rsplit("(", 1)[1].rstrip(")"))
+    except (KeyError, IndexError, ValueError):
         raise AuthError("unmunge gave no UID/GID") from None
     if payload.strip() != expected_payload:
         raise AuthError("credential does not match this request")

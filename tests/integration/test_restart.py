@@ -1,0 +1,45 @@
+"""A daemon killed with SIGKILL is restarted by `up` and picks its work back up."""
+import json
+import os
+import signal
+
+from coscheduler.devcluster import Component
+
+from .helpers import sbatch, wait_until
+
+
+def _kill(cluster, name: str, program: str) -> None:
+    pid = cluster.pid_of(Component(name, program))
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(f"{name} gone", lambda: cluster.pid_of(Component(name, program)) is None)
+
+
+def test_coscheduler_restart_loses_nothing(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
+    jobs.append(job)
+    wait_until("slot", lambda: any(s["job_id"] == job and s["state"] == "ACTIVE" for s in probe.slots()))
+    ids = [probe.invoke("sleepy", json.dumps(0.5)) for _ in range(6)]
+    _kill(cluster, "faas-coscheduler", "coscheduler.daemon")
+    cluster.up(timeout_s=60)  # restarts only what is missing
+    finals = [probe.wait(i, timeout_s=60) for i in ids]
+    assert [f["state"] for f in finals] == ["SUCCEEDED"] * 6
+    assert all(f["job_id"] == job for f in finals)
+
+
+def test_agent_restart_requeues_and_relends(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
+    jobs.append(job)
+    slot = wait_until("slot", lambda: next((s for s in probe.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None))
+    node = slot["node"]
+    inv = probe.invoke("sleepy", json.dumps(30))
+    wait_until("running", lambda: probe.status(inv)["state"] == "RUNNING")
+    _kill(cluster, f"faas-agent-{node}", "faas_runtime.agent")
+    # declared dead after missed heartbeats; its work goes back to the queue
+    wait_until("requeued", lambda: probe.status(inv)["attempts"] == 1 and probe.status(inv)["state"] == "QUEUED",
+               timeout_s=15)
+    cluster.up(timeout_s=60)
+    quick = probe.invoke("where", json.dumps("after restart"))
+    final = probe.wait(quick, timeout_s=30)
+    assert final["state"] == "SUCCEEDED" and final["job_id"] == job
+    assert probe.status(inv)["attempts"] == 2  # running again on the re-announced slot
