@@ -4,7 +4,23 @@ The cffi extension (the Slurm-free C core of the SPANK plugin) is declared here,
 with ``cffi_modules``; the SPANK plugin itself is built by ``faas-admin`` against the
 running Slurm's headers (see spank_plugin/plugin_build.py).
 """
+import os
+import shutil
+import sysconfig
+
 from setuptools import find_packages, setup
+
+
+def _check_build_tools() -> None:
+    """Fail early, naming the Debian package, instead of deep inside the compiler."""
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        raise SystemExit("slurm-faas: Python.h is missing: install the Debian package python3-dev "
+                         "(apt-get install python3-dev)")
+    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
+        raise SystemExit("slurm-faas: no C compiler: install the Debian package gcc (apt-get install gcc)")
+
+
+_check_build_tools()
 
 setup(
     name="slurm-faas",

@@ -66,3 +66,10 @@ def test_dev_cluster_env_and_status(cluster):
         assert f"{comp}" in status
     assert "stopped" not in status
     assert status.count("idle") + status.count("mix") + status.count("alloc") >= 3
+
+
+def test_up_is_idempotent(cluster):
+    before = cluster.status()
+    out = run(cluster, "faas-admin", "dev-cluster", "--dir", str(cluster.root), "up")
+    assert "dev cluster up" in out.stdout
+    assert cluster.status() == before  # nothing restarted, nothing duplicated
