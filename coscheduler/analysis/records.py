@@ -11,7 +11,7 @@ import gzip
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Iterable, Iterator, Optional
 
 
 @dataclass(slots=True)
@@ -65,3 +65,28 @@ def open_text(path: str | Path) -> IO[str]:
     if magic == b"\x1f\x8b":
         return io.TextIOWrapper(gzip.open(p, "rb"), encoding="utf-8", errors="replace")
     return p.open("r", encoding="utf-8", errors="replace")
+
+
+class TraceReader:
+    """Base of the readers: a path (plain or gzip) or an iterable of lines in, ``JobRecord`` out.
+
+    Subclasses implement ``_parse(lines)``; ``issues``, ``lines``, ``jobs`` and ``header``
+    fill in as the trace streams by.
+    """
+
+    def __init__(self, source: str | Path | Iterable[str]):
+        self._source = source
+        self.issues = ParseIssues()
+        self.lines = 0
+        self.jobs = 0
+        self.header: dict[str, str] = {}
+
+    def __iter__(self) -> Iterator[JobRecord]:
+        if isinstance(self._source, (str, Path)):
+            with open_text(self._source) as fh:
+                yield from self._parse(fh)
+        else:
+            yield from self._parse(self._source)
+
+    def _parse(self, lines: Iterable[str]) -> Iterator[JobRecord]:
+        raise NotImplementedError

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import IO, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
-from .records import JobRecord, ParseIssues, open_text
+from .records import JobRecord, TraceReader
 
 _MEM_UNITS_KB = {"K": 1.0, "M": 1024.0, "G": 1024.0**2, "T": 1024.0**3, "P": 1024.0**4}
 _UNSET = {"", "unknown", "none", "n/a", "invalid"}
@@ -109,23 +108,10 @@ class _Fold:
         self.req_total_kb: Optional[float] = None
 
 
-class SacctReader:
+class SacctReader(TraceReader):
     """Iterate ``JobRecord`` from ``sacct --parsable2`` text (file path or line iterable)."""
 
-    def __init__(self, source: str | Path | Iterable[str]):
-        self._source = source
-        self.issues = ParseIssues()
-        self.lines = 0
-        self.jobs = 0
-        self.max_procs: Optional[int] = None  # sacct does not know the cluster size
-        self.header: dict[str, str] = {}
-
-    def __iter__(self) -> Iterator[JobRecord]:
-        if isinstance(self._source, (str, Path)):
-            with open_text(self._source) as fh:
-                yield from self._parse(fh)
-        else:
-            yield from self._parse(self._source)
+    max_procs: Optional[int] = None  # accounting does not know the cluster size
 
     def _parse(self, lines: Iterable[str]) -> Iterator[JobRecord]:
         names: Optional[list[str]] = None
@@ -256,23 +242,10 @@ def _cpu_seconds(row: dict[str, str]) -> Optional[float]:
 _KV_SPLIT = re.compile(r"\s+(?=[A-Za-z][A-Za-z]*=)")
 
 
-class JobcompReader:
+class JobcompReader(TraceReader):
     """Iterate ``JobRecord`` from a jobcomp/filetxt log (one ``Key=value`` line per job)."""
 
-    def __init__(self, source: str | Path | Iterable[str]):
-        self._source = source
-        self.issues = ParseIssues()
-        self.lines = 0
-        self.jobs = 0
-        self.max_procs: Optional[int] = None
-        self.header: dict[str, str] = {}
-
-    def __iter__(self) -> Iterator[JobRecord]:
-        if isinstance(self._source, (str, Path)):
-            with open_text(self._source) as fh:
-                yield from self._parse(fh)
-        else:
-            yield from self._parse(self._source)
+    max_procs: Optional[int] = None  # accounting does not know the cluster size
 
     def _parse(self, lines: Iterable[str]) -> Iterator[JobRecord]:
         for lineno, line in enumerate(lines, 1):

@@ -26,10 +26,9 @@ reader never raises on a bad line and never holds more than one line in memory.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import IO, Iterator, Optional
 
-from .records import JobRecord, ParseIssues, open_text
+from .records import JobRecord, TraceReader
 
 N_FIELDS = 18
 
@@ -38,7 +37,7 @@ def _opt(v: float) -> Optional[float]:
     return None if v < 0 else v
 
 
-class SWFReader:
+class SWFReader(TraceReader):
     """Iterate ``JobRecord`` from an SWF file (plain or gzip) or an open text stream.
 
     After (or during) iteration, ``header`` holds the ``; Key: value`` comments seen,
@@ -46,12 +45,6 @@ class SWFReader:
     malformed lines and ``lines`` the number of lines read.
     """
 
-    def __init__(self, source: str | Path | IO[str]):
-        self._source = source
-        self.header: dict[str, str] = {}
-        self.issues = ParseIssues()
-        self.lines = 0
-        self.jobs = 0
 
     @property
     def max_procs(self) -> Optional[int]:
@@ -70,13 +63,6 @@ class SWFReader:
             return float(self.header.get("UnixStartTime", "0").split()[0])
         except (ValueError, IndexError):
             return 0.0
-
-    def __iter__(self) -> Iterator[JobRecord]:
-        if isinstance(self._source, (str, Path)):
-            with open_text(self._source) as fh:
-                yield from self._parse(fh)
-        else:
-            yield from self._parse(self._source)
 
     def _parse(self, fh: IO[str]) -> Iterator[JobRecord]:
         issues = self.issues

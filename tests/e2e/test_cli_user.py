@@ -1,6 +1,5 @@
 """The command lines as a user types them, against the real dev cluster."""
 import json
-import os
 
 import pytest
 

@@ -1,11 +1,10 @@
-import json
 import subprocess
 
 import pytest
 
 from coscheduler.client import Client
 
-from .helpers import FUNCTIONS, run
+from .helpers import FUNCTIONS
 
 
 @pytest.fixture

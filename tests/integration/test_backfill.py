@@ -2,7 +2,7 @@
 import json
 import time
 
-from coscheduler.states import TERMINAL, State
+from coscheduler.states import State
 
 from .helpers import job_state, run, sbatch, wait_until
 
