@@ -227,6 +227,11 @@ class Coscheduler:
         slot.state, slot.revoked_at, slot.revoke_reason = "REVOKED", D.utcnow(), reason
         for inv in D.on_slot(s, [slot_id]):
             D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
+        agent = self.agents.get(slot.node)
+        if agent is not None:
+            # The agent may not know yet (the revoke came from Slurm, not from its spool):
+            # it stops what still runs there. Harmless when the agent sent the revoke itself.
+            self._send(agent.identity, P.REVOKE, job_id=slot.job_id, node=slot.node, reason=reason)
         log.info("slot %s revoked: %s", slot_id, reason)
 
     def _result(self, s: Session, msg: dict) -> None:

@@ -153,6 +153,8 @@ class Agent:
                 log.warning("co-scheduler error: %s: %s", msg.get("code"), msg.get("message"))
             elif kind == P.RUN:
                 self._start(msg)
+            elif kind == P.REVOKE:
+                self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
             elif kind == P.CANCEL:
                 run = self.running.get(int(msg["invocation_id"]))
                 if run is not None:
@@ -203,6 +205,16 @@ class Agent:
             if not slot.revoked:
                 slot.revoked = True
                 self.revoke(slot, "the batch job ended")
+
+    def _revoked_by_coscheduler(self, job_id: int, reason: str) -> None:
+        slot = self.slots.get(f"{job_id}@{self.node}")
+        if slot is None or slot.revoked:
+            return
+        slot.revoked = True
+        for run in list(self.running.values()):
+            if run.slot_id == slot.slot_id:
+                self._stop(run, f"slot {slot.slot_id} revoked: {reason}")
+        log.info("slot %s revoked by the co-scheduler: %s", slot.slot_id, reason)
 
     def revoke(self, slot: Slot, reason: str) -> None:
         """Give a slot back now: tell the co-scheduler first, then stop what runs on it."""

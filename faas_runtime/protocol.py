@@ -7,7 +7,7 @@ and the reply echoes it.
 
 Agent -> co-scheduler: HELLO (node, version check), LEND (a slot from a lend record),
 REVOKE, HEARTBEAT (running invocation ids), STARTED, RESULT, EVICTED.
-Co-scheduler -> agent: WELCOME, RUN, CANCEL, ERROR (e.g. ``unknown-agent``: say HELLO again).
+Co-scheduler -> agent: WELCOME, RUN, CANCEL, REVOKE (a lend Slurm says is over), ERROR (e.g. ``unknown-agent``: say HELLO again).
 Client -> co-scheduler: REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, PING, AGENTS; reply OK or ERROR.
 
 Clients prove who they are with a munge credential whose payload is the SHA-256 of the

@@ -75,3 +75,36 @@ def test_function_errors_are_reported(cluster, probe, jobs):
     final = probe.wait(probe.invoke("boom", json.dumps(1)), timeout_s=30)
     assert final["state"] == "FAILED"
     assert "RuntimeError: boom 1" in final["error"]
+
+
+def _executor_pids(invocation_id: int) -> list[int]:
+    """Executor processes of one invocation, found by the environment the agent gives them."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"faas_runtime.executor" in (proc / "cmdline").read_bytes() and \
+                    f"FAAS_INVOCATION_ID={invocation_id}\0".encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_slurm_reconciliation_revokes_when_the_plugin_revoke_never_arrives(cluster, probe, jobs):
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
+    jobs.append(job)
+    slot = _slot_of(probe, job)
+    inv = probe.invoke("sleepy", json.dumps(60))
+    wait_until("running", lambda: probe.status(inv)["state"] == State.RUNNING.value)
+    assert _executor_pids(inv)
+    # Lose the lend record: the plugin's revoke at job end has nothing to mark.
+    (cluster.spool / slot["node"] / f"{job}.json").unlink()
+    run(cluster, "scancel", str(job))
+    wait_until("revoked through squeue", lambda: any(
+        s["slot_id"] == slot["slot_id"] and s["state"] == "REVOKED" and "in Slurm" in (s["revoke_reason"] or "")
+        for s in probe.slots()), timeout_s=15)
+    assert probe.status(inv)["state"] == State.QUEUED.value
+    wait_until("executor stopped", lambda: not _executor_pids(inv), timeout_s=10)
+    assert probe.status(inv)["state"] == State.QUEUED.value
