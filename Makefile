@@ -7,9 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages everything here needs: Slurm + munge (the cluster and the plugin's
 # headers), a compiler, Python's venv/headers (cffi), Charliecloud (containers),
-# PostgreSQL (the production database, tested for real).
+# PostgreSQL (the production database, tested for real), libfabric (the RMA data path).
 DEB_PACKAGES := slurm-wlm slurm-client munge libmunge-dev libslurm-dev gcc make \
-	python3 python3-venv python3-dev charliecloud-runtime postgresql
+	python3 python3-venv python3-dev charliecloud-runtime postgresql \
+	libfabric1 libfabric-dev libfabric-bin
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
 .PHONY: deps venv demo test unit clean
@@ -22,7 +23,8 @@ deps:
 	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: setup.py pyproject.toml csrc/faas_core.c csrc/faas_core.h spank_plugin/_build_core.py
+$(VENV)/.installed: setup.py pyproject.toml csrc/faas_core.c csrc/faas_core.h spank_plugin/_build_core.py \
+		csrc/fabric.c csrc/fabric.h faas_runtime/_build_fabric.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test,postgres,analyze]'
@@ -40,4 +42,5 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 clean:
-	rm -rf build *.egg-info spank_plugin/_faas_core*.so spank_plugin/_faas_core.c $(VENV)
+	rm -rf build *.egg-info spank_plugin/_faas_core*.so spank_plugin/_faas_core.c \
+		faas_runtime/_fabric*.so faas_runtime/_fabric.c $(VENV)

@@ -22,6 +22,21 @@ def _check_build_tools() -> None:
 
 _check_build_tools()
 
+
+def _cffi_modules() -> list:
+    """The SPANK core always; the libfabric RMA binding only where libfabric-dev is
+    installed. Without it the runtime runs on ZeroMQ alone (faas_runtime.fabric says
+    so once at run time); ``python3 -m faas_runtime._build_fabric`` builds it later."""
+    modules = ["spank_plugin/_build_core.py:ffibuilder"]
+    fabric_h = [os.path.join(d, "rdma", "fabric.h") for d in
+                ("/usr/include", "/usr/local/include", os.environ.get("FAAS_LIBFABRIC_INCLUDE", ""))]
+    if any(os.path.exists(p) for p in fabric_h):
+        modules.append("faas_runtime/_build_fabric.py:ffibuilder")
+    else:
+        print("slurm-faas: libfabric-dev not installed: building without the RMA data path "
+              "(apt-get install --no-install-recommends libfabric-dev to enable it)")
+    return modules
+
 setup(
     name="slurm-faas",
     version="0.1.0",
@@ -33,14 +48,17 @@ setup(
     # SPANK plugin from an installed (non-editable) copy as well.
     data_files=[("share/slurm-faas/csrc", ["csrc/faas_core.c", "csrc/faas_core.h",
                                            "csrc/spank_faas.c", "csrc/spank_faas.lds"])],
+    package_data={"coscheduler.migrations": ["script.py.mako"]},
     setup_requires=["cffi>=1.15"],
-    cffi_modules=["spank_plugin/_build_core.py:ffibuilder"],
+    cffi_modules=_cffi_modules(),
     install_requires=[
         "cffi>=1.15",
         "pyzmq>=25",
         "msgpack>=1.0",
         "sqlalchemy>=2.0",
         "click>=8.1",
+        "alembic>=1.12",  # the co-scheduler's schema migrations (coscheduler/migrations)
+        "tomli>=1.1; python_version < '3.11'",  # the co-scheduler's TOML configuration
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6"],

@@ -4,10 +4,11 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
+from faas_runtime import curve
 from faas_runtime import protocol as P
 
 from .auth import make_credential
@@ -34,6 +35,7 @@ class Client:
         self._rids = itertools.count(1)
         self._ctx = zmq.Context.instance()
         self._sock = P.configure(self._ctx.socket(zmq.DEALER))
+        curve.setup_client(self._sock)  # encrypted when FAAS_CURVE_DIR names the keys (issue 5)
         self._sock.connect(endpoint)
 
     def close(self) -> None:
@@ -72,10 +74,47 @@ class Client:
         return self.request(P.AGENTS, authenticated=False)["agents"]
 
     def register(self, **function: Any) -> int:
+        """Create function ``name``, or replace it (``create_only=True``: refuse if it exists)."""
         return self.request(P.REGISTER, function=function)["function_id"]
+
+    def update(self, name: str, **changes: Any) -> dict:
+        return self.request(P.FUNCTION_UPDATE, name=name, function=changes)["function"]
+
+    def functions(self) -> list[dict]:
+        return self.request(P.FUNCTIONS)["functions"]
+
+    def function(self, name: str) -> dict:
+        return self.request(P.FUNCTION_SHOW, name=name)["function"]
+
+    def delete(self, name: str, force: bool = False) -> dict:
+        return self.request(P.FUNCTION_DELETE, name=name, force=force)
 
     def invoke(self, function: str, payload_json: str, priority: int = 0) -> int:
         return self.request(P.INVOKE, function=function, payload_json=payload_json, priority=priority)["invocation_id"]
+
+    def check_batch(self, function: str, count: int, priority: int = 0) -> dict:
+        """Ask whether ``count`` invocations would be accepted (function, quota, priority);
+        the reply carries the co-scheduler's limits (max_payload_bytes, max_batch). Writes nothing."""
+        return self.request(P.INVOKE_BATCH, function=function, check_count=count, priority=priority)
+
+    def invoke_batch(self, function: str, payloads: list[str], priority: int = 0, chunk: int = 1000,
+                     progress: Optional[Callable[[int], None]] = None) -> list[int]:
+        """Queue many invocations, ``chunk`` per request (each request all or nothing)."""
+        ids: list[int] = []
+        for start in range(0, len(payloads), chunk):
+            part = payloads[start:start + chunk]
+            ids += self.request(P.INVOKE_BATCH, function=function, payloads=part, priority=priority)["invocation_ids"]
+            if progress is not None:
+                progress(len(part))
+        return ids
+
+    def cancel(self, invocation_id: int) -> str:
+        return self.request(P.CANCEL_INVOCATION, invocation_id=invocation_id)["state"]
+
+    def list(self, states: Optional[list[str]] = None, function: Optional[str] = None,
+             ids: Optional[list[int]] = None, limit: int = 100, all_users: bool = False) -> list[dict]:
+        return self.request(P.LIST, states=states or [], function=function, ids=ids or [], limit=limit,
+                            all_users=all_users)["invocations"]
 
     def status(self, invocation_id: int) -> dict:
         return self.request(P.STATUS, invocation_id=invocation_id)
@@ -85,6 +124,24 @@ class Client:
 
     def slots(self) -> list[dict]:
         return self.request(P.SLOTS)["slots"]
+
+    def wait_many(self, ids: list[int], timeout_s: Optional[float] = None, poll_s: float = 0.2) -> dict[int, dict]:
+        """Poll until every invocation ends; return {id: its row from ``list``}."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        done: dict[int, dict] = {}
+        while True:
+            todo = [i for i in ids if i not in done]
+            for start in range(0, len(todo), 5000):
+                part = todo[start:start + 5000]
+                for row in self.list(ids=part, limit=len(part)):
+                    if State(row["state"]) in TERMINAL:
+                        done[row["invocation_id"]] = row
+            if len(done) == len(set(ids)):
+                return done
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(set(ids)) - len(done)} of {len(set(ids))} invocations still "
+                                   f"running after {timeout_s:g} s")
+            time.sleep(poll_s)
 
     def wait(self, invocation_id: int, timeout_s: Optional[float] = None, poll_s: float = 0.1) -> dict:
         """Poll until the invocation ends; return its final status."""

@@ -1,51 +1,65 @@
 """faas-coscheduler: the loop that backfills lent capacity with queued invocations.
 
 One ROUTER socket serves agents (one per node) and clients. The loop is a sequence of
-small named steps, each with its own database session:
+small named steps, each with its own database session (one transaction):
 
-  receive    handle every message that arrived (agents: lends, revokes, results;
-             clients: register, invoke, status ...)
-  schedule   fit queued invocations to free lent capacity (coscheduler.scheduler.place)
-             and send RUN to the agents
+  receive    handle what arrived: agents' messages (lends, revokes, results ...) in one
+             transaction with a savepoint each; each client request in its own
+             transaction, answered after it commits
+  schedule   claim queued invocations (one statement: FOR UPDATE SKIP LOCKED on
+             PostgreSQL, BEGIN IMMEDIATE on SQLite), fit them to free lent capacity
+             (coscheduler.scheduler.place, a pure function) and send RUN to the agents
+             after the commit; runs when something changed, and every second
   liveness   agents that missed heartbeats are declared dead; their work is requeued
   reconcile  ask Slurm which jobs still run; lends of finished jobs are revoked even when
              the plugin's revoke never arrived
 
-Signal handlers only set the stop flag. Every fact the loop needs survives a restart in
-the database; agents re-announce their lends and running work when they see a new
-co-scheduler (it answers their heartbeat with ``unknown-agent``).
+Signal handlers only set a flag. On SIGTERM/SIGINT the loop finishes its step, handles
+the messages that already arrived (results are bookkept, nothing new is dispatched), sends
+what those transactions produced, and exits. Every fact the loop needs survives a
+``kill -9`` in the database: RUN goes out only after the transaction that dispatched the
+invocation committed; agents re-announce their lends and running work when they see a new
+co-scheduler (it answers their heartbeat with ``unknown-agent``), and what a restarted
+co-scheduler finds dispatched but not running is requeued after a grace.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
+import os
+import re
 import signal
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
 import zmq
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from faas_runtime import protocol as P
+from faas_runtime.logsetup import setup_logging
 
 from . import db as D
 from .auth import AuthError, verify_credential
-from faas_runtime.logsetup import setup_logging
-from .scheduler import PendingInvocation, SlotView, place
-from .slurm import SlurmAccess, SlurmError, SqueueJSON
+from .config import Config, ConfigError, load as load_config
+from .scheduler import PendingInvocation, Policy, SlotView, place
+from .slurm import SlurmAccess, SlurmError, make_backend
 from .states import ON_SLOT, TERMINAL, State
 
 log = logging.getLogger("faas.coscheduler")
 
-# An invocation sent to an agent that the agent does not report as running after this
-# long was lost on the way (agent restarted, message dropped): it is requeued.
-DISPATCH_GRACE_S = 5.0
-QUEUE_WINDOW = 5000  # queued invocations considered per scheduling tick
-MAX_PAYLOAD_BYTES = 1 << 20
+RECEIVE_BATCH = 2000  # messages per receive step, so scheduling is never starved
+SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
+WARM_FOR_S = 30.0  # a slot that ran a function this recently probably holds a warm executor
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+MAX_USER_PRIORITY = 10  # priority classes above this are root's (operators' urgent work)
+RUNTIMES = ("none", "charliecloud", "apptainer", "singularity", "sarus", "bwrap")
+FUNCTION_FIELDS = ("entrypoint", "code_dir", "cores", "mem_mb", "timeout_s", "max_attempts", "image", "runtime", "gid")
 
 
 @dataclass
@@ -55,53 +69,67 @@ class AgentConn:
     last_seen: float  # time.monotonic()
 
 
-@dataclass
-class Config:
-    db_url: str
-    bind: str
-    munge_socket: Optional[str] = None
-    tick_s: float = 0.05
-    reconcile_s: float = 5.0
-    max_payload_bytes: int = MAX_PAYLOAD_BYTES
-
-
 class RequestFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
 
 
-@dataclass
 class Coscheduler:
-    config: Config
-    database: D.Database
-    slurm: SlurmAccess
-    agents: dict[str, AgentConn] = field(default_factory=dict)
-    stop_requested: bool = False
-    _last_reconcile: float = 0.0
+    def __init__(self, config: Config, database: D.Database, slurm: SlurmAccess,
+                 verify: Optional[Callable[[str, str], int]] = None):
+        self.config = config
+        self.database = database
+        self.slurm = slurm
+        # Who sent a request: the uid a munge credential proves (replaceable in tests).
+        self.verify = verify or (lambda cred, digest: verify_credential(cred, digest, config.munge_socket).uid)
+        self.agents: dict[str, AgentConn] = {}
+        self.stop_requested = False
+        self._last_reconcile = 0.0
+        self._dirty = True  # something changed that may let work be placed
+        self._next_schedule = 0.0
+        self._warm: dict[str, dict[str, float]] = {}  # slot id -> function key -> monotonic time
+        self._outbox: list[tuple[bytes, bytes]] = []
+        # Extension points for other request kinds (e.g. coscheduler.leases): type -> handler.
+        self.agent_handlers: dict[str, Callable[[Session, bytes, dict], None]] = {}
+        self.client_handlers: dict[str, Callable[[Session, int, dict], dict]] = {}
+        from .leases import install as install_leases  # hot invocations (issue 5)
 
-    def __post_init__(self) -> None:
+        install_leases(self)
         self.ctx = zmq.Context()
         self.sock = P.configure(self.ctx.socket(zmq.ROUTER))
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted agent reuses its identity
+        from faas_runtime import curve  # CurveZMQ when FAAS_CURVE_DIR names the keys (issue 5)
+
+        self.curve = curve.CurveServer(self.ctx, self.sock, curve.directory()) if curve.directory() else None
         self.sock.bind(self.config.bind)
-        self._outbox: list[tuple[bytes, bytes]] = []
 
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> None:
-        log.info("co-scheduler listening on %s, database %s", self.config.bind, _safe_url(self.database.url))
+        log.info("co-scheduler listening on %s, database %s (revision %s)", self.config.bind,
+                 _safe_url(self.database.url), self.database.revision())
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while not self.stop_requested:
             ready = dict(poller.poll(timeout=int(self.config.tick_s * 1000)))
-            for step in (self.step_receive if ready else None, self.step_schedule, self.step_liveness,
-                         self.step_reconcile):
-                if step is not None:
-                    self._guarded(step)
-        log.info("co-scheduler stopping")
+            if ready:
+                self._guarded(self.step_receive)
+            for step in (self.step_schedule, self.step_liveness, self.step_reconcile):
+                if self.stop_requested:
+                    break
+                self._guarded(step)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Finish the bookkeeping of what already arrived, send its replies, close."""
+        log.info("co-scheduler stopping: handling the messages already received")
+        self._guarded(self.step_receive)
         self.sock.close()
+        if self.curve is not None:
+            self.curve.stop()
         self.ctx.term()
+        log.info("co-scheduler stopped")
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """A failing step is logged and retried next turn; it never kills the daemon."""
@@ -128,51 +156,83 @@ class Coscheduler:
     # -- receive ------------------------------------------------------------------------
 
     def step_receive(self) -> None:
-        for _ in range(1000):  # bounded, so scheduling is never starved
+        agent_msgs: list[tuple[bytes, dict]] = []
+        for _ in range(RECEIVE_BATCH):
             try:
-                identity, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[-2:]
+                parts = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=self.curve is None)
             except zmq.Again:
-                return
-            except ValueError:
+                break
+            if len(parts) < 2:
                 continue  # a message with fewer frames than routing needs
-            self.handle(identity, frame)
-            self._flush()
+            identity, frame = parts[-2:]
+            if self.curve is not None:  # frames, with the peer's CurveZMQ name as metadata
+                meta, identity, frame = frame, identity.bytes, frame.bytes
+            rid = None
+            try:
+                msg = P.decode(frame)
+                rid = msg.get("rid")
+                kind = msg["type"]
+                if kind in P.AGENT_TYPES and self.curve is not None and self.curve.check_agent(meta, msg.get("node")):
+                    raise P.ProtocolError(P.E_AUTH, self.curve.check_agent(meta, msg.get("node")))
+                if kind in P.AGENT_TYPES:
+                    agent_msgs.append((identity, msg))
+                elif kind in P.CLIENT_TYPES or kind in self.client_handlers:
+                    self._client_request(identity, kind, msg)
+                else:
+                    raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+            except P.ProtocolError as exc:
+                log.info("refused a message: %s: %s", exc.code, exc)
+                self._send(identity, P.ERROR, rid=rid, code=exc.code, message=str(exc))
+        if agent_msgs:
+            self._agent_batch(agent_msgs)
 
-    def handle(self, identity: bytes, frame: bytes) -> None:
-        rid = None
-        mark = len(self._outbox)
+    def _client_request(self, identity: bytes, kind: str, msg: dict) -> None:
+        """One request, one transaction; the reply goes out after the commit."""
+        rid = msg.get("rid")
         try:
-            msg = P.decode(frame)
-            rid = msg.get("rid")
-            kind = msg["type"]
-            if kind in P.AGENT_TYPES:
-                self._handle_agent(identity, kind, msg)
-            elif kind in P.CLIENT_TYPES:
-                reply = self._handle_client(kind, msg)
-                self._send(identity, P.OK, rid=rid, **reply)
-            else:
-                raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+            reply = self._handle_client(kind, msg)
         except (P.ProtocolError, RequestFailed) as exc:
-            del self._outbox[mark:]
-            log.info("refused a request: %s: %s", exc.code, exc)
+            log.info("refused a %s request: %s: %s", kind, exc.code, exc)
             self._send(identity, P.ERROR, rid=rid, code=exc.code, message=str(exc))
         except Exception as exc:
-            del self._outbox[mark:]
-            log.exception("internal error handling a message")
+            log.exception("internal error handling a %s request", kind)
             self._send(identity, P.ERROR, rid=rid, code=P.E_INTERNAL, message=f"internal error: {exc}")
+        else:
+            self._send(identity, P.OK, rid=rid, **reply)
+        self._flush()
+
+    def _agent_batch(self, msgs: list[tuple[bytes, dict]]) -> None:
+        """Agents' messages in one transaction, each in a savepoint: a bad one is refused
+        alone, and a burst of results costs one commit."""
+        with self.database.session() as s:
+            for identity, msg in msgs:
+                mark = len(self._outbox)
+                try:
+                    with s.begin_nested():
+                        self._handle_agent(s, identity, msg["type"], msg)
+                except P.ProtocolError as exc:
+                    del self._outbox[mark:]
+                    log.info("refused an agent message: %s: %s", exc.code, exc)
+                    self._send(identity, P.ERROR, code=exc.code, message=str(exc))
+                except Exception as exc:
+                    del self._outbox[mark:]
+                    log.exception("internal error handling a %s message", msg.get("type"))
+                    self._send(identity, P.ERROR, code=P.E_INTERNAL, message=f"internal error: {exc}")
 
     # -- agents -------------------------------------------------------------------------
 
-    def _handle_agent(self, identity: bytes, kind: str, msg: dict) -> None:
+    def _handle_agent(self, s: Session, identity: bytes, kind: str, msg: dict) -> None:
         node = msg.get("node")
         if not isinstance(node, str) or not node:
             raise P.ProtocolError(P.E_MALFORMED, "agent messages carry a node name")
         if kind == P.HELLO:
             self.agents[node] = AgentConn(node, identity, time.monotonic())
             log.info("agent %s registered", node)
-            with self.database.session() as s:
-                self._adopt_running(s, node, set(msg.get("running", [])), grace_s=0.0)
+            # A repeated HELLO may cross a RUN sent a moment ago: only work dispatched
+            # longer ago than the grace is known lost (a restarted agent's old work is).
+            self._adopt_running(s, node, set(msg.get("running", [])), grace_s=self.config.dispatch_grace_s)
             self._send(identity, P.WELCOME, node=node)
+            self._dirty = True
             return
         agent = self.agents.get(node)
         if agent is None or agent.identity != identity:
@@ -180,45 +240,54 @@ class Coscheduler:
             self._send(identity, P.ERROR, code=P.E_UNKNOWN_AGENT, message="say hello first", node=node)
             return
         agent.last_seen = time.monotonic()
-        with self.database.session() as s:
-            if kind == P.HEARTBEAT:
-                self._adopt_running(s, node, set(msg.get("running", [])), grace_s=DISPATCH_GRACE_S)
-            elif kind == P.LEND:
-                self._lend(s, node, msg["record"])
-            elif kind == P.REVOKE:
-                self._revoke(s, _slot_id(msg["job_id"], node), msg.get("reason", "revoked by the batch job"))
-            elif kind == P.STARTED:
-                inv = self._inv_on_slot(s, msg)
-                if inv is not None and inv.state == State.DISPATCHED.value:
-                    D.transition(s, inv, State.RUNNING)
-            elif kind == P.RESULT:
-                self._result(s, msg)
-            elif kind == P.EVICTED:
-                inv = self._inv_on_slot(s, msg)
-                if inv is not None:
-                    D.evict(s, inv, msg.get("reason", "evicted"))
+        if kind in self.agent_handlers:
+            self.agent_handlers[kind](s, identity, msg)
+        elif kind == P.HEARTBEAT:
+            self._adopt_running(s, node, set(msg.get("running", [])), grace_s=self.config.dispatch_grace_s)
+            self._note_warm(msg.get("warm"))
+        elif kind == P.LEND:
+            self._lend(s, node, msg.get("record"))
+        elif kind == P.REVOKE:
+            self._revoke(s, _slot_id(msg.get("job_id"), node), str(msg.get("reason", "revoked by the batch job")))
+        elif kind == P.STARTED:
+            inv = self._inv_on_slot(s, msg)
+            if inv is not None and inv.state == State.DISPATCHED.value:
+                D.transition(s, inv, State.RUNNING)
+        elif kind == P.RESULT:
+            self._result(s, msg)
+        elif kind == P.EVICTED:
+            inv = self._inv_on_slot(s, msg)
+            if inv is not None:
+                D.evict(s, inv, str(msg.get("reason", "evicted")))
+                self._dirty = True
 
     def _inv_on_slot(self, s: Session, msg: dict) -> Optional[D.Invocation]:
         """The invocation a message is about, if it is still running where the agent says."""
-        inv = s.get(D.Invocation, int(msg["invocation_id"]))
+        try:
+            inv = s.get(D.Invocation, int(msg["invocation_id"]))
+        except (KeyError, TypeError, ValueError):
+            raise P.ProtocolError(P.E_MALFORMED, "invocation_id missing or not a number") from None
         if inv is None or State(inv.state) not in ON_SLOT or inv.attempts != msg.get("attempt", inv.attempts):
-            return None  # a late message about an earlier attempt: ignore
+            return None  # a late message about an earlier attempt, or a cancelled one: ignore
         return inv
 
-    def _lend(self, s: Session, node: str, rec: dict) -> None:
-        slot_id = _slot_id(rec["job_id"], node)
-        slot = s.get(D.Slot, slot_id)
-        if slot is not None:
+    def _lend(self, s: Session, node: str, rec: Any) -> None:
+        try:
+            slot_id = _slot_id(rec["job_id"], node)
+            cpus, os_cpus = list(rec["slurm_cpus"]), list(rec["os_cpus"])
+            mem_mb, uid = int(rec["mem_mb"]), int(rec["uid"])
+            end_time = float(rec.get("end_time") or 0) or None
+            until = int(rec.get("until_min", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise P.ProtocolError(P.E_MALFORMED, f"lend record is malformed: {exc!r}") from None
+        if s.get(D.Slot, slot_id) is not None:
             return  # lends are idempotent; a revoked lend never comes back
-        if len(rec["slurm_cpus"]) != len(rec["os_cpus"]) or not rec["slurm_cpus"]:
+        if len(cpus) != len(os_cpus) or not cpus:
             raise P.ProtocolError(P.E_MALFORMED, f"lend record {slot_id} has no usable CPUs")
-        s.add(D.Slot(
-            id=slot_id, job_id=int(rec["job_id"]), node=node, owner_uid=int(rec["uid"]),
-            slurm_cpus=list(rec["slurm_cpus"]), os_cpus=list(rec["os_cpus"]), mem_mb=int(rec["mem_mb"]),
-            end_time=float(rec["end_time"]) or None, until_min=int(rec.get("until_min", 0)),
-        ))
-        log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot_id, len(rec["slurm_cpus"]),
-                 sorted(set(rec["os_cpus"])), rec["mem_mb"])
+        s.add(D.Slot(id=slot_id, job_id=int(rec["job_id"]), node=node, owner_uid=uid, slurm_cpus=cpus,
+                     os_cpus=os_cpus, mem_mb=mem_mb, end_time=end_time, until_min=until))
+        self._dirty = True
+        log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot_id, len(cpus), sorted(set(os_cpus)), mem_mb)
 
     def _revoke(self, s: Session, slot_id: str, reason: str) -> None:
         slot = s.get(D.Slot, slot_id)
@@ -227,6 +296,9 @@ class Coscheduler:
         slot.state, slot.revoked_at, slot.revoke_reason = "REVOKED", D.utcnow(), reason
         for inv in D.on_slot(s, [slot_id]):
             D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
+        self._warm.pop(slot_id, None)
+        self.leases.slot_revoked(slot_id, reason)
+        self._dirty = True
         agent = self.agents.get(slot.node)
         if agent is not None:
             # The agent may not know yet (the revoke came from Slurm, not from its spool):
@@ -238,17 +310,31 @@ class Coscheduler:
         inv = self._inv_on_slot(s, msg)
         if inv is None:
             return
+        self._dirty = True
         inv.ran_on_cpus = msg.get("cpus")
         outcome = msg.get("outcome")
+        if inv.slot_id:
+            self._warm.setdefault(inv.slot_id, {})[_fn_key(inv.function_id)] = time.monotonic()
         if outcome == "ok":
-            inv.result = msg.get("value_json", "null")
+            inv.result = msg.get("value_json") or "null"
             D.transition(s, inv, State.SUCCEEDED)
         elif outcome == "timeout":
-            inv.error = msg.get("error", "timed out")
-            D.transition(s, inv, State.TIMED_OUT, inv.error)
+            inv.error = str(msg.get("error") or "timed out")
+            D.transition(s, inv, State.TIMED_OUT, inv.error[:1000])
         else:
-            inv.error = msg.get("error", "failed")
-            D.transition(s, inv, State.FAILED, inv.error)
+            inv.error = str(msg.get("error") or "failed")
+            D.transition(s, inv, State.FAILED, inv.error[:1000])
+
+    def _note_warm(self, warm: Any) -> None:
+        """Optional heartbeat field ``warm``: {slot_id: [function ids with an idle executor]}."""
+        if not isinstance(warm, dict):
+            return
+        now = time.monotonic()
+        for slot_id, fns in warm.items():
+            if isinstance(fns, list):
+                entry = self._warm.setdefault(str(slot_id), {})
+                for fn in fns:
+                    entry[_fn_key(fn)] = now
 
     def _adopt_running(self, s: Session, node: str, running: set[int], grace_s: float) -> None:
         """Requeue work the database places on ``node`` that its agent does not run."""
@@ -257,9 +343,10 @@ class Coscheduler:
                 D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]))):
             if inv.id in running:
                 continue
-            age = (now - _aware(inv.dispatched_at)).total_seconds() if inv.dispatched_at else grace_s
+            age = (now - inv.dispatched_at).total_seconds() if inv.dispatched_at else grace_s
             if age >= grace_s:
                 D.evict(s, inv, f"agent on {node} does not run it")
+                self._dirty = True
 
     # -- clients ------------------------------------------------------------------------
 
@@ -268,7 +355,7 @@ class Coscheduler:
         if not isinstance(cred, str):
             raise RequestFailed(P.E_AUTH, "request carries no munge credential")
         try:
-            return verify_credential(cred, P.body_digest(msg), self.config.munge_socket).uid
+            return self.verify(cred, P.body_digest(msg))
         except AuthError as exc:
             raise RequestFailed(P.E_AUTH, str(exc)) from None
 
@@ -280,63 +367,214 @@ class Coscheduler:
             return {"agents": {n: round(now - a.last_seen, 3) for n, a in self.agents.items()}}
         uid = self._identity(msg)
         with self.database.session() as s:
+            if kind in self.client_handlers:
+                return self.client_handlers[kind](s, uid, msg)
             if kind == P.REGISTER:
                 return self._register(s, uid, msg)
+            if kind == P.FUNCTION_UPDATE:
+                return self._update_function(s, uid, msg)
+            if kind == P.FUNCTIONS:
+                q = select(D.Function).where(D.Function.owner_uid == uid, D.Function.deleted_at.is_(None))
+                return {"functions": [_fn_row(fn) for fn in s.scalars(q.order_by(D.Function.name))]}
+            if kind == P.FUNCTION_SHOW:
+                fn = self._function(s, uid, msg.get("name"))
+                counts = dict(s.execute(select(D.Invocation.state, func.count())
+                                        .where(D.Invocation.function_id == fn.id).group_by(D.Invocation.state)).all())
+                return {"function": {**_fn_row(fn), "invocations": counts}}
+            if kind == P.FUNCTION_DELETE:
+                return self._delete_function(s, uid, msg)
             if kind == P.INVOKE:
-                return self._invoke(s, uid, msg)
+                return {"invocation_id": self._invoke(s, uid, msg.get("function"), [msg.get("payload_json", "null")],
+                                                      msg.get("priority", 0))[0]}
+            if kind == P.INVOKE_BATCH:
+                payloads = msg.get("payloads")
+                if "check_count" in msg:
+                    self._invoke(s, uid, msg.get("function"), [], msg.get("priority", 0), msg["check_count"])
+                    return {"max_payload_bytes": self.config.max_payload_bytes, "max_batch": self.config.max_batch}
+                if not isinstance(payloads, list) or not payloads:
+                    raise RequestFailed(P.E_INVALID, "a batch carries a non-empty list of payloads")
+                return {"invocation_ids": self._invoke(s, uid, msg.get("function"), payloads, msg.get("priority", 0))}
             if kind == P.STATUS:
                 return self._status(self._owned(s, uid, msg))
             if kind == P.RESULT_GET:
                 return self._result_of(self._owned(s, uid, msg))
+            if kind == P.CANCEL_INVOCATION:
+                return self._cancel(s, self._owned(s, uid, msg))
+            if kind == P.LIST:
+                return self._list(s, uid, msg)
             if kind == P.SLOTS:
                 return {"slots": [_slot_row(sl) for sl in s.scalars(select(D.Slot).order_by(D.Slot.lent_at))]}
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, kind)
 
+    def _function(self, s: Session, uid: int, name: Any) -> D.Function:
+        fn = D.function_named(s, uid, name) if isinstance(name, str) else None
+        if fn is None:
+            raise RequestFailed(P.E_NOT_FOUND, f"no function named {name!r} (register it first)")
+        return fn
+
+    def _apply_function_fields(self, fn: D.Function, spec: dict) -> None:
+        try:
+            for key in FUNCTION_FIELDS:
+                if key not in spec or spec[key] is None and key not in ("image", "runtime"):
+                    continue
+                value = spec[key]
+                if key in ("cores", "mem_mb", "max_attempts"):
+                    value = int(value)
+                elif key == "timeout_s":
+                    value = float(value)
+                elif key == "gid":
+                    fn.owner_gid = int(value)
+                    continue
+                elif value is not None:
+                    value = str(value)
+                setattr(fn, key, value)
+        except (TypeError, ValueError) as exc:
+            raise RequestFailed(P.E_INVALID, f"bad function field: {exc}") from None
+        if not fn.entrypoint or ":" not in fn.entrypoint:
+            raise RequestFailed(P.E_INVALID, "the entrypoint is module:function")
+        if not fn.code_dir:
+            raise RequestFailed(P.E_INVALID, "a function needs a code directory")
+        if fn.cores < 1 or fn.mem_mb < 1 or not fn.timeout_s > 0 or fn.max_attempts < 1:
+            raise RequestFailed(P.E_INVALID, "cores, memory, timeout and max attempts must be positive")
+        if fn.runtime is not None and fn.runtime not in RUNTIMES:
+            raise RequestFailed(P.E_INVALID, f"runtime must be one of {', '.join(RUNTIMES)}")
+        fn.updated_at = D.utcnow()
+
     def _register(self, s: Session, uid: int, msg: dict) -> dict:
         spec = msg.get("function")
-        if not isinstance(spec, dict) or not spec.get("name") or not spec.get("entrypoint"):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec.get("entrypoint"):
             raise RequestFailed(P.E_INVALID, "register needs a function with a name and an entrypoint")
-        fn = s.scalar(select(D.Function).where(D.Function.owner_uid == uid, D.Function.name == spec["name"]))
+        if not NAME_RE.fullmatch(spec["name"]):
+            raise RequestFailed(P.E_INVALID, f"bad function name {spec['name']!r}: letters, digits, _ . - "
+                                             "(up to 100, not starting with a punctuation mark)")
+        fn = D.function_named(s, uid, spec["name"])
         if fn is None:
-            fn = D.Function(name=spec["name"], owner_uid=uid)
+            fn = D.Function(name=spec["name"], owner_uid=uid, owner_gid=uid, cores=1, mem_mb=256, timeout_s=60.0,
+                            max_attempts=3, entrypoint="", code_dir="")
             s.add(fn)
-        fn.owner_gid = int(spec.get("gid", uid))
-        fn.entrypoint, fn.code_dir = spec["entrypoint"], spec["code_dir"]
-        fn.cores, fn.mem_mb = int(spec.get("cores", 1)), int(spec.get("mem_mb", 256))
-        fn.timeout_s, fn.max_attempts = float(spec.get("timeout_s", 60)), int(spec.get("max_attempts", 3))
-        if fn.cores < 1 or fn.mem_mb < 1 or fn.timeout_s <= 0 or fn.max_attempts < 1:
-            raise RequestFailed(P.E_INVALID, "cores, memory, timeout and max attempts must be positive")
+        elif spec.get("create_only"):
+            raise RequestFailed(P.E_EXISTS, f"function {spec['name']!r} exists; use update")
+        self._apply_function_fields(fn, {**{"image": None, "runtime": None}, **spec})
         s.flush()
         return {"function_id": fn.id}
 
-    def _invoke(self, s: Session, uid: int, msg: dict) -> dict:
-        fn = s.scalar(select(D.Function).where(D.Function.owner_uid == uid, D.Function.name == msg.get("function")))
-        if fn is None:
-            raise RequestFailed(P.E_NOT_FOUND, f"no function named {msg.get('function')!r} (register it first)")
-        payload = msg.get("payload_json", "null")
-        if not isinstance(payload, str) or len(payload.encode()) > self.config.max_payload_bytes:
-            raise RequestFailed(P.E_INVALID, f"payload must be JSON text of at most {self.config.max_payload_bytes} bytes")
+    def _update_function(self, s: Session, uid: int, msg: dict) -> dict:
+        fn = self._function(s, uid, msg.get("name"))
+        changes = msg.get("function")
+        if not isinstance(changes, dict) or not changes:
+            raise RequestFailed(P.E_INVALID, "update needs at least one field to change")
+        self._apply_function_fields(fn, changes)
+        s.flush()
+        return {"function": _fn_row(fn)}
+
+    def _delete_function(self, s: Session, uid: int, msg: dict) -> dict:
+        fn = self._function(s, uid, msg.get("name"))
+        active = list(s.scalars(select(D.Invocation).where(D.Invocation.function_id == fn.id,
+                                                            D.Invocation.state.in_(D.ACTIVE_STATES))))
+        if active and not msg.get("force"):
+            raise RequestFailed(P.E_INVALID, f"function {fn.name!r} has {len(active)} queued or running "
+                                             "invocations; cancel them or delete with --force")
+        for inv in active:
+            self._cancel(s, inv, f"function {fn.name} deleted")
+        name = fn.name
+        # The row stays for the history of its invocations, under a name no one can register.
+        fn.deleted_at = D.utcnow()
+        fn.name = f"{name}#deleted-{fn.id}"
+        return {"deleted": name, "cancelled": len(active)}
+
+    def _invoke(self, s: Session, uid: int, name: Any, payloads: list, priority: Any,
+                check_count: Any = None) -> list[int]:
+        """Queue ``payloads`` (all or none); with ``check_count``, only check that that many
+        would be accepted (function, priority, quota) and write nothing."""
+        fn = self._function(s, uid, name)
+        if len(payloads) > self.config.max_batch:
+            raise RequestFailed(P.E_INVALID, f"a batch holds at most {self.config.max_batch} invocations, "
+                                             f"not {len(payloads)}")
         try:
-            json.loads(payload)
-        except ValueError as exc:
-            raise RequestFailed(P.E_INVALID, f"payload is not JSON: {exc}") from None
-        inv = D.add_invocation(s, fn, payload, uid, int(msg.get("priority", 0)))
-        return {"invocation_id": inv.id}
+            priority = int(priority)
+        except (TypeError, ValueError):
+            raise RequestFailed(P.E_INVALID, f"priority must be a whole number, not {priority!r}") from None
+        if uid != 0 and priority > MAX_USER_PRIORITY:
+            raise RequestFailed(P.E_INVALID, f"priority {priority} is above {MAX_USER_PRIORITY}, the highest "
+                                             "class users may ask for (root may ask for more)")
+        many = len(payloads) > 1
+        for n, payload in enumerate(payloads):
+            where = f"invocation {n + 1} of the batch: " if many else ""
+            if not isinstance(payload, str) or len(payload.encode()) > self.config.max_payload_bytes:
+                raise RequestFailed(P.E_INVALID, f"{where}payload must be JSON text of at most "
+                                                 f"{self.config.max_payload_bytes} bytes")
+            try:
+                json.loads(payload)
+            except ValueError as exc:
+                raise RequestFailed(P.E_INVALID, f"{where}payload is not JSON: {exc}") from None
+        try:
+            adding = len(payloads) if check_count is None else int(check_count)
+        except (TypeError, ValueError):
+            raise RequestFailed(P.E_INVALID, f"check_count must be a number, not {check_count!r}") from None
+        quota = self.config.quota(uid)
+        if quota.max_queued is not None:
+            active = sum(D.user_counts(s, uid).values())
+            if active + adding > quota.max_queued:
+                raise RequestFailed(P.E_QUOTA, f"quota exceeded: uid {uid} may have at most {quota.max_queued} "
+                                               f"queued or running invocations; {active} are, and this request "
+                                               f"adds {adding}")
+        if check_count is not None:
+            return []
+        ids = D.add_invocations(s, fn, payloads, uid, priority)
+        self._dirty = True
+        return ids
 
     def _owned(self, s: Session, uid: int, msg: dict) -> D.Invocation:
-        inv = s.get(D.Invocation, int(msg.get("invocation_id", -1)))
+        try:
+            inv = s.get(D.Invocation, int(msg.get("invocation_id", -1)))
+        except (TypeError, ValueError):
+            inv = None
         if inv is None or (inv.owner_uid != uid and uid != 0):
             raise RequestFailed(P.E_NOT_FOUND, f"no invocation {msg.get('invocation_id')} of yours")
         return inv
 
+    def _cancel(self, s: Session, inv: D.Invocation, reason: str = "cancelled by its owner") -> dict:
+        if State(inv.state) in TERMINAL:
+            raise RequestFailed(P.E_INVALID, f"invocation {inv.id} already ended {inv.state}")
+        node, attempt = inv.node, inv.attempts
+        if D.cancel(s, inv, reason):
+            agent = self.agents.get(node or "")
+            if agent is not None:
+                self._send(agent.identity, P.CANCEL, invocation_id=inv.id, attempt=attempt, reason=reason)
+            self._dirty = True
+        return {"invocation_id": inv.id, "state": inv.state}
+
+    def _list(self, s: Session, uid: int, msg: dict) -> dict:
+        q = select(D.Invocation, D.Function.name).join(D.Function, D.Invocation.function_id == D.Function.id)
+        if uid != 0 or not msg.get("all_users"):
+            q = q.where(D.Invocation.owner_uid == uid)
+        states = msg.get("states")
+        if states:
+            bad = [st for st in states if st not in State.__members__]
+            if bad:
+                raise RequestFailed(P.E_INVALID, f"unknown state {bad[0]!r}")
+            q = q.where(D.Invocation.state.in_(states))
+        if msg.get("function"):
+            fn = self._function(s, uid, msg["function"])
+            q = q.where(D.Invocation.function_id == fn.id)
+        if msg.get("ids"):
+            q = q.where(D.Invocation.id.in_([int(i) for i in msg["ids"]]))
+        limit = max(1, min(int(msg.get("limit") or 100), 100_000))
+        rows = s.execute(q.order_by(D.Invocation.id.desc()).limit(limit)).all()
+        return {"invocations": [
+            {"invocation_id": inv.id, "function": name.split("#deleted-")[0], "state": inv.state,
+             "attempts": inv.attempts, "priority": inv.priority, "node": inv.node, "job_id": inv.job_id,
+             "created_at": inv.created_at.isoformat(), "updated_at": inv.updated_at.isoformat(),
+             "error": inv.error} for inv, name in rows]}
+
     @staticmethod
     def _status(inv: D.Invocation) -> dict:
         return {
-            "invocation_id": inv.id, "function": inv.function.name, "state": inv.state,
+            "invocation_id": inv.id, "function": inv.function.name.split("#deleted-")[0], "state": inv.state,
             "attempts": inv.attempts, "node": inv.node, "job_id": inv.job_id,
             "slurm_cpus": inv.slurm_cpus, "os_cpus": inv.os_cpus, "ran_on_cpus": inv.ran_on_cpus,
-            "error": inv.error,
-            "history": [[e.to_state, _aware(e.at).isoformat(), e.reason] for e in inv.events],
+            "error": inv.error, "priority": inv.priority,
+            "history": [[e.to_state, e.at.isoformat(), e.reason] for e in inv.events],
         }
 
     @staticmethod
@@ -349,34 +587,58 @@ class Coscheduler:
 
     # -- schedule -----------------------------------------------------------------------
 
+    def _policy(self) -> Policy:
+        cfg = self.config
+        return Policy(max_running=cfg.max_running,
+                      user_max_running={u: q.max_running for u, q in cfg.user_quotas.items()
+                                        if q.max_running is not None},
+                      shares=cfg.shares)
+
+    def _warm_on(self, slot_id: str, now: float) -> frozenset[str]:
+        entry = self._warm.get(slot_id)
+        if not entry:
+            return frozenset()
+        for key in [k for k, t in entry.items() if now - t > WARM_FOR_S]:
+            del entry[key]
+        return frozenset(entry)
+
     def step_schedule(self) -> None:
+        mono = time.monotonic()
+        if not self._dirty and mono < self._next_schedule:
+            return
+        self._dirty = False
+        self._next_schedule = mono + SCHEDULE_EVERY_S
         now = time.time()
-        with self.database.session() as s:
+        with self.database.session(write=True) as s:
             slots = [sl for sl in D.active_slots(s) if sl.node in self.agents]
             if not slots:
-                return
-            pending = D.queued(s, QUEUE_WINDOW)
-            if not pending:
                 return
             busy: dict[str, set[int]] = {}
             used_mem: dict[str, int] = {}
             for inv in D.on_slot(s, [sl.id for sl in slots]):
                 busy.setdefault(inv.slot_id, set()).update(inv.slurm_cpus or [])
                 used_mem[inv.slot_id] = used_mem.get(inv.slot_id, 0) + inv.mem_mb
+            self.leases.reserve(busy, used_mem)  # cores and memory leased to hot clients
             views = [
                 SlotView(sl.id, [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())],
-                         sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end)
+                         sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end, self._warm_on(sl.id, mono))
                 for sl in slots
             ]
+            if not any(v.free_cpus for v in views):
+                return
+            pending = D.claim_queued(s, self.config.queue_window, self.config.user_window)
+            if not pending:
+                return
             by_id = {inv.id: inv for inv in pending}
             requests = [
-                PendingInvocation(inv.id, inv.owner_uid, inv.function.name, inv.function.cores,
+                PendingInvocation(inv.id, inv.owner_uid, _fn_key(inv.function_id), inv.function.cores,
                                   inv.function.mem_mb, inv.function.timeout_s, inv.priority,
-                                  _aware(inv.created_at).timestamp())
+                                  inv.created_at.timestamp())
                 for inv in pending
             ]
             slot_by_id = {sl.id: sl for sl in slots}
-            for p in place(requests, views, now):
+            placements = place(requests, views, now, D.on_slot_by_user(s), self._policy())
+            for p in placements:
                 inv, slot = by_id[p.invocation_id], slot_by_id[p.slot_id]
                 inv.attempts += 1
                 inv.slot_id, inv.node, inv.job_id = slot.id, slot.node, slot.job_id
@@ -386,8 +648,11 @@ class Coscheduler:
                 fn = inv.function
                 self._send(self.agents[slot.node].identity, P.RUN, invocation_id=inv.id, attempt=inv.attempts,
                            slot_id=slot.id, job_id=slot.job_id, os_cpus=inv.os_cpus, mem_mb=inv.mem_mb,
-                           timeout_s=fn.timeout_s, uid=fn.owner_uid, gid=fn.owner_gid,
-                           entrypoint=fn.entrypoint, code_dir=fn.code_dir, payload_json=inv.payload)
+                           timeout_s=fn.timeout_s, uid=fn.owner_uid, gid=fn.owner_gid, function_id=fn.id,
+                           entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image, runtime=fn.runtime,
+                           payload_json=inv.payload)
+            if len(placements) == len(pending):
+                self._dirty = True  # the window was used up: there may be more to place now
 
     # -- liveness and reconciliation ----------------------------------------------------
 
@@ -403,6 +668,7 @@ class Coscheduler:
                 for inv in s.scalars(select(D.Invocation).where(
                         D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]))):
                     D.evict(s, inv, f"agent on {node} stopped answering")
+        self._dirty = True
 
     def step_reconcile(self) -> None:
         if time.monotonic() - self._last_reconcile < self.config.reconcile_s:
@@ -416,21 +682,36 @@ class Coscheduler:
         with self.database.session() as s:
             for slot in D.active_slots(s):
                 job = jobs.get(slot.job_id)
+                if job is None:
+                    # squeue forgets finished jobs after MinJobAge; a job squeue does not
+                    # list may also be one the controller has not reported yet: ask once more.
+                    try:
+                        job = self.slurm.job(slot.job_id)
+                    except SlurmError as exc:
+                        log.warning("cannot ask Slurm about job %d: %s", slot.job_id, exc)
+                        continue
                 if job is None or not job.alive:
                     self._revoke(s, slot.id, f"job {slot.job_id} is {job.state if job else 'gone'} in Slurm")
                 elif slot.end_time is None and job.end_time is not None:
                     slot.end_time = job.end_time
 
 
+def _fn_key(function_id: Any) -> str:
+    return str(function_id)
+
+
 def _slot_id(job_id: Any, node: str) -> str:
-    return f"{int(job_id)}@{node}"
+    try:
+        return f"{int(job_id)}@{node}"
+    except (TypeError, ValueError):
+        raise P.ProtocolError(P.E_MALFORMED, f"job_id {job_id!r} is not a number") from None
 
 
-def _aware(t: Optional[dt.datetime]) -> dt.datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if t is None:
-        return t
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+def _fn_row(fn: D.Function) -> dict:
+    return {"function_id": fn.id, "name": fn.name, "entrypoint": fn.entrypoint, "code_dir": fn.code_dir,
+            "cores": fn.cores, "mem_mb": fn.mem_mb, "timeout_s": fn.timeout_s, "max_attempts": fn.max_attempts,
+            "image": fn.image, "runtime": fn.runtime, "created_at": fn.created_at.isoformat(),
+            "updated_at": fn.updated_at.isoformat() if fn.updated_at else None}
 
 
 def _slot_row(sl: D.Slot) -> dict:
@@ -448,20 +729,63 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://{cred.split(':')[0]}:***@{tail}"
 
 
+def _daemonize(pid_file: Optional[Path]) -> None:
+    """Detach from the terminal: fork twice, new session, standard streams to /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    if pid_file is not None:
+        pid_file.write_text(f"{os.getpid()}\n")
+
+
 @click.command()
-@click.option("--db", "db_url", envvar="FAAS_DB_URL", required=True, help="SQLAlchemy URL, e.g. sqlite:////var/lib/slurm-faas/faas.db")
-@click.option("--bind", envvar="FAAS_COSCHEDULER_BIND", default="tcp://127.0.0.1:7800", show_default=True)
-@click.option("--munge-socket", envvar="FAAS_MUNGE_SOCKET", default=None, help="munged socket (default: munge's own)")
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None)
-@click.option("--log-level", default="INFO", show_default=True)
-@click.option("--reconcile-interval", type=float, default=5.0, show_default=True, help="seconds between squeue checks")
-def main(db_url: str, bind: str, munge_socket: Optional[str], log_file: Optional[str], log_level: str,
-         reconcile_interval: float) -> None:
-    """Run the slurm-faas co-scheduler in the foreground."""
-    setup_logging(log_level, log_file)
-    database = D.Database(db_url)
-    database.create_schema()
-    daemon = Coscheduler(Config(db_url, bind, munge_socket, reconcile_s=reconcile_interval), database, SqueueJSON())
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), envvar="FAAS_CONFIG",
+              default=None, help="TOML configuration file (default /etc/slurm-faas/coscheduler.toml if present)")
+@click.option("--db", "db_url", default=None, help="SQLAlchemy URL, e.g. sqlite:////var/lib/slurm-faas/faas.db "
+              "[env: FAAS_DB_URL]")
+@click.option("--bind", default=None, help="ZeroMQ address to bind [default tcp://127.0.0.1:7800; env: "
+              "FAAS_COSCHEDULER_BIND]")
+@click.option("--munge-socket", default=None, help="munged socket (default: munge's own) [env: FAAS_MUNGE_SOCKET]")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None, help="also log to this file")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default=None, help="[default INFO]")
+@click.option("--reconcile-interval", "reconcile_s", type=float, default=None, help="seconds between squeue checks")
+@click.option("--slurm-backend", type=click.Choice(["auto", "cli", "pyslurm"]), default=None,
+              help="how to ask Slurm [default auto]")
+@click.option("--foreground/--background", default=False, show_default=True,
+              help="stay attached to the terminal (logging to stderr too), or detach")
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="with --background: write the daemon's pid here")
+def main(config_path: Optional[Path], db_url: Optional[str], bind: Optional[str], munge_socket: Optional[str],
+         log_file: Optional[str], log_level: Optional[str], reconcile_s: Optional[float],
+         slurm_backend: Optional[str], foreground: bool, pid_file: Optional[Path]) -> None:
+    """Run the slurm-faas co-scheduler."""
+    try:
+        config = load_config(config_path, overrides={
+            "db_url": db_url, "bind": bind, "munge_socket": munge_socket, "log_file": log_file,
+            "log_level": log_level, "reconcile_s": reconcile_s, "slurm_backend": slurm_backend})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not foreground and not config.log_file:
+        raise click.ClickException("in the background the co-scheduler needs a log file (--log-file or "
+                                   "log_file in the configuration), or run it with --foreground")
+    if not foreground:
+        _daemonize(pid_file)
+    setup_logging(config.log_level, config.log_file)
+    database = D.Database(config.db_url)
+    try:
+        database.create_schema()
+        daemon = Coscheduler(config, database, make_backend(config.slurm_backend))
+    except Exception as exc:
+        log.error("cannot start: %s", exc)
+        database.dispose()
+        sys.exit(1)
 
     def request_stop(signum, _frame):
         daemon.stop_requested = True

@@ -13,42 +13,74 @@ from __future__ import annotations
 import datetime as dt
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from sqlalchemy import (
     JSON,
     DateTime,
+    Index,
+    MetaData,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
     func,
+    insert,
+    inspect,
     select,
-    text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
-from .states import ON_SLOT, State, allowed_pairs, check_transition
+from .states import ON_SLOT, State, check_transition
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-class UTCDateTime(DateTime):
-    """Timezone-aware UTC timestamps on every backend (SQLite stores them naive)."""
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC timestamps on every backend.
 
-    def __init__(self) -> None:
-        super().__init__(timezone=True)
+    PostgreSQL stores ``timestamptz``; SQLite stores text without a zone, so values are
+    converted to UTC on the way in and get their zone back on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[dt.datetime], dialect) -> Optional[dt.datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use coscheduler.db.utcnow()")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Optional[dt.datetime], dialect) -> Optional[dt.datetime]:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+# Named constraints, so that migrations can refer to them on every backend.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
 
 
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(naming_convention=NAMING)
 
 
 class Function(Base):
@@ -66,6 +98,12 @@ class Function(Base):
     timeout_s: Mapped[float] = mapped_column(Float, default=60.0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Since migration 0002: the container (issue 5 runs it), updates, and deletion. A deleted
+    # function keeps its row (its invocations' history points at it) under a tombstone name.
+    image: Mapped[Optional[str]] = mapped_column(String(4096), nullable=True)
+    runtime: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
+    deleted_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Slot(Base):
@@ -98,6 +136,12 @@ class Slot(Base):
 
 class Invocation(Base):
     __tablename__ = "invocations"
+    __table_args__ = (
+        # Since migration 0002: the claim query walks (state, priority, owner, id); quotas
+        # count (owner, state).
+        Index("ix_invocations_claim", "state", "priority", "owner_uid", "id"),
+        Index("ix_invocations_owner_state", "owner_uid", "state"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     function_id: Mapped[int] = mapped_column(ForeignKey("functions.id"), index=True)
@@ -147,79 +191,97 @@ class StateTransition(Base):
     to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
 
 
-_GUARD_SQLITE = """
-CREATE TRIGGER IF NOT EXISTS invocation_state_guard
-BEFORE UPDATE OF state ON invocations
-WHEN OLD.state != NEW.state AND NOT EXISTS (
-    SELECT 1 FROM state_transitions WHERE from_state = OLD.state AND to_state = NEW.state)
-BEGIN
-    SELECT RAISE(ABORT, 'illegal invocation state transition');
-END
-"""
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
-_GUARD_POSTGRES = [
-    """
-CREATE OR REPLACE FUNCTION invocation_state_guard() RETURNS trigger AS $$
-BEGIN
-    IF OLD.state <> NEW.state AND NOT EXISTS (
-        SELECT 1 FROM state_transitions WHERE from_state = OLD.state AND to_state = NEW.state) THEN
-        RAISE EXCEPTION 'illegal invocation state transition % -> %', OLD.state, NEW.state;
-    END IF;
-    RETURN NEW;
-END $$ LANGUAGE plpgsql
-""",
-    "DROP TRIGGER IF EXISTS invocation_state_guard ON invocations",
-    """
-CREATE TRIGGER invocation_state_guard BEFORE UPDATE OF state ON invocations
-FOR EACH ROW EXECUTE FUNCTION invocation_state_guard()
-""",
-]
+
+def alembic_config(connection=None):
+    """An Alembic config for the migrations shipped in this package."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
 
 
 class Database:
     """An engine and a session factory; ``session()`` is one transaction."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, pool_size: int = 5):
         self.url = url
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
-            # The daemon is the only writer; a busy timeout covers the CLI reading beside it.
+            # Writers take turns; a busy timeout covers the CLI and a second daemon beside it.
             kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["pool_pre_ping"] = True  # a restarted PostgreSQL does not kill the daemon
         self.engine: Engine = create_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
     def create_schema(self) -> None:
-        """Create missing tables, the transition table and the guard (idempotent)."""
-        Base.metadata.create_all(self.engine)
+        """Bring the schema to the newest migration (idempotent; Alembic keeps the revision).
+
+        A database made by an older slurm-faas with ``create_all`` (tables, no revision) is
+        stamped as the first revision, whose schema it has, and upgraded from there.
+        """
+        from alembic import command
+
         with self.engine.begin() as conn:
-            known = {tuple(r) for r in conn.execute(select(StateTransition.from_state, StateTransition.to_state))}
-            for pair in allowed_pairs():
-                if pair not in known:
-                    conn.execute(StateTransition.__table__.insert().values(from_state=pair[0], to_state=pair[1]))
-            if self.engine.dialect.name == "sqlite":
-                conn.execute(text(_GUARD_SQLITE))
-            elif self.engine.dialect.name == "postgresql":
-                for stmt in _GUARD_POSTGRES:
-                    conn.execute(text(stmt))
+            tables = set(inspect(conn).get_table_names())
+            cfg = alembic_config(conn)
+            if "invocations" in tables and "alembic_version" not in tables:
+                command.stamp(cfg, "0001")
+            command.upgrade(cfg, "head")
+
+    def revision(self) -> Optional[str]:
+        """The migration the database is at (None: no schema yet)."""
+        from alembic.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, write: bool = False) -> Iterator[Session]:
+        """One transaction. ``write=True`` on SQLite takes the write lock at BEGIN
+        (BEGIN IMMEDIATE): the serialised path of claims; on PostgreSQL row locks do that."""
         with self._sessions() as s:
             with s.begin():
+                if write and self.dialect == "sqlite":
+                    s.connection(execution_options={"sqlite_immediate": True})
                 yield s
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_connect(dbapi_conn, _record) -> None:
+    # Let SQLAlchemy emit BEGIN itself (pysqlite's own transaction handling defers BEGIN
+    # and breaks SAVEPOINT and BEGIN IMMEDIATE).
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers (CLI, admin) never block the daemon
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "BEGIN")
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,3 +356,74 @@ def count_by_state(s: Session) -> dict[str, int]:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------------------
+# Claims, bulk submission, quotas.
+
+ACTIVE_STATES = (State.QUEUED.value, State.DISPATCHED.value, State.RUNNING.value)
+
+
+def claim_queued(s: Session, limit: int, per_user: int) -> list[Invocation]:
+    """Claim queued invocations for this transaction: one statement.
+
+    At most ``per_user`` of each (priority, user) in FIFO order, so that one user's flood
+    cannot fill the window and hide another user's work from the fair share, and at most
+    ``limit`` in all. On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``: a second
+    co-scheduler (or a request cancelling one) never claims the same row, and nobody waits.
+    SQLite has no row locks: callers open the session with ``write=True`` (BEGIN
+    IMMEDIATE), which serialises claimers on the database's write lock.
+    """
+    rank = func.row_number().over(
+        partition_by=(Invocation.priority, Invocation.owner_uid), order_by=Invocation.id).label("rank")
+    window = select(Invocation.id, rank).where(Invocation.state == State.QUEUED.value).subquery()
+    q = (
+        select(Invocation)
+        .where(Invocation.id.in_(select(window.c.id).where(window.c.rank <= per_user)),
+               Invocation.state == State.QUEUED.value)
+        .order_by(Invocation.priority.desc(), Invocation.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=Invocation)
+        .options(selectinload(Invocation.function))
+    )
+    return list(s.scalars(q))
+
+
+def add_invocations(s: Session, fn: Function, payloads: list[str], owner_uid: int, priority: int = 0) -> list[int]:
+    """Queue many invocations of one function with two bulk statements; returns their ids."""
+    if not payloads:
+        return []
+    now = utcnow()
+    rows = [{"function_id": fn.id, "owner_uid": owner_uid, "payload": p, "state": State.QUEUED.value,
+             "priority": priority, "attempts": 0, "mem_mb": fn.mem_mb, "created_at": now, "updated_at": now}
+            for p in payloads]
+    ids = list(s.scalars(insert(Invocation).returning(Invocation.id, sort_by_parameter_order=True), rows))
+    s.execute(insert(InvocationEvent), [
+        {"invocation_id": i, "from_state": None, "to_state": State.QUEUED.value, "at": now, "reason": "submitted"}
+        for i in ids])
+    return ids
+
+
+def user_counts(s: Session, uid: int) -> dict[str, int]:
+    """How many invocations of ``uid`` are queued, dispatched, running."""
+    q = (select(Invocation.state, func.count()).where(Invocation.owner_uid == uid, Invocation.state.in_(ACTIVE_STATES))
+         .group_by(Invocation.state))
+    return {st: n for st, n in s.execute(q)}
+
+
+def on_slot_by_user(s: Session) -> dict[int, int]:
+    q = (select(Invocation.owner_uid, func.count()).where(Invocation.state.in_([st.value for st in ON_SLOT]))
+         .group_by(Invocation.owner_uid))
+    return {uid: n for uid, n in s.execute(q)}
+
+
+def function_named(s: Session, uid: int, name: str) -> Optional[Function]:
+    return s.scalar(select(Function).where(Function.owner_uid == uid, Function.name == name,
+                                           Function.deleted_at.is_(None)))
+
+
+def cancel(s: Session, inv: Invocation, reason: str = "cancelled by its owner") -> bool:
+    """Cancel a queued or running invocation; True when an agent must be told to stop it."""
+    was_on_slot = State(inv.state) in ON_SLOT
+    transition(s, inv, State.CANCELLED, reason)
+    return was_on_slot

@@ -187,7 +187,10 @@ class DevCluster:
             (etc / name).write_text(text)
         shutil.copy(TEMPLATES / "cgroup.conf", etc / "cgroup.conf")
         so = build_plugin(self.root / "lib")
-        args = [f"spool={self.spool}", "cpu_map=block", f"node_cpus={NODE_CPUS}"]
+        # cgroup_root: an empty tree of the cluster's own (task/none confines nothing); the plugin
+        # tests put fake job cpusets there (docs/dev-cluster.md).
+        (self.root / "cgroup").mkdir(exist_ok=True)
+        args = [f"spool={self.spool}", "cpu_map=block", f"node_cpus={NODE_CPUS}", f"cgroup_root={self.root / 'cgroup'}"]
         (etc / "plugstack.conf.d" / "faas.conf").write_text(plugstack_line(so, args) + "\n")
 
     def _write_pid(self, name: str, pid: int) -> None:
@@ -256,7 +259,7 @@ class DevCluster:
         self._spawn_python("faas-coscheduler", [
             "-m", "coscheduler.daemon", "--db", self.db_url, "--bind", self.coscheduler_endpoint,
             "--munge-socket", str(self.munge_socket), "--log-file", str(self.root / "log" / "coscheduler.log"),
-            "--reconcile-interval", "2",
+            "--reconcile-interval", "2", "--foreground",
         ])
 
     def _start_agent(self, node: str) -> None:
@@ -264,6 +267,8 @@ class DevCluster:
             "-m", "faas_runtime.agent", "--node", node, "--spool", str(self.spool),
             "--coscheduler", self.coscheduler_endpoint, "--workdir", str(self.root / "agent"),
             "--log-file", str(self.root / "log" / f"agent-{node}.log"),
+            # The test suite submits as root as well as as an unprivileged user; a site never does.
+            "--allow-root-functions", "--keep-warm", "30",
         ])
 
     def node_states(self) -> dict[str, str]:

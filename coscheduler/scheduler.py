@@ -7,22 +7,32 @@ Rules:
 - an invocation goes only to a slot with enough free lent cores and memory, and whose
   lend lasts at least the invocation's timeout (a function must be able to finish
   before the batch job takes its cores back);
-- higher priority first; within a priority, users take turns (round robin in order of
-  their oldest waiting invocation), so one user's flood does not starve another;
-  each user's invocations stay FIFO;
+- priority classes, high to low; a lower class only gets what the higher ones cannot use;
+- within a class, fair share between users: the next invocation placed is the one of
+  the user with the least (running + placed this tick) / share, ties to the user whose
+  head invocation waited longest; so one user's 100,000 invocations do not starve another
+  user's 10, and a user who already runs a lot yields to one who runs little;
+- a user at their running quota (``Policy``) gets nothing more this tick;
+- each user's invocations stay FIFO (those that fit nowhere are passed over);
 - among fitting slots, prefer one with a warm executor of the same function, then the
-  one with the least free cores that still fits (keeps big holes for big requests).
+  one with the fewest free cores that still fits (keeps big holes for big requests).
 
-Cost: one pass over the queue; an invocation shape (cores, memory, timeout) that found
-no slot is not tried again this tick, and the pass stops once no slot has a free core,
-so a tick is O(queue + slots x distinct shapes), not O(queue x slots).
+Cost. Slots are indexed by free capacity: for each request shape (cores, memory,
+timeout), and for each (function, shape) among warm slots, a min-heap of the slots that
+can hold it, keyed by free cores. Capacity on a slot only shrinks during a tick, so a
+slot that cannot hold a shape now never can again: it leaves that heap for good, and a
+heap entry made stale by a placement is re-keyed when it surfaces. A shape that found no
+slot is not tried again. So a tick costs O(Q + U log U) to group the queue, O(S) per
+distinct shape to build its heap, and O(log S) per placement: not O(Q x S). The pass
+ends as soon as no lent core is free.
 """
 from __future__ import annotations
 
+import gc
 import heapq
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from operator import attrgetter
+from typing import Iterable, Mapping, Optional
 
 
 @dataclass
@@ -59,66 +69,211 @@ class Placement:
     mem_mb: int
 
 
-def fair_order(pending: Iterable[PendingInvocation]) -> list[PendingInvocation]:
-    """Priority classes high to low; users round robin inside a class; FIFO per user."""
-    by_class: dict[int, dict[int, deque[PendingInvocation]]] = defaultdict(lambda: defaultdict(deque))
-    for inv in sorted(pending, key=lambda p: (p.submitted_at, p.invocation_id)):
-        by_class[inv.priority][inv.user].append(inv)
-    ordered: list[PendingInvocation] = []
-    for priority in sorted(by_class, reverse=True):
-        queues = by_class[priority]
-        # Heap of (turn, oldest submit time, user): each user's k-th invocation has turn k.
-        heap = [(0, q[0].submitted_at, user) for user, q in queues.items()]
-        heapq.heapify(heap)
-        while heap:
-            turn, _, user = heapq.heappop(heap)
-            q = queues[user]
-            ordered.append(q.popleft())
-            if q:
-                heapq.heappush(heap, (turn + 1, q[0].submitted_at, user))
-    return ordered
+@dataclass(frozen=True)
+class Policy:
+    """Per-user limits and weights of the fair share.
+
+    ``max_running``: invocations a user may have on slots at once (None: no limit);
+    ``user_max_running`` overrides it per uid. ``shares``: a user's weight (default 1).
+    """
+
+    max_running: Optional[int] = None
+    user_max_running: Mapping[int, int] = field(default_factory=dict)
+    shares: Mapping[int, float] = field(default_factory=dict)
+
+    def running_limit(self, user: int) -> Optional[int]:
+        return self.user_max_running.get(user, self.max_running)
+
+    def share(self, user: int) -> float:
+        return max(self.shares.get(user, 1.0), 1e-9)
 
 
-def _fits(slot: SlotView, inv: PendingInvocation, now: float) -> bool:
-    return (
-        len(slot.free_cpus) >= inv.cores
-        and slot.free_mem_mb >= inv.mem_mb
-        and slot.remaining(now) >= inv.timeout_s
-    )
+class _Open:
+    """A slot's capacity while a tick places work on it."""
+
+    __slots__ = ("slot_id", "cpus", "free", "mem", "remaining", "warm", "seq")
+
+    def __init__(self, view: SlotView, remaining: float, seq: int):
+        self.slot_id = view.slot_id
+        self.cpus = list(view.free_cpus)
+        self.free = len(self.cpus)
+        self.mem = view.free_mem_mb
+        self.remaining = remaining
+        self.warm = view.warm_functions
+        self.seq = seq
+
+
+class _Index:
+    """Heaps of slots by free cores, built on first use for each request shape."""
+
+    def __init__(self, slots: list[_Open]):
+        self.slots = slots
+        self.warm: dict[str, list[_Open]] = {}
+        for o in slots:
+            for fn in o.warm:
+                self.warm.setdefault(fn, []).append(o)
+        self.heaps: dict[tuple, list] = {}
+
+    def _heap(self, key: tuple, pool: list[_Open], cores: int, mem: int, timeout: float) -> list:
+        h = self.heaps.get(key)
+        if h is None:
+            h = [(o.free, o.seq, o) for o in pool if o.free >= cores and o.mem >= mem and o.remaining >= timeout]
+            heapq.heapify(h)
+            self.heaps[key] = h
+        return h
+
+    @staticmethod
+    def _best(h: list, cores: int, mem: int) -> Optional[_Open]:
+        while h:
+            free, seq, o = h[0]
+            if o.free < cores or o.mem < mem:
+                heapq.heappop(h)  # capacity only shrinks: it never fits this shape again
+            elif o.free != free:
+                heapq.heapreplace(h, (o.free, seq, o))  # stale key: re-key and look again
+            else:
+                return o
+        return None
+
+    def find(self, inv: PendingInvocation) -> Optional[_Open]:
+        shape = (inv.cores, inv.mem_mb, inv.timeout_s)
+        warm = self.warm.get(inv.function)
+        if warm:
+            o = self._best(self._heap(("w", inv.function, shape), warm, *shape), inv.cores, inv.mem_mb)
+            if o is not None:
+                return o
+        return self._best(self._heap(("c", shape), self.slots, *shape), inv.cores, inv.mem_mb)
+
+
+_FIFO = attrgetter("submitted_at", "invocation_id")
+
+
+def _by_class(pending: Iterable[PendingInvocation]) -> tuple[dict[int, dict[int, list[PendingInvocation]]], int]:
+    """Group by priority class and user, FIFO per user; also count the distinct shapes."""
+    classes: dict[int, dict[int, list[PendingInvocation]]] = {}
+    unsorted: list[list[PendingInvocation]] = []
+    shapes = set()
+    for inv in pending:
+        shapes.add((inv.cores, inv.mem_mb, inv.timeout_s))
+        users = classes.get(inv.priority)
+        if users is None:
+            users = classes[inv.priority] = {}
+        q = users.get(inv.user)
+        if q is None:
+            users[inv.user] = [inv]
+        else:
+            last = q[-1]
+            if inv.submitted_at < last.submitted_at or (
+                    inv.submitted_at == last.submitted_at and inv.invocation_id < last.invocation_id):
+                unsorted.append(q)
+            q.append(inv)
+    for q in unsorted:  # the database hands them over in order: usually none
+        q.sort(key=_FIFO)
+    return classes, len(shapes)
 
 
 def place(
-    pending: Iterable[PendingInvocation], slots: Iterable[SlotView], now: float
+    pending: Iterable[PendingInvocation],
+    slots: Iterable[SlotView],
+    now: float,
+    running: Optional[Mapping[int, int]] = None,
+    policy: Optional[Policy] = None,
 ) -> list[Placement]:
-    """Assign queued invocations to free lent capacity. ``slots`` is not modified."""
-    open_slots = [
-        SlotView(s.slot_id, list(s.free_cpus), s.free_mem_mb, s.lend_end, s.warm_functions)
-        for s in slots
-        if s.free_cpus and s.remaining(now) > 0
-    ]
+    """Assign queued invocations to free lent capacity. Inputs are not modified.
+
+    ``running``: invocations each user already has on slots (fair share and quotas).
+    """
+    running = running or {}
+    policy = policy or Policy()
+    open_slots: list[_Open] = []
+    for s in slots:
+        rem = s.remaining(now)
+        if s.free_cpus and rem > 0 and s.free_mem_mb > 0:
+            open_slots.append(_Open(s, rem, len(open_slots)))
+    free_cores = sum(o.free for o in open_slots)
     placements: list[Placement] = []
-    failed_shapes: set[tuple[int, int, float]] = set()
-    for inv in fair_order(pending):
-        if not open_slots:
-            break
-        shape = (inv.cores, inv.mem_mb, inv.timeout_s)
-        if shape in failed_shapes or inv.cores < 1:
-            continue
-        best: Optional[SlotView] = None
-        best_key: tuple[int, int] = (0, 0)
-        for slot in open_slots:
-            if not _fits(slot, inv, now):
-                continue
-            key = (0 if inv.function in slot.warm_functions else 1, len(slot.free_cpus))
-            if best is None or key < best_key:
-                best, best_key = slot, key
-        if best is None:
-            failed_shapes.add(shape)
-            continue
-        cpus = tuple(best.free_cpus[: inv.cores])
-        del best.free_cpus[: inv.cores]
-        best.free_mem_mb -= inv.mem_mb
-        placements.append(Placement(inv.invocation_id, best.slot_id, cpus, inv.mem_mb))
-        if not best.free_cpus:
-            open_slots.remove(best)
+    if not free_cores:
+        return placements
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a tick allocates many small objects and frees them all at the end
+    try:
+        return _place(pending, open_slots, free_cores, running, policy)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _place(pending: Iterable[PendingInvocation], open_slots: list[_Open], free_cores: int,
+           running: Mapping[int, int], policy: Policy) -> list[Placement]:
+    placements: list[Placement] = []
+    index = _Index(open_slots)
+    failed: set[tuple] = set()  # shapes that found no slot this tick
+    usage: dict[int, int] = {}
+    classes, n_shapes = _by_class(pending)
+    for priority in sorted(classes, reverse=True):
+        users = classes[priority]
+        cursor = dict.fromkeys(users, 0)
+        heap = []
+        for user, q in users.items():
+            used = usage.setdefault(user, running.get(user, 0))
+            heap.append((used / policy.share(user), q[0].submitted_at, user))
+        heapq.heapify(heap)
+        while heap and free_cores and len(failed) < n_shapes:
+            _, _, user = heapq.heappop(heap)
+            limit = policy.running_limit(user)
+            if limit is not None and usage[user] >= limit:
+                continue  # at quota: the rest waits for a later tick
+            q, i = users[user], cursor[user]
+            placed = None
+            while i < len(q):
+                inv = q[i]
+                i += 1
+                shape = (inv.cores, inv.mem_mb, inv.timeout_s)
+                if shape in failed:
+                    continue
+                if inv.cores < 1:
+                    failed.add(shape)
+                    continue
+                slot = index.find(inv)
+                if slot is None:
+                    failed.add(shape)  # warm slots are a subset: nothing else fits either
+                    continue
+                cpus = tuple(slot.cpus[: inv.cores])
+                del slot.cpus[: inv.cores]
+                slot.free -= inv.cores
+                slot.mem -= inv.mem_mb
+                free_cores -= inv.cores
+                placed = Placement(inv.invocation_id, slot.slot_id, cpus, inv.mem_mb)
+                break
+            cursor[user] = i
+            if placed is None:
+                continue  # nothing of this user fits anywhere
+            placements.append(placed)
+            usage[user] += 1
+            if i < len(q):
+                heapq.heappush(heap, (usage[user] / policy.share(user), q[i].submitted_at, user))
     return placements
+
+
+def fair_order(pending: Iterable[PendingInvocation], running: Optional[Mapping[int, int]] = None,
+               policy: Optional[Policy] = None) -> list[PendingInvocation]:
+    """The order ``place`` considers invocations in when everything fits (for tests and tools)."""
+    running = running or {}
+    policy = policy or Policy()
+    out: list[PendingInvocation] = []
+    usage: dict[int, int] = {}
+    classes, _ = _by_class(pending)
+    for priority in sorted(classes, reverse=True):
+        users = classes[priority]
+        cursor = dict.fromkeys(users, 0)
+        heap = [((usage.setdefault(u, running.get(u, 0))) / policy.share(u), q[0].submitted_at, u)
+                for u, q in users.items()]
+        heapq.heapify(heap)
+        while heap:
+            _, _, user = heapq.heappop(heap)
+            q = users[user]
+            out.append(q[cursor[user]])
+            cursor[user] += 1
+            usage[user] += 1
+            if cursor[user] < len(q):
+                heapq.heappush(heap, (usage[user] / policy.share(user), q[cursor[user]].submitted_at, user))
+    return out

@@ -49,8 +49,50 @@ PING = "ping"
 OK = "ok"
 ERROR = "error"
 
-AGENT_TYPES = frozenset({HELLO, LEND, REVOKE, HEARTBEAT, STARTED, RESULT, EVICTED})
-CLIENT_TYPES = frozenset({REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, AGENTS, PING})
+# Hot invocations (the rFaaS model; coscheduler.leases, faas_runtime.client):
+# client -> co-scheduler: LEASE (function, duration_s) -> lease_id; LEASE_STATUS (lease_id)
+#   -> state pending/ready/ended/failed, and once ready endpoint, token, cpus; LEASE_RELEASE.
+# co-scheduler -> agent: LEASE_START (lease_id, token, slot, the RUN fields), LEASE_END.
+# agent -> co-scheduler: LEASE_READY (lease_id, endpoint), LEASE_FAILED, LEASE_ENDED (reason).
+LEASE = "lease"
+LEASE_RELEASE = "lease-release"
+LEASE_STATUS = "lease-status"
+LEASE_START = "lease-start"
+LEASE_END = "lease-end"
+LEASE_READY = "lease-ready"
+LEASE_FAILED = "lease-failed"
+LEASE_ENDED = "lease-ended"
+LEASE_CLIENT_TYPES = frozenset({LEASE, LEASE_STATUS, LEASE_RELEASE})
+LEASE_AGENT_TYPES = frozenset({LEASE_READY, LEASE_FAILED, LEASE_ENDED})
+# agent or hot client -> executor: CALL (rid, payload_json, token for hot clients, cpus);
+# executor -> caller: RESULT (rid, outcome, value_json / error, cpus) or ERROR; to hot
+# clients LEASE_ENDED when the lease ends (revoke, expiry, release). Agent -> executor on
+# its private socket: GRANT (token, cpus) and LEASE_END (token, reason).
+CALL = "call"
+GRANT = "grant"
+# libfabric RMA set-up (faas_runtime.rma, faas_runtime.remote_memory; docs/fabric.md):
+# client -> RMA executor or memory server: FABRIC_ATTACH (provider, name = endpoint name,
+# result = {addr, key, size}); the OK reply carries name, slot, ring (or the memory region and
+# its epoch); FABRIC_DETACH (slot) frees the lease. MEM_REVOKE: release the served buffer.
+FABRIC_ATTACH = "fabric-attach"
+FABRIC_DETACH = "fabric-detach"
+MEM_REVOKE = "mem-revoke"
+
+AGENT_TYPES = frozenset({HELLO, LEND, REVOKE, HEARTBEAT, STARTED, RESULT, EVICTED}) | LEASE_AGENT_TYPES
+# client -> co-scheduler, queue and function management (coscheduler.daemon):
+# INVOKE_BATCH (function, payloads: [JSON text], priority) -> invocation_ids, all or none;
+# CANCEL_INVOCATION (invocation_id) -> state; LIST (state, function, ids, limit) -> invocations;
+# FUNCTIONS -> functions; FUNCTION_SHOW / FUNCTION_DELETE (name, force); FUNCTION_UPDATE
+# (name, function: the fields to change). REGISTER creates or replaces.
+INVOKE_BATCH = "invoke-batch"
+CANCEL_INVOCATION = "cancel-invocation"
+LIST = "list"
+FUNCTIONS = "functions"
+FUNCTION_SHOW = "function-show"
+FUNCTION_UPDATE = "function-update"
+FUNCTION_DELETE = "function-delete"
+CLIENT_TYPES = frozenset({REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, AGENTS, PING, INVOKE_BATCH,
+                          CANCEL_INVOCATION, LIST, FUNCTIONS, FUNCTION_SHOW, FUNCTION_UPDATE, FUNCTION_DELETE})
 
 # Error codes carried in ERROR replies: clients branch on these, people read ``message``.
 E_MALFORMED = "malformed"
@@ -62,6 +104,12 @@ E_NOT_FOUND = "not-found"
 E_INVALID = "invalid"
 E_NOT_READY = "not-ready"
 E_INTERNAL = "internal"
+E_QUOTA = "quota"  # a per-user quota of the co-scheduler would be exceeded
+E_EXISTS = "exists"
+E_NO_CAPACITY = "no-capacity"  # no lent capacity fits a lease now
+E_LEASE = "lease"  # a call without a valid lease token, or after the lease ended
+E_EVICTED = "evicted"  # the executor was stopped (revoke) during the call
+E_REVOKED = "revoked"  # remote memory whose lend was revoked
 
 HEARTBEAT_INTERVAL_S = 1.0
 AGENT_DEAD_AFTER_S = 5.0

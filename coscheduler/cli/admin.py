@@ -10,6 +10,8 @@ import click
 
 from ..devcluster import DEFAULT_DIR, ClusterError, DevCluster
 from .analyze import analyze
+from .plugin import install_plugin, uninstall_plugin
+from .keys import keygen
 from .common import coscheduler_options, emit_json, friendly_errors, make_client, output_option
 
 
@@ -98,3 +100,6 @@ def env(ctx):
 
 
 main.add_command(analyze)
+main.add_command(install_plugin)
+main.add_command(uninstall_plugin)
+main.add_command(keygen)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -35,27 +36,65 @@ def main(ctx: click.Context, endpoint: str, munge_socket: Optional[str]) -> None
     ctx.obj = {"endpoint": endpoint, "munge_socket": munge_socket}
 
 
+def _function_options(f, defaults: bool):
+    """The options of register (with defaults) and update (only what is given)."""
+    d = (lambda v: v) if defaults else (lambda v: None)
+    opts = [
+        click.option("--entrypoint", required=defaults, default=None, help="module:function, e.g. mymod:handler"),
+        click.option("--code", "code_dir", required=defaults, default=None,
+                     type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="directory holding the module, on a filesystem the compute nodes see"),
+        click.option("--cores", type=click.IntRange(min=1), default=d(1), show_default=defaults),
+        click.option("--mem", "mem_mb", type=SizeMB(), default=d("256M"), show_default=defaults,
+                     help="memory, e.g. 512M, 2G"),
+        click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=d(60.0),
+                     show_default=defaults, help="seconds; only lends lasting this long are used"),
+        click.option("--max-attempts", type=click.IntRange(min=1), default=d(3), show_default=defaults,
+                     help="runs allowed when evictions cut it short"),
+        click.option("--image", default=None, help="container image (directory, SquashFS or SIF) to run it in"),
+        click.option("--runtime", type=click.Choice(["none", "charliecloud", "apptainer", "singularity", "sarus",
+                                                     "bwrap"]),
+                     default=None, help="container runtime for --image (default: the agent's)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _with_register_options(f):
+    return _function_options(f, defaults=True)
+
+
+def _with_update_options(f):
+    return _function_options(f, defaults=False)
+
+
+def _check_entrypoint(entrypoint: Optional[str]) -> None:
+    if entrypoint is not None and (":" not in entrypoint or entrypoint.startswith(":") or entrypoint.endswith(":")):
+        raise click.BadParameter("expected module:function", param_hint="--entrypoint")
+
+
+def _print_function(fn: dict) -> None:
+    for key in ("name", "entrypoint", "code_dir", "cores", "mem_mb", "timeout_s", "max_attempts", "image",
+                "runtime", "created_at", "updated_at"):
+        click.echo(f"{key + ':':<14}{fn.get(key) if fn.get(key) is not None else '-'}")
+    if "invocations" in fn:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(fn["invocations"].items())) or "none"
+        click.echo(f"{'invocations:':<14}{counts}")
+
+
 @main.command()
 @click.argument("name")
-@click.option("--entrypoint", required=True, help="module:function, e.g. mymod:handler")
-@click.option("--code", "code_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="directory holding the module, on a filesystem the compute nodes see")
-@click.option("--cores", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--mem", "mem_mb", type=SizeMB(), default="256M", show_default=True, help="memory, e.g. 512M, 2G")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
-              show_default=True, help="seconds; only lends lasting this long are used")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=3, show_default=True,
-              help="runs allowed when evictions cut it short")
+@_with_register_options
 @output_option
 @click.pass_context
 @friendly_errors
-def register(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, max_attempts, output):
-    """Register (or update) function NAME."""
-    if ":" not in entrypoint:
-        raise click.BadParameter("expected module:function", param_hint="--entrypoint")
+def register(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, max_attempts, image, runtime, output):
+    """Register function NAME (or replace its definition)."""
+    _check_entrypoint(entrypoint)
     fid = make_client(ctx).register(
         name=name, entrypoint=entrypoint, code_dir=str(code_dir.resolve()), cores=cores, mem_mb=mem_mb,
-        timeout_s=timeout_s, max_attempts=max_attempts, gid=os.getgid(),
+        timeout_s=timeout_s, max_attempts=max_attempts, gid=os.getgid(), image=image, runtime=runtime,
     )
     if output == "json":
         emit_json({"function_id": fid, "name": name})
@@ -65,15 +104,106 @@ def register(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, max_atte
 
 @main.command()
 @click.argument("name")
-@click.option("--payload", default="null", show_default=True, help="the argument, as JSON")
-@click.option("--priority", type=int, default=0, show_default=True)
-@click.option("--wait", is_flag=True, help="wait and print the return value as JSON")
+@_with_update_options
+@output_option
+@click.pass_context
+@friendly_errors
+def update(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, max_attempts, image, runtime, output):
+    """Change some settings of function NAME; the others stay."""
+    _check_entrypoint(entrypoint)
+    changes = {k: v for k, v in dict(entrypoint=entrypoint, code_dir=str(code_dir.resolve()) if code_dir else None,
+                                     cores=cores, mem_mb=mem_mb, timeout_s=timeout_s, max_attempts=max_attempts,
+                                     image=image, runtime=runtime).items() if v is not None}
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one option")
+    fn = make_client(ctx).update(name, **changes)
+    emit_json(fn) if output == "json" else click.echo(f"updated {name}")
+
+
+@main.command()
+@output_option
+@click.pass_context
+@friendly_errors
+def functions(ctx, output):
+    """List your functions."""
+    rows = make_client(ctx).functions()
+    if output == "json":
+        emit_json(rows)
+        return
+    click.echo(f"{'NAME':<24} {'CORES':>5} {'MEM_MB':>7} {'TIMEOUT':>8} {'TRIES':>5}  ENTRYPOINT")
+    for r in rows:
+        click.echo(f"{r['name']:<24} {r['cores']:>5} {r['mem_mb']:>7} {r['timeout_s']:>8g} {r['max_attempts']:>5}  "
+                   f"{r['entrypoint']}")
+
+
+@main.command()
+@click.argument("name")
+@output_option
+@click.pass_context
+@friendly_errors
+def show(ctx, name, output):
+    """Show function NAME: its settings and its invocations by state."""
+    fn = make_client(ctx).function(name)
+    emit_json(fn) if output == "json" else _print_function(fn)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="also cancel its queued and running invocations")
+@output_option
+@click.pass_context
+@friendly_errors
+def delete(ctx, name, force, output):
+    """Delete function NAME (the history of its invocations stays readable)."""
+    reply = make_client(ctx).delete(name, force)
+    if output == "json":
+        emit_json({"deleted": reply["deleted"], "cancelled": reply["cancelled"]})
+    else:
+        click.echo(f"deleted {name}" + (f", cancelled {reply['cancelled']} invocations" if reply["cancelled"] else ""))
+
+
+def _read_batch(path: Path) -> list[str]:
+    """One JSON payload per non-empty line; the first malformed line stops everything."""
+    payloads: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    json.loads(text)
+                except ValueError as exc:
+                    raise click.ClickException(f"{path} line {n}: not JSON: {exc}") from None
+                payloads.append(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path}: not UTF-8 text: {exc}") from None
+    if not payloads:
+        raise click.ClickException(f"{path}: no payloads (one JSON value per line)")
+    return payloads
+
+
+@main.command()
+@click.argument("name")
+@click.option("--payload", default=None, help="the argument, as JSON [default: null]")
+@click.option("--batch", "batch_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="FILE.jsonl: one invocation per line, each line its JSON payload")
+@click.option("--priority", type=int, default=0, show_default=True, help="priority class (higher first)")
+@click.option("--wait", is_flag=True, help="wait and print the return value as JSON (with --batch: the states)")
 @click.option("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
 @output_option
 @click.pass_context
 @friendly_errors
-def invoke(ctx, name, payload, priority, wait, wait_timeout, output):
-    """Invoke function NAME once; print the invocation id (or, with --wait, the result)."""
+def invoke(ctx, name, payload, batch_file, priority, wait, wait_timeout, output):
+    """Invoke function NAME once (or once per line of --batch); print the invocation id(s)."""
+    if batch_file is not None:
+        if payload is not None:
+            raise click.UsageError("give --payload or --batch, not both")
+        _invoke_batch(ctx, name, batch_file, priority, wait, wait_timeout, output)
+        return
+    payload = "null" if payload is None else payload
     try:
         json.loads(payload)
     except ValueError as exc:
@@ -91,6 +221,38 @@ def invoke(ctx, name, payload, priority, wait, wait_timeout, output):
         emit_json({"invocation_id": inv_id, "result": json.loads(value_json)})
     else:
         click.echo(value_json)
+
+
+def _invoke_batch(ctx, name, path, priority, wait, wait_timeout, output) -> None:
+    payloads = _read_batch(path)
+    client = make_client(ctx)
+    # Everything is checked before the first invocation is queued: the function, the quota
+    # for the whole file, and every payload against the co-scheduler's limits.
+    limits = client.check_batch(name, len(payloads), priority)
+    for n, p in enumerate(payloads, 1):
+        if len(p.encode()) > limits["max_payload_bytes"]:
+            raise click.ClickException(f"{path}: payload {n} is {len(p.encode())} bytes; the co-scheduler "
+                                       f"accepts at most {limits['max_payload_bytes']}")
+    chunk = max(1, min(1000, limits["max_batch"]))
+    with click.progressbar(length=len(payloads), label=f"queueing {len(payloads)} invocations of {name}",
+                           file=sys.stderr) as bar:
+        ids = client.invoke_batch(name, payloads, priority, chunk=chunk, progress=bar.update)
+    if not wait:
+        if output == "json":
+            emit_json({"invocation_ids": ids})
+        else:
+            click.echo("\n".join(map(str, ids)))
+        return
+    rows = client.wait_many(ids, wait_timeout)
+    states: dict[str, int] = {}
+    for row in rows.values():
+        states[row["state"]] = states.get(row["state"], 0) + 1
+    if output == "json":
+        emit_json({"invocation_ids": ids, "states": states})
+    else:
+        click.echo(" ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    if set(states) != {"SUCCEEDED"}:
+        raise click.ClickException(f"{len(ids) - states.get('SUCCEEDED', 0)} of {len(ids)} invocations did not succeed")
 
 
 @main.command()
@@ -117,23 +279,76 @@ def status(ctx, invocation_id, history, output):
 
 @main.command()
 @click.argument("invocation_id", type=int)
+@output_option
 @click.pass_context
 @friendly_errors
-def result(ctx, invocation_id):
+def result(ctx, invocation_id, output):
     """Print the return value of an invocation as JSON."""
-    click.echo(make_client(ctx).result_json(invocation_id))
+    value_json = make_client(ctx).result_json(invocation_id)
+    if output == "json":
+        emit_json({"invocation_id": invocation_id, "result": json.loads(value_json)})
+    else:
+        click.echo(value_json)
 
 
 @main.command()
-@click.argument("invocation_id", type=int)
+@click.argument("invocation_ids", type=int, nargs=-1, required=True)
 @click.option("--timeout", "timeout_s", type=float, default=None)
 @output_option
 @click.pass_context
 @friendly_errors
-def wait(ctx, invocation_id, timeout_s, output):
-    """Wait until an invocation ends; print its final state."""
-    st = make_client(ctx).wait(invocation_id, timeout_s)
-    if output == "json":
-        emit_json({"invocation_id": invocation_id, "state": st["state"], "error": st.get("error")})
+def wait(ctx, invocation_ids, timeout_s, output):
+    """Wait until invocations end; print their final states."""
+    client = make_client(ctx)
+    if len(invocation_ids) == 1:
+        st = client.wait(invocation_ids[0], timeout_s)
+        rows = {invocation_ids[0]: {"state": st["state"], "error": st.get("error")}}
     else:
-        click.echo(st["state"])
+        rows = client.wait_many(list(invocation_ids), timeout_s)
+    if output == "json":
+        emit_json([{"invocation_id": i, "state": rows[i]["state"], "error": rows[i].get("error")}
+                   for i in invocation_ids])
+    else:
+        for i in invocation_ids:
+            click.echo(rows[i]["state"] if len(invocation_ids) == 1 else f"{i} {rows[i]['state']}")
+
+
+@main.command()
+@click.argument("invocation_ids", type=int, nargs=-1, required=True)
+@output_option
+@click.pass_context
+@friendly_errors
+def cancel(ctx, invocation_ids, output):
+    """Cancel queued or running invocations (running ones are stopped on their node)."""
+    client = make_client(ctx)
+    done = [{"invocation_id": i, "state": client.cancel(i)} for i in invocation_ids]
+    if output == "json":
+        emit_json(done)
+    else:
+        for row in done:
+            click.echo(f"{row['invocation_id']} {row['state']}")
+
+
+STATES = ["QUEUED", "DISPATCHED", "RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED", "EVICTED"]
+
+
+@main.command("list")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES, case_sensitive=False),
+              help="only these states (repeatable)")
+@click.option("--function", default=None, help="only invocations of this function")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="newest first")
+@click.option("--all-users", is_flag=True, help="root only: everyone's invocations")
+@output_option
+@click.pass_context
+@friendly_errors
+def list_invocations(ctx, states, function, limit, all_users, output):
+    """List your invocations, newest first."""
+    rows = make_client(ctx).list(states=[s.upper() for s in states], function=function, limit=limit,
+                                 all_users=all_users)
+    if output == "json":
+        emit_json(rows)
+        return
+    click.echo(f"{'ID':>8} {'FUNCTION':<20} {'STATE':<10} {'TRIES':>5} {'NODE':<8} CREATED")
+    for r in rows:
+        click.echo(f"{r['invocation_id']:>8} {r['function']:<20} {r['state']:<10} {r['attempts']:>5} "
+                   f"{r['node'] or '-':<8} {r['created_at']}")

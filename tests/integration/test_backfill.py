@@ -77,15 +77,15 @@ def test_function_errors_are_reported(cluster, probe, jobs):
     assert "RuntimeError: boom 1" in final["error"]
 
 
-def _executor_pids(invocation_id: int) -> list[int]:
-    """Executor processes of one invocation, found by the environment the agent gives them."""
+def _executor_pids(job_id: int) -> list[int]:
+    """Executor processes on the slot of one job, found by the environment the agent gives them."""
     from pathlib import Path
 
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             if b"faas_runtime.executor" in (proc / "cmdline").read_bytes() and \
-                    f"FAAS_INVOCATION_ID={invocation_id}\0".encode() in (proc / "environ").read_bytes():
+                    f"SLURM_FAAS_JOB_ID={job_id}\0".encode() in (proc / "environ").read_bytes():
                 pids.append(int(proc.name))
         except (OSError, ValueError):
             continue
@@ -98,7 +98,7 @@ def test_slurm_reconciliation_revokes_when_the_plugin_revoke_never_arrives(clust
     slot = _slot_of(probe, job)
     inv = probe.invoke("sleepy", json.dumps(60))
     wait_until("running", lambda: probe.status(inv)["state"] == State.RUNNING.value)
-    assert _executor_pids(inv)
+    assert _executor_pids(job)
     # Lose the lend record: the plugin's revoke at job end has nothing to mark.
     (cluster.spool / slot["node"] / f"{job}.json").unlink()
     run(cluster, "scancel", str(job))
@@ -106,5 +106,5 @@ def test_slurm_reconciliation_revokes_when_the_plugin_revoke_never_arrives(clust
         s["slot_id"] == slot["slot_id"] and s["state"] == "REVOKED" and "in Slurm" in (s["revoke_reason"] or "")
         for s in probe.slots()), timeout_s=15)
     assert probe.status(inv)["state"] == State.QUEUED.value
-    wait_until("executor stopped", lambda: not _executor_pids(inv), timeout_s=10)
+    wait_until("executor stopped", lambda: not _executor_pids(job), timeout_s=10)
     assert probe.status(inv)["state"] == State.QUEUED.value

@@ -43,3 +43,24 @@ def test_agent_restart_requeues_and_relends(cluster, probe, jobs):
     final = probe.wait(quick, timeout_s=30)
     assert final["state"] == "SUCCEEDED" and final["job_id"] == job
     assert probe.status(inv)["attempts"] == 2  # running again on the re-announced slot
+
+
+def test_kill_9_mid_batch_loses_no_invocation(cluster, probe, jobs):
+    """SIGKILL the co-scheduler while a batch is being dispatched and run; after `up`
+    every invocation ends SUCCEEDED (at-least-once), none is lost or stuck."""
+    import time
+
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=4", "--output=/dev/null", "--wrap", "sleep 300")
+    jobs.append(job)
+    wait_until("slot", lambda: any(s["job_id"] == job and s["state"] == "ACTIVE" for s in probe.slots()))
+    ids = probe.invoke_batch("square", [json.dumps({"n": n}) for n in range(60)])
+    wait_until("some done", lambda: any(r["state"] == "SUCCEEDED" for r in probe.list(ids=ids, limit=60)),
+               timeout_s=60)
+    _kill(cluster, "faas-coscheduler", "coscheduler.daemon")
+    time.sleep(1.0)  # agents keep finishing work and sending results into the void
+    cluster.up(timeout_s=60)
+    rows = probe.wait_many(ids, timeout_s=180)
+    assert sorted(rows) == sorted(ids)
+    assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+    for n, inv in enumerate(ids):
+        assert json.loads(probe.result_json(inv))["square"] == n * n

@@ -1,0 +1,322 @@
+"""End-to-end throughput of no-op invocations through the co-scheduler's queue, and
+submit-to-start latency on an idle slot, on a real dev cluster (Slurm + munge).
+
+    python bench/bench_throughput.py                 # SQLite and PostgreSQL (if installed)
+    python bench/bench_throughput.py -n 20000 --db sqlite
+
+Parts, all in one run:
+  baseline   raw ZeroMQ DEALER->ROUTER->DEALER pipeline of N small messages (what the
+             transport alone allows on this machine), and the database alone: N
+             invocations queued in batches and taken through the four transitions with
+             the co-scheduler's own data functions.
+  queue      a second co-scheduler (SQLite file or a private PostgreSQL) with munge from
+             the dev cluster; four agents that answer RUN at once (no process is spawned:
+             this is the queue, the database and the protocol), lending 16 cores each for
+             real running Slurm jobs; N invocations submitted with invoke --batch
+             (1000 per request); sustained = N / (last SUCCEEDED - first submit).
+  real agent the dev cluster's own co-scheduler and agents (one Python process spawned per
+             invocation): throughput of 200 no-ops on 4 lent cores, and submit-to-start
+             latency (QUEUED -> RUNNING in the invocation's history) of 30 invocations
+             submitted one at a time on an idle slot.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zmq  # noqa: E402
+
+from coscheduler import db as D  # noqa: E402
+from coscheduler.client import Client  # noqa: E402
+from coscheduler.devcluster import DevCluster  # noqa: E402
+from coscheduler.states import State  # noqa: E402
+from faas_runtime import protocol as P  # noqa: E402
+
+FUNCTIONS = Path(__file__).resolve().parent.parent / "tests" / "functions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- baselines -----------------------------------------------------------------------------
+
+
+def _echo_router(endpoint: str, n: int) -> None:
+    ctx = zmq.Context()
+    sock = P.configure(ctx.socket(zmq.ROUTER))
+    sock.bind(endpoint)
+    for _ in range(n):
+        ident, frame = sock.recv_multipart()
+        sock.send_multipart([ident, frame])
+    time.sleep(0.5)
+    sock.close()
+    ctx.term()
+
+
+def baseline_zmq(n: int) -> float:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    proc = mp.Process(target=_echo_router, args=(endpoint, n))
+    proc.start()
+    ctx = zmq.Context()
+    sock = P.configure(ctx.socket(zmq.DEALER))
+    sock.connect(endpoint)
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    frame = P.encode(P.RESULT, node="x", invocation_id=1, attempt=1, outcome="ok", value_json="null")
+    sent = got = 0
+    while got < n:
+        while sent < n and sent - got < 1000:
+            sock.send(frame)
+            sent += 1
+        sock.recv()
+        got += 1
+    elapsed = time.perf_counter() - t0
+    sock.close()
+    ctx.term()
+    proc.join()
+    return n / elapsed
+
+
+def baseline_db(url: str, n: int) -> float:
+    db = D.Database(url)
+    db.create_schema()
+    with db.session() as s:
+        fn = D.Function(name="bench-db", owner_uid=1, owner_gid=1, entrypoint="m:f", code_dir="/", cores=1,
+                        mem_mb=1, timeout_s=60, max_attempts=1)
+        s.add(fn)
+    t0 = time.perf_counter()
+    for start in range(0, n, 1000):
+        with db.session() as s:
+            fn = s.get(D.Function, fn.id)
+            ids = D.add_invocations(s, fn, ["null"] * min(1000, n - start), 1)
+        with db.session(write=True) as s:
+            for inv in D.claim_queued(s, 1000, 1000):
+                D.transition(s, inv, State.DISPATCHED)
+        with db.session() as s:
+            for inv in s.scalars(D.select(D.Invocation).where(D.Invocation.id.in_(ids))):
+                D.transition(s, inv, State.RUNNING)
+                inv.result = "null"
+                D.transition(s, inv, State.SUCCEEDED)
+    rate = n / (time.perf_counter() - t0)
+    db.dispose()
+    return rate
+
+
+# -- fast agents -----------------------------------------------------------------------------
+
+
+def _fast_agents(endpoint: str, slots: list[tuple[str, int]], cores: int, stop_file: str) -> None:
+    """Agents that answer RUN with STARTED + RESULT at once (no executor process)."""
+    ctx = zmq.Context()
+    socks = {}
+    poller = zmq.Poller()
+    for node, job_id in slots:
+        sock = P.configure(ctx.socket(zmq.DEALER))
+        sock.setsockopt(zmq.IDENTITY, f"agent:{node}".encode())
+        sock.connect(endpoint)
+        sock.send(P.encode(P.HELLO, node=node, running=[]))
+        socks[sock] = (node, job_id)
+        poller.register(sock, zmq.POLLIN)
+    next_beat = time.monotonic() + 1
+    while not os.path.exists(stop_file):
+        for sock, _ in poller.poll(100):
+            node, job_id = socks[sock]
+            while True:
+                try:
+                    msg = P.decode(sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                kind = msg["type"]
+                if kind == P.WELCOME:
+                    sock.send(P.encode(P.LEND, node=node, record={
+                        "version": 1, "state": "lent", "job_id": job_id, "node": node, "uid": 0, "gid": 0,
+                        "slurm_cpus": list(range(cores)), "os_cpus": [0] * cores, "mem_mb": 64000,
+                        "end_time": 0, "until_min": 0}))
+                elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
+                    sock.send(P.encode(P.HELLO, node=node, running=[]))
+                elif kind == P.RUN:
+                    ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
+                    sock.send(P.encode(P.STARTED, node=node, **ids))
+                    sock.send(P.encode(P.RESULT, node=node, **ids, outcome="ok", value_json="null",
+                                       cpus=msg["os_cpus"]))
+        if time.monotonic() >= next_beat:
+            for sock, (node, _) in socks.items():
+                sock.send(P.encode(P.HEARTBEAT, node=node, running=[]))
+            next_beat = time.monotonic() + 1
+    for sock in socks:
+        sock.close()
+    ctx.term()
+
+
+def start_postgres(root: Path) -> tuple[str, callable]:
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not initdb:
+        raise RuntimeError("PostgreSQL is not installed")
+    bindir = Path(initdb[-1]).parent
+    data, port = root / "data", free_port()
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(root, "postgres")
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "faas"], check=True,
+                   capture_output=True)
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "pg.log"), "-o",
+                    f"-k {root} -p {port} -c listen_addresses='' -c synchronous_commit=off", "start"],
+                   check=True, capture_output=True)
+    subprocess.run([*run_as, str(bindir / "createdb"), "-h", str(root), "-p", str(port), "-U", "faas", "faas"],
+                   check=True, capture_output=True)
+
+    def stop():
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+    return f"postgresql+psycopg://faas@/faas?host={root}&port={port}", stop
+
+
+def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: list[int]) -> dict:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, "SLURM_CONF": str(cluster.slurm_conf)}
+    log = workdir / f"coscheduler-{url.split(':')[0]}.log"
+    daemon = subprocess.Popen([sys.executable, "-m", "coscheduler.daemon", "--foreground", "--db", url, "--bind",
+                               endpoint, "--munge-socket", str(cluster.munge_socket), "--slurm-backend", "cli",
+                               "--log-file", str(log), "--log-level", "WARNING"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop_file = str(workdir / "stop-agents")
+    Path(stop_file).unlink(missing_ok=True)
+    agents = mp.Process(target=_fast_agents, args=(endpoint, [(f"q{i}", j) for i, j in enumerate(job_ids)], 16,
+                                                   stop_file))
+    agents.start()
+    try:
+        with Client(endpoint, str(cluster.munge_socket), timeout_s=60) as c:
+            deadline = time.monotonic() + 30
+            while len(c.agents()) < len(job_ids) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            c.register(name="noop", entrypoint="probe:where", code_dir=str(FUNCTIONS), cores=1, mem_mb=1,
+                       timeout_s=60, max_attempts=3)
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            ids = c.invoke_batch("noop", ["null"] * n, chunk=1000)
+            t_submitted = time.perf_counter() - t0
+            while True:
+                counts = c.function("noop")["invocations"]
+                if counts.get("SUCCEEDED", 0) >= n:
+                    break
+                if time.perf_counter() - t0 > 600:
+                    raise RuntimeError(f"not done after 600 s: {counts}")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            assert len(ids) == n
+        return {"n": n, "submit_rate": n / t_submitted, "sustained": n / elapsed, "elapsed": elapsed}
+    finally:
+        Path(stop_file).touch()
+        agents.join(10)
+        daemon.terminate()
+        daemon.wait(20)
+
+
+def real_agent_run(cluster: DevCluster, n: int, lat_n: int) -> dict:
+    env = cluster.client_env()
+    out = subprocess.run(["sbatch", "--parsable", "-N1", "-c8", "--output=/dev/null", "--faas-share=cores=4",
+                          "--wrap", "sleep 600"], env=env, capture_output=True, text=True, check=True, cwd="/tmp")
+    job = int(out.stdout.strip().split(";")[0])
+    try:
+        with Client(cluster.coscheduler_endpoint, str(cluster.munge_socket), timeout_s=60) as c:
+            deadline = time.monotonic() + 60
+            while not any(s["job_id"] == job and s["state"] == "ACTIVE" for s in c.slots()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the job's slot never appeared")
+                time.sleep(0.1)
+            c.register(name="noop", entrypoint="probe:where", code_dir=str(FUNCTIONS), cores=1, mem_mb=64,
+                       timeout_s=60, max_attempts=3)
+            # latency on an idle slot: one at a time
+            lat = []
+            for _ in range(lat_n):
+                inv = c.invoke("noop", "null")
+                st = c.wait(inv, timeout_s=60, poll_s=0.02)
+                at = {state: dt.datetime.fromisoformat(t) for state, t, _ in st["history"]}
+                lat.append((at["RUNNING"] - at["QUEUED"]).total_seconds())
+            t0 = time.perf_counter()
+            ids = c.invoke_batch("noop", ["null"] * n)
+            rows = c.wait_many(ids, timeout_s=600, poll_s=0.05)
+            elapsed = time.perf_counter() - t0
+            assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+        lat.sort()
+        return {"n": n, "rate": n / elapsed, "p50_ms": statistics.median(lat) * 1e3,
+                "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+    finally:
+        subprocess.run(["scancel", str(job)], env=env, capture_output=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=20_000, help="invocations in the queue runs")
+    ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--real-n", type=int, default=200)
+    ap.add_argument("--latency-n", type=int, default=30)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="faas-bench-"))
+    work.chmod(0o755)
+    cluster = DevCluster(work / "cluster")
+    stops = []
+    try:
+        print(f"machine: {os.cpu_count()} CPUs; N = {args.n}")
+        print(f"baseline zmq pipeline (DEALER->ROUTER->DEALER, 1000 in flight): {baseline_zmq(args.n):,.0f} msg/s")
+        urls = {}
+        if args.db in ("sqlite", "both"):
+            urls["sqlite"] = f"sqlite:///{work / 'queue.db'}"
+        if args.db in ("postgresql", "both"):
+            try:
+                pg_root = work / "pg"
+                pg_root.mkdir()
+                urls["postgresql"], stop = start_postgres(pg_root)
+                stops.append(stop)
+            except Exception as exc:  # noqa: BLE001 - reported, the rest still runs
+                print(f"postgresql: skipped ({exc})")
+        for name, url in urls.items():
+            base_url = url if name == "postgresql" else f"sqlite:///{work / 'baseline.db'}"
+            print(f"baseline {name} data functions alone (queue + 3 transitions, batches of 1000): "
+                  f"{baseline_db(base_url, min(args.n, 10_000)):,.0f} invocations/s")
+            if name == "postgresql":
+                with D.Database(url).engine.begin() as conn:
+                    conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        cluster.up(timeout_s=120)
+        env = cluster.client_env()
+        jobs = []
+        for _ in range(4):  # real running jobs the fast agents lend for (reconciliation keeps them)
+            out = subprocess.run(["sbatch", "--parsable", "-c1", "--mem=100M", "--output=/dev/null",
+                                  "--faas-share=no", "--wrap", "sleep 900"], env=env, capture_output=True,
+                                 text=True, check=True, cwd="/tmp")
+            jobs.append(int(out.stdout.strip().split(";")[0]))
+        for name, url in urls.items():
+            r = queue_run(cluster, url, args.n, work, jobs)
+            print(f"queue {name:<10}: {r['n']} no-ops, submitted at {r['submit_rate']:,.0f}/s, "
+                  f"sustained end to end {r['sustained']:,.0f}/s ({r['elapsed']:.1f} s)")
+        subprocess.run(["scancel", *map(str, jobs)], env=env, capture_output=True)
+        r = real_agent_run(cluster, args.real_n, args.latency_n)
+        print(f"real agent (one process per invocation, 4 lent cores on a 2-CPU machine): {r['rate']:,.1f}/s "
+              f"over {r['n']}; submit-to-start on an idle slot p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
+              f"({args.latency_n} samples)")
+    finally:
+        cluster.down()
+        for stop in stops:
+            stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""The co-scheduler's loop in-process, on SQLite and PostgreSQL, with agents played by
+ZeroMQ sockets in this test and Slurm by a stub: batches, quotas, cancel, dead agents,
+reconciliation, and the submit-function CLI (CliRunner) against it. Identity is stubbed
+(munge is exercised by the integration tests)."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Optional
+
+import pytest
+import zmq
+from click.testing import CliRunner
+
+from coscheduler import client as client_mod
+from coscheduler import db as D
+from coscheduler.config import Config, UserQuota
+from coscheduler.daemon import Coscheduler
+from coscheduler.slurm import JobInfo
+from faas_runtime import protocol as P
+
+UID = 4242
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StubSlurm:
+    def __init__(self):
+        self.alive: dict[int, JobInfo] = {}
+
+    def jobs(self):
+        return dict(self.alive)
+
+    def job(self, job_id):
+        return self.alive.get(job_id)
+
+    def nodes(self):
+        return {}
+
+
+class FakeAgent:
+    """An agent that lends one slot and (if ``answer``) runs every RUN at once."""
+
+    def __init__(self, endpoint: str, node: str, job_id: int, cores: int = 4, answer: bool = True):
+        self.node, self.job_id, self.answer = node, job_id, answer
+        self.ctx = zmq.Context()
+        self.sock = P.configure(self.ctx.socket(zmq.DEALER))
+        self.sock.setsockopt(zmq.IDENTITY, f"agent:{node}".encode())
+        self.sock.connect(endpoint)
+        self.record = {"version": 1, "state": "lent", "job_id": job_id, "node": node, "uid": 0, "gid": 0,
+                       "slurm_cpus": list(range(cores)), "os_cpus": [0] * cores, "mem_mb": 8000,
+                       "end_time": 0, "until_min": 0}
+        self.runs: list[dict] = []
+        self.cancels: list[dict] = []
+        self.revokes: list[dict] = []
+        self.beating = True
+        self.stop = False
+        self.running: set[int] = set()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def send(self, kind, **fields):
+        self.sock.send(P.encode(kind, node=self.node, **fields))
+
+    def _loop(self):
+        self.send(P.HELLO, running=[])
+        next_beat = time.monotonic() + 0.2
+        while not self.stop:
+            if self.sock.poll(20):
+                msg = P.decode(self.sock.recv())
+                kind = msg["type"]
+                if kind == P.WELCOME:
+                    self.send(P.LEND, record=self.record)
+                elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
+                    self.send(P.HELLO, running=sorted(self.running))
+                elif kind == P.RUN:
+                    self.runs.append(msg)
+                    if self.answer:
+                        ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
+                        self.send(P.STARTED, **ids)
+                        self.send(P.RESULT, **ids, outcome="ok", value_json=msg["payload_json"],
+                                  cpus=msg["os_cpus"])
+                    else:
+                        self.running.add(msg["invocation_id"])
+                        self.send(P.STARTED, invocation_id=msg["invocation_id"], attempt=msg["attempt"])
+                elif kind == P.CANCEL:
+                    self.cancels.append(msg)
+                    self.running.discard(msg["invocation_id"])
+                elif kind == P.REVOKE:
+                    self.revokes.append(msg)
+            if self.beating and time.monotonic() >= next_beat:
+                self.send(P.HEARTBEAT, running=sorted(self.running))
+                next_beat = time.monotonic() + 0.2
+
+    def close(self):
+        self.stop = True
+        self.thread.join(5)
+        self.sock.close()
+        self.ctx.term()
+
+
+class Harness:
+    def __init__(self, database, config: Config):
+        self.endpoint = config.bind
+        self.slurm = StubSlurm()
+        self.daemon = Coscheduler(config, database, self.slurm, verify=lambda cred, digest: int(cred))
+        self.database = database
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+        self.thread.start()
+        self.agents: list[FakeAgent] = []
+
+    def agent(self, node="n1", job_id=1, **kw) -> FakeAgent:
+        self.slurm.alive[job_id] = JobInfo(job_id, "RUNNING", None, node, 0)
+        a = FakeAgent(self.endpoint, node, job_id, **kw)
+        self.agents.append(a)
+        wait_for(lambda: node in self.daemon.agents and self.slot_state(f"{job_id}@{node}") == "ACTIVE")
+        return a
+
+    def slot_state(self, slot_id) -> Optional[str]:
+        with self.database.session() as s:
+            slot = s.get(D.Slot, slot_id)
+            return slot.state if slot else None
+
+    def close(self):
+        for a in self.agents:
+            a.close()
+        self.daemon.stop_requested = True
+        self.thread.join(10)
+
+
+def wait_for(check, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def harness_factory(database, monkeypatch):
+    monkeypatch.setattr(client_mod, "make_credential", lambda digest, socket=None: str(UID))
+    made: list[Harness] = []
+
+    def make(**cfg) -> Harness:
+        config = Config(db_url=database.url, bind=f"tcp://127.0.0.1:{_port()}", tick_s=0.01, reconcile_s=0.2,
+                        **cfg)
+        h = Harness(database, config)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+@pytest.fixture
+def client(harness_factory):
+    h = harness_factory()
+    with client_mod.Client(h.endpoint, timeout_s=20) as c:
+        c.harness = h
+        c.register(name="echo", entrypoint="m:f", code_dir="/tmp", cores=1, mem_mb=100, timeout_s=10,
+                   max_attempts=2)
+        yield c
+
+
+def test_batch_runs_every_invocation_exactly_once(client):
+    agent = client.harness.agent()
+    ids = client.invoke_batch("echo", [json.dumps(i) for i in range(300)], chunk=128)
+    assert len(ids) == len(set(ids)) == 300
+    rows = client.wait_many(ids, timeout_s=60)
+    assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+    assert sorted(r["invocation_id"] for r in agent.runs) == sorted(ids)
+    assert json.loads(client.result_json(ids[7])) == 7
+    hist = [h[0] for h in client.status(ids[0])["history"]]
+    assert hist == ["QUEUED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
+    assert agent.runs[0]["image"] is None and "function_id" in agent.runs[0]
+
+
+def test_bad_batches_write_nothing(client):
+    with pytest.raises(client_mod.RequestError, match="no function named 'nope'"):
+        client.invoke_batch("nope", ["1"])
+    with pytest.raises(client_mod.RequestError, match="invocation 3 of the batch: payload is not JSON"):
+        client.invoke_batch("echo", ["1", "2", "{oops"])
+    with pytest.raises(client_mod.RequestError, match="at most 1048576 bytes"):
+        client.invoke_batch("echo", ["1", json.dumps("x" * (1 << 20))])
+    assert client.list() == []
+
+
+def test_queued_quota_refuses_the_whole_request(harness_factory):
+    h = harness_factory(max_queued=5, user_quotas={UID + 1: UserQuota(max_queued=100)})
+    with client_mod.Client(h.endpoint, timeout_s=20) as c:
+        c.register(name="echo", entrypoint="m:f", code_dir="/tmp")
+        c.invoke_batch("echo", ["1"] * 4)
+        with pytest.raises(client_mod.RequestError, match="quota exceeded: uid 4242 may have at most 5") as exc:
+            c.invoke_batch("echo", ["1"] * 2)
+        assert exc.value.code == P.E_QUOTA
+        with pytest.raises(client_mod.RequestError, match="quota exceeded"):
+            c.check_batch("echo", 2)
+        assert len(c.list()) == 4
+
+
+def test_running_quota_limits_concurrency(harness_factory):
+    h = harness_factory(max_running=2)
+    with client_mod.Client(h.endpoint, timeout_s=20) as c:
+        c.register(name="slow", entrypoint="m:f", code_dir="/tmp")
+        agent = h.agent(answer=False)
+        c.invoke_batch("slow", ["1"] * 6)
+        wait_for(lambda: len(agent.runs) == 2)
+        time.sleep(0.5)
+        assert len(agent.runs) == 2
+        assert sorted(r["state"] for r in c.list()).count("QUEUED") == 4
+
+
+def test_cancel_queued_and_running(client):
+    agent = client.harness.agent(answer=False)
+    running = client.invoke("echo", "1")
+    wait_for(lambda: client.status(running)["state"] == "RUNNING")
+    assert client.cancel(running) == "CANCELLED"
+    wait_for(lambda: [m["invocation_id"] for m in agent.cancels] == [running])
+    agent.close()
+    client.harness.agents.remove(agent)
+    queued = client.invoke("echo", "2")
+    assert client.cancel(queued) == "CANCELLED"
+    with pytest.raises(client_mod.RequestError, match="already ended CANCELLED"):
+        client.cancel(queued)
+
+
+def test_dead_agent_work_is_requeued_and_runs_elsewhere(client, monkeypatch):
+    monkeypatch.setattr(P, "AGENT_DEAD_AFTER_S", 1.0)
+    silent = client.harness.agent("n1", 1, answer=False)
+    inv = client.invoke("echo", "1")
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
+    silent.beating = False
+    silent.stop = True  # no more heartbeats: declared dead after AGENT_DEAD_AFTER_S
+    wait_for(lambda: "n1" not in client.harness.daemon.agents)
+    st = client.status(inv)
+    assert st["state"] == "QUEUED" and st["attempts"] == 1
+    assert "stopped answering" in st["history"][-2][2]
+    client.harness.agent("n2", 2)
+    final = client.wait(inv, timeout_s=30)
+    assert final["state"] == "SUCCEEDED" and final["attempts"] == 2 and final["node"] == "n2"
+
+
+def test_reconcile_revokes_a_job_slurm_no_longer_runs(client):
+    agent = client.harness.agent(answer=False)
+    inv = client.invoke("echo", "1")
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
+    del client.harness.slurm.alive[1]  # the job ended; the plugin's revoke never came
+    wait_for(lambda: client.harness.slot_state("1@n1") == "REVOKED")
+    wait_for(lambda: [m["job_id"] for m in agent.revokes] == [1])
+    st = client.status(inv)
+    assert st["state"] == "QUEUED" and st["attempts"] == 1
+    assert "job 1 is gone in Slurm" in " ".join(h[2] or "" for h in st["history"])
+
+
+def test_fair_share_serves_the_small_user_early(harness_factory, monkeypatch):
+    h = harness_factory()
+    uid = {"v": UID}
+    monkeypatch.setattr(client_mod, "make_credential", lambda digest, socket=None: str(uid["v"]))
+    with client_mod.Client(h.endpoint, timeout_s=20) as c:
+        c.register(name="echo", entrypoint="m:f", code_dir="/tmp")
+        c.invoke_batch("echo", ["1"] * 500)
+        uid["v"] = UID + 1
+        c.register(name="echo", entrypoint="m:f", code_dir="/tmp")
+        few = c.invoke_batch("echo", ["2"] * 5)
+        agent = h.agent(cores=2)
+        wait_for(lambda: set(few) <= {r["invocation_id"] for r in agent.runs})
+        order = [r["invocation_id"] for r in agent.runs]
+        assert max(order.index(i) for i in few) < 20  # not after the other user's 500
+
+
+def test_functions_register_update_show_delete(client):
+    client.invoke("echo", "1")
+    fn = client.update("echo", cores=2, image="/img/py.sqfs", runtime="charliecloud")
+    assert (fn["cores"], fn["image"], fn["runtime"], fn["mem_mb"]) == (2, "/img/py.sqfs", "charliecloud", 100)
+    assert client.function("echo")["invocations"] == {"QUEUED": 1}
+    with pytest.raises(client_mod.RequestError, match="has 1 queued or running"):
+        client.delete("echo")
+    assert client.delete("echo", force=True)["cancelled"] == 1
+    assert client.functions() == []
+    with pytest.raises(client_mod.RequestError, match="no function named 'echo'"):
+        client.invoke("echo", "1")
+    assert client.list()[0]["function"] == "echo" and client.list()[0]["state"] == "CANCELLED"
+    client.register(name="echo", entrypoint="m:g", code_dir="/tmp")  # the name is free again
+    with pytest.raises(client_mod.RequestError, match="runtime must be one of"):
+        client.update("echo", runtime="docker")
+    with pytest.raises(client_mod.RequestError, match="bad function name"):
+        client.register(name="../x", entrypoint="m:f", code_dir="/tmp")
+
+
+# -- the submit-function command line against the in-process co-scheduler -------------
+
+
+def _cli(client, *argv):
+    from coscheduler.cli.submit import main
+
+    return CliRunner().invoke(main, ["--coscheduler", client.endpoint, *argv])
+
+
+def test_cli_batch_list_status_cancel(client, tmp_path):
+    client.harness.agent()
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("".join(f'{{"n": {i}}}\n' for i in range(250)) + "\n")
+    out = _cli(client, "invoke", "echo", "--batch", str(batch), "-o", "json")
+    assert out.exit_code == 0, out.output + out.stderr
+    ids = json.loads(out.stdout)["invocation_ids"]
+    assert len(ids) == 250
+    out = _cli(client, "wait", *map(str, ids[:3]), "-o", "json")
+    assert [r["state"] for r in json.loads(out.stdout)] == ["SUCCEEDED"] * 3
+    out = _cli(client, "invoke", "echo", "--batch", str(batch), "--wait")
+    assert out.exit_code == 0 and out.stdout.strip() == "SUCCEEDED 250"
+    rows = json.loads(_cli(client, "list", "--state", "succeeded", "--limit", "1000", "-o", "json").stdout)
+    assert len(rows) == 500
+    assert json.loads(_cli(client, "result", str(ids[5]), "-o", "json").stdout)["result"] == {"n": 5}
+    doc = json.loads(_cli(client, "show", "echo", "-o", "json").stdout)
+    assert doc["invocations"] == {"SUCCEEDED": 500}
+    assert "echo" in _cli(client, "functions").stdout
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"a": 1}', "{broken"], "line 2: not JSON"),
+    ([], "no payloads"),
+])
+def test_cli_bad_batch_file_writes_nothing(client, tmp_path, lines, message):
+    batch = tmp_path / "b.jsonl"
+    batch.write_text("\n".join(lines))
+    out = _cli(client, "invoke", "echo", "--batch", str(batch))
+    assert out.exit_code == 1 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert client.list() == []
+
+
+def test_cli_errors_are_one_line(client, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text('"small"\n' + json.dumps("x" * (1 << 20)) + "\n")
+    for argv, message in [
+        (["invoke", "nope"], "no function named 'nope'"),
+        (["invoke", "echo", "--payload", "{x"], "not JSON"),
+        (["invoke", "echo", "--batch", str(big)], "payload 2 is 1048578 bytes"),
+        (["register", "f", "--entrypoint", "m:f", "--code", str(tmp_path), "--mem", "12Q"], "--mem"),
+        (["update", "echo"], "nothing to change"),
+        (["cancel", "99999"], "no invocation 99999"),
+        (["delete", "nope"], "no function named 'nope'"),
+    ]:
+        out = _cli(client, *argv)
+        assert out.exit_code != 0, argv
+        assert message in out.stderr, (argv, out.stderr)
+    assert client.list() == []
+
+
+def test_cli_register_update_delete(client, tmp_path):
+    out = _cli(client, "register", "fn2", "--entrypoint", "m:f", "--code", str(tmp_path), "--mem", "1G",
+               "--image", "/img/a.sqfs", "--runtime", "charliecloud", "-o", "json")
+    assert out.exit_code == 0, out.stderr
+    out = _cli(client, "update", "fn2", "--timeout", "5")
+    assert out.exit_code == 0 and "updated fn2" in out.stdout
+    fn = json.loads(_cli(client, "show", "fn2", "-o", "json").stdout)
+    assert (fn["mem_mb"], fn["timeout_s"], fn["image"], fn["runtime"]) == (1024, 5.0, "/img/a.sqfs", "charliecloud")
+    assert _cli(client, "delete", "fn2").stdout.strip() == "deleted fn2"
