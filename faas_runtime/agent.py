@@ -2,24 +2,37 @@
 
 Steps of the loop (each small, none blocking for long):
 
-  receive    RUN / CANCEL / WELCOME / ERROR from the co-scheduler
+  receive    RUN / CANCEL / REVOKE / LEASE_START / LEASE_END / WELCOME / ERROR from the
+             co-scheduler; a malformed or wrong-version message gets a typed ERROR back
+  executors  RESULT replies of the warm executors
   spool      read <spool>/<node>/*.json: a new "lent" record becomes a slot (LEND), a
-             "revoked" one takes the slot back at once (REVOKE; its invocations get
-             SIGTERM, then SIGKILL after the grace)
-  reap       collect finished executors and report their results; kill the ones past
-             their timeout
+             "revoked" one takes the slot back at once (REVOKE; its executors get
+             SIGTERM, then SIGKILL after the grace, and their cgroups are removed)
+  reap       executors that exited (report their invocation: OOM -> "memory limit"),
+             invocations past their timeout, warm executors idle past keep-warm, leases
+             past their end, leased executors that became ready
   heartbeat  every second, with the ids of the invocations running here
 
+Executors (``faas_runtime.executor``) are warm: one per (function, slot, owner, image)
+and busy with at most one invocation, reused until idle for ``keep_warm_s``. Each one
+runs in the function's container (``faas_runtime.containers``), in its own cgroup below
+the agent's subtree with cpuset = the slot's lent CPUs, the function's memory, a low CPU
+weight and a pids limit, as the function owner with their groups, never root
+(``faas_runtime.confinement``). A hot lease (``coscheduler.leases``) dedicates one to a
+client, which then calls it directly.
+
 The agent keeps nothing that the spool and the running processes cannot tell it again:
-after a restart it re-reads the spool and says HELLO; the co-scheduler requeues work
-the agent no longer runs.
+after a restart it kills the executor cgroups a crash left behind, re-reads the spool and
+says HELLO; the co-scheduler requeues work the agent no longer runs.
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import itertools
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,11 +47,18 @@ import zmq
 
 from .logsetup import setup_logging
 
+from . import curve
 from . import protocol as P
+from .spool import SpoolWatcher
+from .confinement import ConfinementError, ExecutorCgroup, Identity, Limits, Subtree, spawn
+from .containers import Bind, ContainerError, RunSpec, build_argv, check
+from .images import CODE_DIR, LIB_DIR, RUN_DIR, RUNTIME_PACKAGES
 
 log = logging.getLogger("faas.agent")
 
 SPOOL_SCAN_S = 0.05
+EXECUTOR_READY_TIMEOUT_S = 30.0
+IMAGE_PYTHON = "/usr/bin/python3"  # the interpreter inside images, by absolute path
 
 
 @dataclass
@@ -50,15 +70,60 @@ class Slot:
 
 
 @dataclass
+class Executor:
+    """One warm executor process (in its container and cgroup) and the agent's socket to it."""
+
+    name: str
+    key: tuple
+    slot_id: str
+    proc: subprocess.Popen
+    cgroup: Optional[ExecutorCgroup]
+    run_dir: Path
+    sock: zmq.Socket
+    mem_mb: int
+    started_at: float  # monotonic
+    function_id: Optional[int] = None
+    idle_since: float = 0.0
+    busy: Optional[int] = None  # invocation id
+    lease_id: Optional[str] = None
+    lease_token: Optional[str] = None
+    lease_expires: Optional[float] = None  # monotonic
+    lease_ready: bool = False
+    kill_at: Optional[float] = None  # monotonic; set once SIGTERM was sent
+    stop_reason: Optional[str] = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.kill_at is not None
+
+    @property
+    def idle(self) -> bool:
+        return self.busy is None and self.lease_id is None and not self.stopping
+
+
+@dataclass
 class Running:
     invocation_id: int
     attempt: int
     slot_id: str
-    proc: subprocess.Popen
-    workdir: Path
+    executor: Executor
     deadline: float  # monotonic
-    kill_at: Optional[float] = None  # monotonic; set once SIGTERM was sent
     reason: Optional[str] = None  # why it is being stopped (None: it runs normally)
+
+
+def runtime_packages() -> dict[str, str]:
+    """Host directories of the packages an executor imports: bound into images, or on
+    PYTHONPATH without a container."""
+    import msgpack
+
+    found = {"faas_runtime": str(Path(__file__).resolve().parent),
+             "zmq": str(Path(zmq.__file__).resolve().parent),
+             "msgpack": str(Path(msgpack.__file__).resolve().parent)}
+    libs = Path(found["zmq"]).parent / "pyzmq.libs"
+    if libs.is_dir():
+        found["pyzmq.libs"] = str(libs)
+    assert set(found) <= set(RUNTIME_PACKAGES)
+    return found
 
 
 @dataclass
@@ -68,9 +133,19 @@ class Agent:
     endpoint: str
     workdir: Path
     grace_s: float = 2.0
-    python: str = sys.executable
+    host_python: str = IMAGE_PYTHON if os.path.exists(IMAGE_PYTHON) else sys.executable
+    keep_warm_s: float = 60.0
+    container_runtime: str = "charliecloud"  # for functions that name an image but no runtime
+    hot_host: str = "127.0.0.1"
+    cgroups: bool = True
+    cgroup_name: Optional[str] = None
+    pids_max: int = 512
+    cpu_weight: int = 10
+    allow_root: bool = False
+    curve_dir: Optional[Path] = None  # CurveZMQ keys (faas_runtime.curve); None: plain TCP
     slots: dict[str, Slot] = field(default_factory=dict)
     running: dict[int, Running] = field(default_factory=dict)
+    executors: dict[str, Executor] = field(default_factory=dict)
     stop_requested: bool = False
     welcomed: bool = False
     _seen: dict[str, int] = field(default_factory=dict)  # record path -> mtime_ns
@@ -78,10 +153,25 @@ class Agent:
     def __post_init__(self) -> None:
         self.node_spool = self.spool / self.node
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.exec_root = self.workdir / "exec"
+        shutil.rmtree(self.exec_root, ignore_errors=True)  # run dirs of a previous agent
+        self.exec_root.mkdir(mode=0o711)
+        self._names = itertools.count(1)
+        self.packages = runtime_packages()
+        self.subtree: Optional[Subtree] = None
+        if self.cgroups:
+            # Stable across restarts (so orphans are found), distinct per agent on one host.
+            name = self.cgroup_name or f"slurm-faas-{self.node}-{hashlib.sha1(str(self.workdir.resolve()).encode()).hexdigest()[:8]}"
+            self.subtree = Subtree(name)
+            self.subtree.reap_orphans()
         self.ctx = zmq.Context()
         self.sock = P.configure(self.ctx.socket(zmq.DEALER))
         self.sock.setsockopt(zmq.IDENTITY, f"agent:{self.node}".encode())
+        if self.curve_dir is not None:
+            curve.setup_agent(self.sock, self.curve_dir, self.node)
         self.sock.connect(self.endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
 
     def send(self, msg_type: str, **fields) -> None:
         try:
@@ -92,16 +182,18 @@ class Agent:
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> None:
-        log.info("agent %s: spool %s, co-scheduler %s", self.node, self.node_spool, self.endpoint)
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
+        log.info("agent %s: spool %s, co-scheduler %s, cgroups %s", self.node, self.node_spool, self.endpoint,
+                 self.subtree.base if self.subtree else "off")
         next_beat = next_scan = 0.0
         while not self.stop_requested:
-            ready = dict(poller.poll(timeout=int(SPOOL_SCAN_S * 1000)))
-            if ready:
+            ready = dict(self.poller.poll(timeout=int(SPOOL_SCAN_S * 1000)))
+            if self.sock in ready:
                 self._guarded(self.step_receive)
+            if len(ready) > (self.sock in ready):
+                self._guarded(self.step_executors)
             now = time.monotonic()
-            if now >= next_scan:
+            watcher = self.__dict__.get("_spool_watcher")
+            if now >= next_scan or (watcher is not None and watcher.fileno() in ready):
                 self._guarded(self.step_spool)
                 next_scan = now + SPOOL_SCAN_S
             self._guarded(self.step_reap)
@@ -117,15 +209,19 @@ class Agent:
             log.exception("step %s failed", step.__name__)
 
     def shutdown(self) -> None:
-        """Stop every executor (the co-scheduler requeues them) and close the socket."""
-        for run in list(self.running.values()):
-            self._stop(run, "agent shutting down")
+        """Stop every executor (the co-scheduler requeues their work) and close the socket."""
+        for ex in list(self.executors.values()):
+            self._stop(ex, "agent shutting down")
         deadline = time.monotonic() + self.grace_s
-        while self.running and time.monotonic() < deadline + 1:
+        while self.executors and time.monotonic() < deadline + 1:
             self.step_reap()
             time.sleep(0.05)
-        self.sock.close()
-        self.ctx.term()
+        for ex in list(self.executors.values()):
+            self._hard_kill(ex)
+        self.step_reap()
+        if self.subtree is not None:
+            self.subtree.remove()
+        self.ctx.destroy(linger=0)  # closes every socket, the executors' included
 
     # -- receive ------------------------------------------------------------------------
 
@@ -135,30 +231,47 @@ class Agent:
                 frame = self.sock.recv(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+            rid = None
             try:
                 msg = P.decode(frame)
+                rid = msg.get("rid")
+                self._dispatch(msg)
             except P.ProtocolError as exc:
-                log.warning("ignored a bad message from the co-scheduler: %s", exc)
-                continue
-            kind = msg["type"]
-            if kind == P.WELCOME:
-                self.welcomed = True
-                for slot in self.slots.values():  # lends are idempotent: announce them all again
-                    if not slot.revoked:
-                        self.send(P.LEND, record=slot.record)
-            elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
-                self.welcomed = False
-                self._hello()
-            elif kind == P.ERROR:
-                log.warning("co-scheduler error: %s: %s", msg.get("code"), msg.get("message"))
-            elif kind == P.RUN:
-                self._start(msg)
-            elif kind == P.REVOKE:
-                self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
-            elif kind == P.CANCEL:
-                run = self.running.get(int(msg["invocation_id"]))
-                if run is not None:
-                    self._stop(run, "cancelled")
+                log.warning("refused a bad message from the co-scheduler: %s: %s", exc.code, exc)
+                self.send(P.ERROR, rid=rid, code=exc.code, message=str(exc))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("refused a message with missing or bad fields: %r", exc)
+                self.send(P.ERROR, rid=rid, code=P.E_INVALID, message=f"missing or bad field: {exc!r}")
+
+    def _dispatch(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == P.WELCOME:
+            self.welcomed = True
+            for slot in self.slots.values():  # lends are idempotent: announce them all again
+                if not slot.revoked:
+                    self.send(P.LEND, record=slot.record)
+        elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
+            self.welcomed = False
+            self._hello()
+        elif kind == P.ERROR:
+            log.warning("co-scheduler error: %s: %s", msg.get("code"), msg.get("message"))
+        elif kind == P.RUN:
+            self._start(msg)
+        elif kind == P.REVOKE:
+            self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
+        elif kind == P.CANCEL:
+            run = self.running.get(int(msg["invocation_id"]))
+            if run is not None:
+                run.reason = "cancelled"
+                self._stop(run.executor, "cancelled")
+        elif kind == P.LEASE_START:
+            self._lease_start(msg)
+        elif kind == P.LEASE_END:
+            self._lease_end(str(msg["lease_id"]), msg.get("reason", "released"))
+        elif kind in (P.OK, P.WELCOME):
+            pass
+        else:
+            raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"an agent does not take {kind!r}")
 
     def _hello(self) -> None:
         self.send(P.HELLO, running=sorted(self.running))
@@ -166,23 +279,14 @@ class Agent:
     # -- spool --------------------------------------------------------------------------
 
     def step_spool(self) -> None:
-        try:
-            entries = list(os.scandir(self.node_spool))
-        except FileNotFoundError:
-            return  # no job has lent anything on this node yet
-        for entry in entries:
-            if not entry.name.endswith(".json") or entry.name.startswith("."):
-                continue
-            try:
-                mtime = entry.stat().st_mtime_ns
-                if self._seen.get(entry.path) == mtime:
-                    continue
-                with open(entry.path) as fh:
-                    record = json.load(fh)
-            except (OSError, ValueError) as exc:
-                log.warning("unreadable lend record %s: %s", entry.path, exc)
-                continue
-            self._seen[entry.path] = mtime
+        # faas_runtime/spool.py: inotify (its fd sits in the poller, so a revoke wakes the
+        # loop at once) with rescans as a backstop; the first call reads the whole spool.
+        watcher = self.__dict__.get("_spool_watcher")
+        if watcher is None:
+            watcher = self.__dict__["_spool_watcher"] = SpoolWatcher(self.node_spool)
+            if watcher.fileno() is not None:
+                self.poller.register(watcher.fileno(), zmq.POLLIN)
+        for _path, record in watcher.changes():
             self._apply_record(record)
 
     def _apply_record(self, record: dict) -> None:
@@ -211,18 +315,97 @@ class Agent:
         if slot is None or slot.revoked:
             return
         slot.revoked = True
-        for run in list(self.running.values()):
-            if run.slot_id == slot.slot_id:
-                self._stop(run, f"slot {slot.slot_id} revoked: {reason}")
+        self._stop_slot(slot, reason)
         log.info("slot %s revoked by the co-scheduler: %s", slot.slot_id, reason)
 
     def revoke(self, slot: Slot, reason: str) -> None:
         """Give a slot back now: tell the co-scheduler first, then stop what runs on it."""
         self.send(P.REVOKE, job_id=slot.job_id, reason=reason)
-        for run in list(self.running.values()):
-            if run.slot_id == slot.slot_id:
-                self._stop(run, f"slot {slot.slot_id} revoked: {reason}")
+        self._stop_slot(slot, reason)
         log.info("slot %s revoked: %s", slot.slot_id, reason)
+
+    def _stop_slot(self, slot: Slot, reason: str) -> None:
+        for run in self.running.values():
+            if run.slot_id == slot.slot_id:
+                run.reason = f"slot {slot.slot_id} revoked: {reason}"
+        for ex in list(self.executors.values()):
+            if ex.slot_id == slot.slot_id:
+                self._stop(ex, f"slot {slot.slot_id} revoked: {reason}")
+
+    # -- executors ----------------------------------------------------------------------
+
+    def _executor_for(self, msg: dict, slot: Slot) -> Executor:
+        """An idle warm executor of this function on this slot, or a new one (cold start)."""
+        image = msg.get("image") or None
+        runtime = msg.get("runtime") or (self.container_runtime if image else "none")
+        key = (slot.slot_id, int(msg["uid"]), int(msg["gid"]), msg["entrypoint"], msg["code_dir"], image, runtime,
+               int(msg["mem_mb"]))
+        for ex in self.executors.values():
+            if ex.key == key and ex.idle:
+                return ex
+        ex = self._spawn_executor(key, slot)
+        ex.function_id = msg.get("function_id")
+        return ex
+
+    def _spawn_executor(self, key: tuple, slot: Slot) -> Executor:
+        slot_id, uid, gid, entrypoint, code_dir, image, runtime, mem_mb = key
+        program = check(runtime, image)  # ContainerError: missing runtime or image
+        try:
+            account = pwd.getpwuid(uid)
+        except KeyError:
+            raise ConfinementError(f"uid {uid} has no account on node {self.node}") from None
+        identity = Identity(uid, gid, tuple(os.getgrouplist(account.pw_name, gid)))
+        name = f"e{next(self._names)}-{secrets.token_hex(3)}"
+        run_dir = self.exec_root / name
+        run_dir.mkdir(mode=0o700)
+        if uid != os.geteuid():
+            os.chown(run_dir, uid, gid)  # the owner's alone: socket, log, nothing for others
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": account.pw_dir, "USER": account.pw_name,
+               "LOGNAME": account.pw_name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+               "SLURM_FAAS_JOB_ID": str(slot.job_id), "SLURM_FAAS_SLOT": slot_id}
+        if runtime == "none":
+            env["PYTHONPATH"] = ":".join(dict.fromkeys(str(Path(p).parent) for p in self.packages.values()))
+            python, code, rdir, binds = self.host_python, code_dir, str(run_dir), ()
+        else:
+            env["PYTHONPATH"] = LIB_DIR
+            python, code, rdir = IMAGE_PYTHON, CODE_DIR, RUN_DIR
+            binds = (Bind(code_dir, CODE_DIR), Bind(str(run_dir), RUN_DIR, read_only=False),
+                     *(Bind(src, f"{LIB_DIR}/{pkg}") for pkg, src in self.packages.items()))
+        spec = RunSpec(image=image, argv=(python, "-m", "faas_runtime.executor", "--entrypoint", entrypoint,
+                                          "--code", code, "--run-dir", rdir, "--hot-host", self.hot_host),
+                       binds=binds, env=env, workdir=rdir, cpus=tuple(slot.record["os_cpus"]), mem_mb=mem_mb)
+        argv = build_argv(runtime, spec, program or None)
+        # The runtime's own process gets a minimal environment; the container gets spec.env.
+        host_env = env if runtime == "none" else {k: env[k] for k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
+        cgroup = None
+        try:
+            if self.subtree is not None:
+                cgroup = self.subtree.create(name, Limits(tuple(sorted(set(slot.record["os_cpus"]))), mem_mb,
+                                                          self.pids_max, self.cpu_weight))
+            with open(run_dir / "output.log", "wb") as out:
+                proc = spawn(argv, env=host_env, cwd=str(run_dir), cgroup=cgroup,
+                             identity=identity if (uid != os.geteuid() or uid == 0) else None,
+                             stdout=out, allow_root=self.allow_root)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove(timeout_s=1)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        sock = P.configure(self.ctx.socket(zmq.DEALER))
+        sock.setsockopt(zmq.RECONNECT_IVL, 2)  # ms: the socket appears when the executor is up (cold start)
+        sock.connect(f"ipc://{run_dir}/control.sock")  # queued until the executor binds
+        self.poller.register(sock, zmq.POLLIN)
+        ex = Executor(name, key, slot_id, proc, cgroup, run_dir, sock, mem_mb, time.monotonic())
+        self.executors[name] = ex
+        log.info("executor %s for %s on %s (%s%s, uid %d, pid %d)", name, entrypoint, slot_id, runtime,
+                 f" {image}" if image else "", uid, proc.pid)
+        return ex
+
+    def _call(self, ex: Executor, msg_type: str, **fields) -> None:
+        try:
+            ex.sock.send(P.encode(msg_type, **fields), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._stop(ex, "executor does not read its socket")
 
     # -- running invocations ------------------------------------------------------------
 
@@ -237,94 +420,170 @@ class Agent:
             self.send(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
                       error=f"CPUs {msg['os_cpus']} are not lent by job {slot.job_id}")
             return
-        workdir = self.workdir / f"{inv_id}.{attempt}"
+        if inv_id in self.running:
+            return  # a duplicate RUN of what runs here already
         try:
-            proc = self._spawn(msg, workdir)
-        except (OSError, KeyError, ValueError) as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
+            ex = self._executor_for(msg, slot)
+        except (ContainerError, ConfinementError, OSError, KeyError, ValueError) as exc:
+            log.warning("invocation %d cannot start: %s", inv_id, exc)
             self.send(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
                       error=f"could not start the function: {exc}")
             return
-        self.running[inv_id] = Running(inv_id, attempt, slot.slot_id, proc, workdir,
-                                       time.monotonic() + float(msg["timeout_s"]))
+        ex.busy = inv_id
+        self.running[inv_id] = Running(inv_id, attempt, slot.slot_id, ex, time.monotonic() + float(msg["timeout_s"]))
+        self._call(ex, P.CALL, rid=f"{inv_id}.{attempt}", payload_json=msg["payload_json"],
+                   cpus=list(msg["os_cpus"]))
         self.send(P.STARTED, invocation_id=inv_id, attempt=attempt)
 
-    def _spawn(self, msg: dict, workdir: Path) -> subprocess.Popen:
-        uid, gid = int(msg["uid"]), int(msg["gid"])
-        as_other_user = uid != os.geteuid()
-        if as_other_user and os.geteuid() != 0:
-            raise ValueError(f"this agent runs as uid {os.geteuid()} and cannot run functions of uid {uid}")
-        account = pwd.getpwuid(uid)
-        workdir.mkdir(parents=True)
-        (workdir / "input.json").write_text(msg["payload_json"])
-        if as_other_user:
-            os.chown(workdir, uid, gid)
-        workdir.chmod(0o700)  # results are the owner's alone
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": account.pw_dir, "USER": account.pw_name,
-            "LOGNAME": account.pw_name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-            "FAAS_INVOCATION_ID": str(msg["invocation_id"]), "SLURM_FAAS_JOB_ID": str(msg["job_id"]),
-        }
-        argv = [
-            self.python, "-m", "faas_runtime.executor", "--cpus", ",".join(map(str, msg["os_cpus"])),
-            "--entrypoint", msg["entrypoint"], "--code", msg["code_dir"],
-            "--input", str(workdir / "input.json"), "--output", str(workdir / "result.json"),
-        ]
-        with open(workdir / "output.log", "wb") as out:
-            return subprocess.Popen(
-                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-                **({"user": uid, "group": gid, "extra_groups": os.getgrouplist(account.pw_name, gid)}
-                   if as_other_user else {}),
-            )
+    def step_executors(self) -> None:
+        for ex in list(self.executors.values()):
+            self._drain_executor(ex)
 
-    def _stop(self, run: Running, reason: str) -> None:
-        if run.kill_at is not None:
+    def _drain_executor(self, ex: Executor) -> None:
+        while True:
+            try:
+                frame = ex.sock.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return  # closed
+            try:
+                msg = P.decode(frame)
+            except P.ProtocolError as exc:
+                log.warning("executor %s sent a bad message: %s", ex.name, exc)
+                continue
+            if msg["type"] == P.OK and ex.lease_id is not None and msg.get("rid") == f"grant:{ex.lease_id}":
+                # The executor holds the token now: the client may call it.
+                ex.lease_ready = True
+                self.send(P.LEASE_READY, lease_id=ex.lease_id,
+                          endpoint=(ex.run_dir / "endpoint").read_text().strip())
+                continue
+            if msg["type"] in (P.RESULT, P.ERROR) and ex.busy is not None:
+                run = self.running.get(ex.busy)
+                if run is None or msg.get("rid") != f"{run.invocation_id}.{run.attempt}":
+                    continue
+                if run.reason is not None or ex.stopping:
+                    continue  # being evicted or timed out: reported when the process is gone
+                del self.running[run.invocation_id]
+                ex.busy, ex.idle_since = None, time.monotonic()
+                ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
+                if msg["type"] == P.ERROR:
+                    self.send(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
+                else:
+                    self.send(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
+                              error=msg.get("error"), cpus=msg.get("cpus"))
+                if ex.cgroup is not None and len(ex.cgroup.pids()) > 1:
+                    self._stop(ex, "the function left processes behind")  # a fresh executor next time
+
+    def _stop(self, ex: Executor, reason: str) -> None:
+        """SIGTERM everything in the executor's cgroup; SIGKILL follows after the grace."""
+        if ex.stopping:
             return
-        run.reason = reason
-        run.kill_at = time.monotonic() + self.grace_s
-        _signal_group(run.proc, signal.SIGTERM)
+        ex.stop_reason = reason
+        ex.kill_at = time.monotonic() + self.grace_s
+        if ex.cgroup is not None:
+            ex.cgroup.signal(signal.SIGTERM)
+        _signal_group(ex.proc, signal.SIGTERM)
+
+    def _hard_kill(self, ex: Executor) -> None:
+        if ex.cgroup is not None:
+            ex.cgroup.kill(timeout_s=2)
+        _signal_group(ex.proc, signal.SIGKILL)
 
     def step_reap(self) -> None:
         now = time.monotonic()
-        for inv_id, run in list(self.running.items()):
-            code = run.proc.poll()
+        for ex in list(self.executors.values()):
+            code = ex.proc.poll()
             if code is None:
-                if run.kill_at is None and now > run.deadline:
-                    _signal_group(run.proc, signal.SIGKILL)
+                run = self.running.get(ex.busy) if ex.busy is not None else None
+                if run is not None and now > run.deadline and run.reason is None:
                     run.reason = "timeout"
-                    run.kill_at = now
-                elif run.kill_at is not None and now >= run.kill_at:
-                    _signal_group(run.proc, signal.SIGKILL)
+                    ex.stop_reason = "timeout"
+                    ex.kill_at = now
+                    self._hard_kill(ex)
+                elif ex.stopping and now >= ex.kill_at:
+                    self._hard_kill(ex)
+                elif ex.idle and now - ex.idle_since > self.keep_warm_s:
+                    self._stop(ex, "keep-warm timeout")
+                elif ex.lease_id is not None:
+                    self._lease_tick(ex, now)
                 continue
-            _signal_group(run.proc, signal.SIGKILL)  # children the function left behind
-            del self.running[inv_id]
-            self._report(run, code)
-            shutil.rmtree(run.workdir, ignore_errors=True)
+            self._drain_executor(ex)  # a result sent just before it exited
+            self._retire(ex, code)
 
-    def _report(self, run: Running, exit_code: int) -> None:
-        ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
-        if run.reason == "timeout":
-            self.send(P.RESULT, **ids, outcome="timeout", error="timed out (killed at the function's timeout)")
-            return
-        if run.reason is not None:
-            self.send(P.EVICTED, **ids, reason=run.reason)
+    def _retire(self, ex: Executor, exit_code: int) -> None:
+        """The executor process is gone: kill what is left, remove its cgroup, report."""
+        oom = 0
+        if ex.cgroup is not None:
+            oom = ex.cgroup.oom_kills()
+            ex.cgroup.remove()
+        else:
+            _signal_group(ex.proc, signal.SIGKILL)
+        del self.executors[ex.name]
+        self.poller.unregister(ex.sock)
+        ex.sock.close()
+        if ex.lease_id is not None:
+            self.send(P.LEASE_ENDED if ex.lease_ready else P.LEASE_FAILED, lease_id=ex.lease_id,
+                      reason=ex.stop_reason or f"executor exited {exit_code}")
+        run = self.running.pop(ex.busy, None) if ex.busy is not None else None
+        if run is not None:
+            ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
+            if run.reason == "timeout":
+                self.send(P.RESULT, **ids, outcome="timeout", error="timed out (killed at the function's timeout)")
+            elif run.reason is not None:
+                self.send(P.EVICTED, **ids, reason=run.reason)
+            elif oom:
+                self.send(P.RESULT, **ids, outcome="error",
+                          error=f"killed at its memory limit ({ex.mem_mb} MiB): the kernel's OOM killer ended it")
+            else:
+                tail = _tail(ex.run_dir / "output.log")
+                self.send(P.RESULT, **ids, outcome="error",
+                          error=f"executor exited {exit_code} without a result" + (f": {tail}" if tail else ""))
+        elif ex.stop_reason not in (None, "keep-warm timeout", "agent shutting down") or exit_code not in (0, -15, -9):
+            log.info("executor %s ended (%s, exit %s)", ex.name, ex.stop_reason, exit_code)
+        shutil.rmtree(ex.run_dir, ignore_errors=True)
+
+    # -- hot leases (coscheduler.leases grants them; faas_runtime.client uses them) -----
+
+    def _lease_start(self, msg: dict) -> None:
+        lease_id = str(msg["lease_id"])
+        slot = self.slots.get(msg["slot_id"])
+        if slot is None or slot.revoked:
+            self.send(P.LEASE_FAILED, lease_id=lease_id, reason=f"slot {msg['slot_id']} is not lent here")
             return
         try:
-            result = json.loads((run.workdir / "result.json").read_text())
-        except (OSError, ValueError):
-            tail = _tail(run.workdir / "output.log")
-            self.send(P.RESULT, **ids, outcome="error",
-                      error=f"executor exited {exit_code} without a result" + (f": {tail}" if tail else ""))
+            ex = self._executor_for(msg, slot)
+        except (ContainerError, ConfinementError, OSError, KeyError, ValueError) as exc:
+            self.send(P.LEASE_FAILED, lease_id=lease_id, reason=f"could not start the function: {exc}")
             return
-        self.send(P.RESULT, **ids, outcome=result.get("outcome", "error"), value_json=result.get("value_json"),
-                  error=result.get("error"), cpus=result.get("cpus"))
+        ex.lease_id, ex.lease_token, ex.lease_ready = lease_id, str(msg["token"]), False
+        ex.lease_expires = time.monotonic() + float(msg.get("duration_s", 600))
+        self._call(ex, P.GRANT, rid=f"grant:{lease_id}", token=ex.lease_token, cpus=list(msg["os_cpus"]))
+
+    def _lease_tick(self, ex: Executor, now: float) -> None:
+        if not ex.lease_ready and now - ex.started_at > EXECUTOR_READY_TIMEOUT_S:
+            self._stop(ex, "executor did not start in time")
+        if ex.lease_expires is not None and now > ex.lease_expires:
+            self._lease_end(ex.lease_id, "the lease expired")
+
+    def _lease_end(self, lease_id: str, reason: str) -> None:
+        for ex in self.executors.values():
+            if ex.lease_id == lease_id:
+                self._call(ex, P.LEASE_END, token=ex.lease_token, reason=reason)
+                self.send(P.LEASE_ENDED, lease_id=lease_id, reason=reason)
+                ex.lease_id = ex.lease_token = ex.lease_expires = None
+                ex.idle_since = time.monotonic()
+                return
 
     def step_heartbeat(self) -> None:
         if not self.welcomed:
             self._hello()
             return
-        self.send(P.HEARTBEAT, running=sorted(self.running))
+        warm: dict[str, list] = {}  # slot -> functions with an idle executor (placement prefers them)
+        for ex in self.executors.values():
+            if ex.idle and ex.function_id is not None:
+                warm.setdefault(ex.slot_id, []).append(ex.function_id)
+        self.send(P.HEARTBEAT, running=sorted(self.running), warm=warm)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -349,13 +608,29 @@ def _tail(path: Path, limit: int = 500) -> str:
 @click.option("--workdir", envvar="FAAS_AGENT_WORKDIR", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/var/lib/slurm-faas/agent"), show_default=True)
 @click.option("--grace", type=float, default=2.0, show_default=True, help="seconds between SIGTERM and SIGKILL on revoke")
+@click.option("--keep-warm", "keep_warm_s", type=float, default=60.0, show_default=True,
+              help="seconds an idle warm executor is kept")
+@click.option("--container-runtime", type=click.Choice(["charliecloud", "apptainer", "singularity", "sarus", "bubblewrap"]),
+              default="charliecloud", show_default=True, help="for functions that name an image but no runtime")
+@click.option("--hot-host", default="127.0.0.1", show_default=True,
+              help="address of this node that hot clients reach executors at")
+@click.option("--cgroups/--no-cgroups", default=True, show_default=True,
+              help="confine executors in cgroups (needs root, or a delegated subtree)")
+@click.option("--pids-max", type=click.IntRange(min=8), default=512, show_default=True, help="processes per executor")
+@click.option("--allow-root-functions", is_flag=True,
+              help="run functions that root submitted as root (test clusters only)")
+@click.option("--curve-dir", envvar=curve.ENV, type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="CurveZMQ keys from `faas-admin keygen` (this node's secret, the co-scheduler's public key)")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--log-level", default="INFO", show_default=True)
-def main(node: str, spool: Path, endpoint: str, workdir: Path, grace: float, log_file: Optional[str],
-         log_level: str) -> None:
+def main(node: str, spool: Path, endpoint: str, workdir: Path, grace: float, keep_warm_s: float,
+         container_runtime: str, hot_host: str, cgroups: bool, pids_max: int, allow_root_functions: bool,
+         curve_dir: Optional[Path], log_file: Optional[str], log_level: str) -> None:
     """Run the slurm-faas node agent in the foreground."""
     setup_logging(log_level, log_file)
-    agent = Agent(node=node, spool=spool, endpoint=endpoint, workdir=workdir / node, grace_s=grace)
+    agent = Agent(node=node, spool=spool, endpoint=endpoint, workdir=workdir / node, grace_s=grace,
+                  keep_warm_s=keep_warm_s, container_runtime=container_runtime, hot_host=hot_host,
+                  cgroups=cgroups, pids_max=pids_max, allow_root=allow_root_functions, curve_dir=curve_dir)
 
     def request_stop(signum, _frame):
         agent.stop_requested = True

@@ -1,0 +1,198 @@
+"""Hot invocations, the co-scheduler's side: lease a warm executor to one client.
+
+The rFaaS model: a client asks for a lease on a function (LEASE, munge-authenticated);
+the co-scheduler reserves the function's cores and memory on a lent slot, as a queued
+invocation would use them, and tells the slot's agent (LEASE_START, with a fresh random
+token). The agent dedicates a warm executor to the lease, grants it the token, and
+reports its endpoint (LEASE_READY). The client polls LEASE_STATUS until the lease is
+ready, then calls the executor directly over ZeroMQ with the token, without the
+co-scheduler on the path. The lease ends when the client releases it (LEASE_RELEASE ->
+LEASE_END to the agent), when it expires (the agent ends it), or when the lend is
+revoked: the executor is stopped, tells its client LEASE_ENDED, and the agent reports
+LEASE_ENDED here, which frees the reservation.
+
+Leases live in memory: they last minutes and every party can tell when one is gone (a
+restarted co-scheduler forgets them; the agents end them at their expiry).
+
+Installed into a ``Coscheduler`` with ``install(daemon)``: request handlers for the
+client and agent message types, and ``reserve`` for the scheduling step.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from faas_runtime import protocol as P
+
+from . import db as D
+
+log = logging.getLogger("faas.leases")
+
+DEFAULT_DURATION_S = 300.0
+MAX_DURATION_S = 3600.0
+START_TIMEOUT_S = 60.0  # a lease the agent never readies is failed after this
+
+
+@dataclass
+class Lease:
+    lease_id: str
+    uid: int
+    function_id: int
+    slot_id: str
+    node: str
+    slurm_cpus: list[int]
+    os_cpus: list[int]
+    mem_mb: int
+    token: str
+    expires: float  # monotonic
+    created: float  # monotonic
+    state: str = "pending"  # pending -> ready -> ended | failed
+    endpoint: Optional[str] = None
+    reason: Optional[str] = None
+
+    @property
+    def holds_capacity(self) -> bool:
+        return self.state in ("pending", "ready") and time.monotonic() < self.expires
+
+
+class Leases:
+    def __init__(self, daemon: Any):
+        self.daemon = daemon
+        self.leases: dict[str, Lease] = {}
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(3)  # ids of a restarted co-scheduler never collide
+
+    # -- capacity -------------------------------------------------------------------------
+
+    def reserve(self, busy: dict[str, set[int]], used_mem: dict[str, int]) -> None:
+        """Add the cores and memory of live leases to what the scheduling step sees as used."""
+        self._expire()
+        for lease in self.leases.values():
+            if lease.holds_capacity:
+                busy.setdefault(lease.slot_id, set()).update(lease.slurm_cpus)
+                used_mem[lease.slot_id] = used_mem.get(lease.slot_id, 0) + lease.mem_mb
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for lease_id, lease in list(self.leases.items()):
+            if lease.state == "pending" and now - lease.created > START_TIMEOUT_S:
+                lease.state, lease.reason = "failed", "the executor did not start in time"
+            if now > lease.expires + 60 or (lease.state in ("ended", "failed") and now > lease.expires):
+                del self.leases[lease_id]  # kept a while after the end, so the client can read why
+
+    # -- client requests ----------------------------------------------------------------
+
+    def on_lease(self, s: Session, uid: int, msg: dict) -> dict:
+        name = msg.get("function")
+        fn = s.scalar(select(D.Function).where(D.Function.owner_uid == uid, D.Function.name == name))
+        if fn is None or getattr(fn, "deleted_at", None) is not None:
+            raise self._failed(P.E_NOT_FOUND, f"no function named {name!r} of yours (register it first)")
+        try:
+            duration = min(float(msg.get("duration_s", DEFAULT_DURATION_S)), MAX_DURATION_S)
+        except (TypeError, ValueError):
+            raise self._failed(P.E_INVALID, "duration_s must be a number") from None
+        if duration <= 0:
+            raise self._failed(P.E_INVALID, "duration_s must be positive")
+        slot, cpus = self._fit(s, fn, duration)
+        lease = Lease(lease_id=f"L{self._prefix}-{next(self._ids)}", uid=uid, function_id=fn.id, slot_id=slot.id,
+                      node=slot.node, slurm_cpus=cpus, os_cpus=slot.os_cpus_of(cpus), mem_mb=fn.mem_mb,
+                      token=secrets.token_urlsafe(24), expires=time.monotonic() + duration,
+                      created=time.monotonic())
+        self.leases[lease.lease_id] = lease
+        self.daemon._send(self.daemon.agents[slot.node].identity, P.LEASE_START, lease_id=lease.lease_id,
+                          token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
+                          mem_mb=fn.mem_mb, uid=fn.owner_uid, gid=fn.owner_gid, function_id=fn.id,
+                          entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=getattr(fn, "image", None),
+                          runtime=getattr(fn, "runtime", None), duration_s=duration)
+        log.info("lease %s: function %s of uid %d on %s cores %s", lease.lease_id, fn.name, uid, slot.id, cpus)
+        return {"lease_id": lease.lease_id, "state": lease.state}
+
+    def on_status(self, s: Session, uid: int, msg: dict) -> dict:
+        lease = self._owned(uid, msg)
+        self._expire()
+        reply = {"lease_id": lease.lease_id, "state": lease.state, "reason": lease.reason,
+                 "expires_in": round(lease.expires - time.monotonic(), 3)}
+        if lease.state == "ready":
+            reply.update(endpoint=lease.endpoint, token=lease.token, cpus=lease.os_cpus, slot_id=lease.slot_id)
+        return reply
+
+    def on_release(self, s: Session, uid: int, msg: dict) -> dict:
+        lease = self._owned(uid, msg)
+        if lease.state in ("pending", "ready"):
+            self._end(lease, "released by the client")
+        return {"lease_id": lease.lease_id, "state": lease.state}
+
+    def _owned(self, uid: int, msg: dict) -> Lease:
+        lease = self.leases.get(str(msg.get("lease_id")))
+        if lease is None or (lease.uid != uid and uid != 0):
+            raise self._failed(P.E_NOT_FOUND, f"no lease {msg.get('lease_id')} of yours")
+        return lease
+
+    def _end(self, lease: Lease, reason: str) -> None:
+        lease.state, lease.reason = "ended", reason
+        agent = self.daemon.agents.get(lease.node)
+        if agent is not None:
+            self.daemon._send(agent.identity, P.LEASE_END, lease_id=lease.lease_id, reason=reason)
+        self.daemon._dirty = True
+
+    def _fit(self, s: Session, fn: D.Function, duration: float):
+        now = time.time()
+        busy: dict[str, set[int]] = {}
+        used_mem: dict[str, int] = {}
+        slots = [sl for sl in D.active_slots(s) if sl.node in self.daemon.agents]
+        for inv in D.on_slot(s, [sl.id for sl in slots]):
+            busy.setdefault(inv.slot_id, set()).update(inv.slurm_cpus or [])
+            used_mem[inv.slot_id] = used_mem.get(inv.slot_id, 0) + inv.mem_mb
+        self.reserve(busy, used_mem)
+        for sl in slots:
+            free = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
+            lend_end = sl.lend_end
+            if len(free) >= fn.cores and sl.mem_mb - used_mem.get(sl.id, 0) >= fn.mem_mb and \
+                    (lend_end is None or lend_end - now >= min(duration, fn.timeout_s)):
+                return sl, free[:fn.cores]
+        raise self._failed(P.E_NO_CAPACITY, f"no lent capacity fits {fn.cores} core(s) and {fn.mem_mb} MiB now")
+
+    @staticmethod
+    def _failed(code: str, message: str) -> Exception:
+        # The daemon turns a ProtocolError into a typed ERROR reply (its own RequestFailed
+        # class is a different object when the daemon runs as __main__).
+        return P.ProtocolError(code, message)
+
+    # -- agent messages -----------------------------------------------------------------
+
+    def on_agent(self, s: Session, identity: bytes, msg: dict) -> None:
+        lease = self.leases.get(str(msg.get("lease_id")))
+        if lease is None:
+            return  # a lease this co-scheduler does not know (it restarted): nothing holds it
+        kind = msg["type"]
+        if kind == P.LEASE_READY and lease.state == "pending":
+            lease.state, lease.endpoint = "ready", str(msg.get("endpoint"))
+        elif kind == P.LEASE_FAILED:
+            lease.state, lease.reason = "failed", str(msg.get("reason", "the executor could not start"))
+            self.daemon._dirty = True
+        elif kind == P.LEASE_ENDED and lease.state in ("pending", "ready"):
+            lease.state, lease.reason = "ended", str(msg.get("reason", "ended"))
+            self.daemon._dirty = True
+
+    def slot_revoked(self, slot_id: str, reason: str) -> None:
+        for lease in self.leases.values():
+            if lease.slot_id == slot_id and lease.state in ("pending", "ready"):
+                lease.state, lease.reason = "ended", f"slot {slot_id} revoked: {reason}"
+
+
+def install(daemon: Any) -> Leases:
+    """Attach leasing to a Coscheduler through its extension points."""
+    leases = Leases(daemon)
+    daemon.leases = leases
+    daemon.client_handlers.update({P.LEASE: leases.on_lease, P.LEASE_STATUS: leases.on_status,
+                                   P.LEASE_RELEASE: leases.on_release})
+    for kind in P.LEASE_AGENT_TYPES:
+        daemon.agent_handlers[kind] = leases.on_agent
+    return leases

@@ -1,0 +1,175 @@
+"""Executors for real, without Slurm: cgroups, identity, containers, warm reuse, eviction.
+
+An Agent is driven step by step (AgentHarness); what it would send the co-scheduler is
+recorded. Real cgroups (v1 here), real unprivileged users, real ch-run.
+"""
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+from faas_runtime import protocol as P
+
+from .runtime_fixtures import harness, python_image, users  # noqa: F401  (fixtures)
+
+
+def _value(f):
+    assert f.get("outcome") == "ok", f
+    return json.loads(f["value_json"])
+
+
+def test_executor_runs_as_the_owner_confined_to_the_lent_cpus(harness, users):
+    h = harness()
+    alice = users["faas-alice"]
+    slot = h.lend(7, [1, 1])
+    kind, f = h.outcome(h.run(slot, "runtime_probe:whoami", '"hi"', user=alice))
+    v = _value(f)
+    assert (v["uid"], v["gid"]) == (alice.pw_uid, alice.pw_gid)
+    team = __import__("grp").getgrnam("faas-team").gr_gid
+    assert team in v["groups"] and 0 not in v["groups"]
+    assert v["cpus"] == [1] == f["cpus"]
+    ex = next(iter(h.agent.executors.values()))
+    # its own cgroup below the agent's subtree, with the lent CPUs as its cpuset
+    assert f"/{ex.name}" in v["cgroup"]
+    assert (ex.cgroup.dirs["cpuset"] / "cpuset.cpus").read_text().strip() == "1"
+    assert int((ex.cgroup.dirs["memory"] / "memory.limit_in_bytes").read_text()) == 128 << 20
+    # results and sockets are the owner's alone
+    st = ex.run_dir.stat()
+    assert st.st_uid == alice.pw_uid and stat.S_IMODE(st.st_mode) == 0o700
+    assert v["env"] == sorted(["HOME", "LANG", "LOGNAME", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH",
+                               "SLURM_FAAS_JOB_ID", "SLURM_FAAS_SLOT", "USER"])  # a clean environment
+
+
+def test_warm_executor_is_reused_then_retired_after_keep_warm(harness, users):
+    h = harness(keep_warm_s=1.0)
+    alice = users["faas-alice"]
+    slot = h.lend(8, [0, 1])
+    pids = [_value(h.outcome(h.run(slot, "runtime_probe:whoami", user=alice, os_cpus=[c]))[1])["pid"] for c in (0, 1, 0)]
+    assert len(set(pids)) == 1  # one warm executor served all three
+    [ex] = h.agent.executors.values()
+    deadline = time.monotonic() + 10
+    while h.agent.executors and time.monotonic() < deadline:
+        h.step()
+    assert not h.agent.executors
+    assert not any(d.exists() for d in ex.cgroup.dirs.values())
+
+
+def test_memory_hog_is_killed_alone_and_reported(harness, users):
+    h = harness()
+    alice = users["faas-alice"]
+    slot = h.lend(9, [0, 1])
+    sleeper = h.run(slot, "runtime_probe:sleep", "1.5", user=alice)
+    hog = h.run(slot, "runtime_probe:hog", user=alice, mem_mb=64)
+    kind, f = h.outcome(hog)
+    assert kind == P.RESULT and f["outcome"] == "error"
+    assert "memory limit (64 MiB)" in f["error"]
+    kind, f = h.outcome(sleeper)  # its neighbour on the same slot finishes normally
+    assert _value(f)["slept"] == 1.5
+
+
+def test_fork_bomb_stops_at_the_pids_limit(harness, users):
+    h = harness(pids_max=40)
+    slot = h.lend(10, [1])
+    kind, f = h.outcome(h.run(slot, "runtime_probe:forkbomb", user=users["faas-bob"]))
+    v = _value(f)
+    assert v["forked"] < 40 and "Resource temporarily unavailable" in v["error"]
+    # the children it left are killed with the executor, and its cgroup goes away
+    deadline = time.monotonic() + 10
+    while h.agent.executors and time.monotonic() < deadline:
+        h.step()
+    assert not h.agent.executors
+
+
+def test_revoke_terminates_kills_and_removes_the_cgroup(harness, users):
+    h = harness(grace_s=0.5)
+    slot = h.lend(11, [1])
+    inv = h.run(slot, "runtime_probe:sleep", "60", user=users["faas-alice"])
+    while not any(k == P.STARTED for k, _ in h.sent):
+        h.step()
+    [ex] = h.agent.executors.values()
+    time.sleep(0.5)  # the function is inside its call
+    h.agent.revoke(h.agent.slots[slot], "the batch job ended")
+    t0 = time.monotonic()
+    kind, f = h.outcome(inv, timeout_s=10)
+    assert kind == P.EVICTED and "revoked" in f["reason"]
+    assert time.monotonic() - t0 < 5
+    assert not any(d.exists() for d in ex.cgroup.dirs.values())
+    assert ex.proc.poll() is not None
+
+
+def test_timeout_kills_the_executor(harness, users):
+    h = harness()
+    slot = h.lend(12, [0])
+    kind, f = h.outcome(h.run(slot, "runtime_probe:sleep", "60", user=users["faas-alice"], timeout_s=1))
+    assert f["outcome"] == "timeout"
+
+
+def test_a_restarted_agent_kills_executors_a_crashed_one_left(harness, users, tmp_path):
+    h = harness()
+    slot = h.lend(13, [0])
+    h.run(slot, "runtime_probe:sleep", "60", user=users["faas-alice"])
+    [ex] = h.agent.executors.values()
+    h.step()
+    assert ex.cgroup.pids()
+    # a second agent with the same work directory = the same agent after a crash
+    from faas_runtime.agent import Agent
+
+    again = Agent(node="t1", spool=tmp_path, endpoint="tcp://127.0.0.1:9", workdir=h.agent.workdir)
+    try:
+        assert not ex.cgroup.pids() and not any(d.exists() for d in ex.cgroup.dirs.values())
+        ex.proc.wait(timeout=5)
+    finally:
+        again.ctx.destroy(linger=0)
+    h.agent.executors.clear()
+    h.agent.running.clear()
+
+
+def test_function_in_a_charliecloud_image(harness, users, python_image):
+    h = harness()
+    alice = users["faas-alice"]
+    slot = h.lend(14, [1])
+    kind, f = h.outcome(h.run(slot, "runtime_probe:whoami", '{"x": 1}', user=alice, image=str(python_image),
+                              runtime="charliecloud"))
+    v = _value(f)
+    assert v["container"] and v["python"] == "/usr/bin/python3" and v["code"] == "/faas/code"
+    assert v["uid"] == alice.pw_uid and v["cpus"] == [1] and v["echo"] == {"x": 1}
+
+
+def test_missing_image_or_runtime_fails_with_the_reason(harness, users, tmp_path):
+    h = harness()
+    slot = h.lend(15, [0])
+    kind, f = h.outcome(h.run(slot, "runtime_probe:whoami", user=users["faas-alice"],
+                              image=str(tmp_path / "no-such-image"), runtime="charliecloud"), timeout_s=5)
+    assert f["outcome"] == "error" and "no-such-image does not exist" in f["error"]
+    kind, f = h.outcome(h.run(slot, "runtime_probe:whoami", user=users["faas-alice"], image="/x.sif",
+                              runtime="apptainer"), timeout_s=5)
+    assert f["outcome"] == "error" and "apptainer is not installed" in f["error"]
+    kind, f = h.outcome(h.run(slot, "no_such_module:f", user=users["faas-alice"]), timeout_s=30)
+    assert f["outcome"] == "error" and "cannot load no_such_module:f" in f["error"]
+
+
+def test_bad_messages_to_the_agent_get_typed_errors(harness):
+    import msgpack
+    import zmq
+
+    h = harness(cgroups=False)
+    ctx = zmq.Context.instance()
+    cases = [(b"\xc1junk", P.E_MALFORMED), (P.encode(P.RUN)[:-1], P.E_MALFORMED),
+             (msgpack.packb({"v": 1, "type": "bogus"}), P.E_UNKNOWN_TYPE),
+             (msgpack.packb({"v": 2, "type": "run"}), P.E_VERSION),
+             (msgpack.packb({"v": 1, "type": "run"}), P.E_INVALID)]  # missing fields
+    real = h.agent.sock
+    for n, (frame, code) in enumerate(cases):
+        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        a.bind(f"inproc://agent-bad-{id(h)}-{n}")
+        b.connect(f"inproc://agent-bad-{id(h)}-{n}")
+        h.agent.sock = b
+        h.sent.clear()
+        a.send(frame)
+        b.poll(2000)
+        h.agent.step_receive()  # never raises
+        assert h.sent and h.sent[0][0] == P.ERROR and h.sent[0][1]["code"] == code, (frame, h.sent)
+        a.close(linger=0)
+        b.close(linger=0)
+    h.agent.sock = real
