@@ -30,6 +30,7 @@
 #endif
 
 #define SPOOL_DEFAULT "/var/spool/slurm-faas"
+#define CGROUP_ROOT_DEFAULT "/sys/fs/cgroup"
 #define SPEC_GRAMMAR "auto, no or cores=N,mem=SIZE[,until=MIN]"
 
 /* ------------------------------------------------------------------------ */
@@ -76,7 +77,7 @@ static int parse_udec(const char *s, size_t n, unsigned long long limit, unsigne
         if (s[i] < '0' || s[i] > '9')
             return -1;
         d = (unsigned int)(s[i] - '0');
-        if (v > (limit - d) / 10)
+        if (d > limit || v > (limit - d) / 10)
             return -1;
         v = v * 10 + d;
     }
@@ -383,6 +384,40 @@ void faas_config_defaults(struct faas_config *cfg)
     cfg->reserve_mem_mb = 0;
     cfg->auto_mem_percent = 50;
     cfg->default_spec.mode = FAAS_SPEC_NO;
+    cfg->max_mem_percent = 100;
+    cfg->allow_partitions[0] = '\0';
+    cfg->allow_users[0] = '\0';
+    snprintf(cfg->cgroup_root, sizeof(cfg->cgroup_root), "%s", CGROUP_ROOT_DEFAULT);
+}
+
+/* A comma list of names: non-empty items of [A-Za-z0-9._@+-] only. */
+static int name_list_ok(const char *val, const char *key, char *err, unsigned long errlen)
+{
+    const char *c;
+    size_t item = 0;
+
+    if (val[0] == '\0') {
+        set_err(err, errlen, "%s needs a comma-separated list of names", key);
+        return 0;
+    }
+    for (c = val;; c++) {
+        if (*c == ',' || *c == '\0') {
+            if (item == 0) {
+                set_err(err, errlen, "%s has an empty item", key);
+                return 0;
+            }
+            item = 0;
+            if (*c == '\0')
+                return 1;
+            continue;
+        }
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '.' ||
+              *c == '_' || *c == '-' || *c == '@' || *c == '+')) {
+            set_err(err, errlen, "%s: bad character '%c' in a name", key, *c);
+            return 0;
+        }
+        item++;
+    }
 }
 
 int faas_config_parse_arg(struct faas_config *cfg, const char *arg, char *err, unsigned long errlen)
@@ -463,10 +498,38 @@ int faas_config_parse_arg(struct faas_config *cfg, const char *arg, char *err, u
             set_err(err, errlen, "default: %s", serr);
             return -1;
         }
+    } else if (keyeq(arg, klen, "max_mem_percent")) {
+        if (parse_udec(val, strlen(val), 100, &v) != 0) {
+            set_err(err, errlen, "max_mem_percent must be an integer 0..100, got '%s'", q);
+            return -1;
+        }
+        cfg->max_mem_percent = (unsigned int)v;
+    } else if (keyeq(arg, klen, "allow_partitions") || keyeq(arg, klen, "allow_users")) {
+        int parts = keyeq(arg, klen, "allow_partitions");
+        char *dst = parts ? cfg->allow_partitions : cfg->allow_users;
+        size_t cap = parts ? sizeof(cfg->allow_partitions) : sizeof(cfg->allow_users);
+
+        if (!name_list_ok(val, parts ? "allow_partitions" : "allow_users", err, errlen))
+            return -1;
+        if (strlen(val) >= cap) {
+            set_err(err, errlen, "%s is too long", parts ? "allow_partitions" : "allow_users");
+            return -1;
+        }
+        snprintf(dst, cap, "%s", val);
+    } else if (keyeq(arg, klen, "cgroup_root")) {
+        if (val[0] != '/') {
+            set_err(err, errlen, "cgroup_root must be an absolute path, got '%s'", q);
+            return -1;
+        }
+        if (strlen(val) >= sizeof(cfg->cgroup_root) - 200) {
+            set_err(err, errlen, "cgroup_root is too long");
+            return -1;
+        }
+        snprintf(cfg->cgroup_root, sizeof(cfg->cgroup_root), "%s", val);
     } else {
         set_err(err, errlen,
                 "unknown key '%s' (expected spool, cpu_map, node_cpus, reserve_cores, reserve_mem, "
-                "auto_mem_percent or default)",
+                "auto_mem_percent, max_mem_percent, allow_partitions, allow_users, cgroup_root or default)",
                 excerpt(q, sizeof(q), arg, klen));
         return -1;
     }
@@ -490,6 +553,7 @@ int faas_spare_compute(const struct faas_spec *spec, const struct faas_config *c
     }
     out->ncpus = 0;
     out->mem_mb = 0;
+    out->cpu_source = FAAS_CPUS_FROM_MAP;
     n = alloc->ncores;
     if (n > FAAS_MAX_CPUS) {
         set_err(err, errlen, "job holds %u cores, more than the maximum %d", n, FAAS_MAX_CPUS);
@@ -532,9 +596,40 @@ int faas_spare_compute(const struct faas_spec *spec, const struct faas_config *c
         take = explicit_spec && spec->cores ? spec->cores : auto_cores;
         if (take > lendable)
             take = lendable;
+        unsigned int maxpct = cfg->max_mem_percent > 100 ? 100 : cfg->max_mem_percent;
+        unsigned long long mem_cap = (alloc->mem_mb / 100) * maxpct + (alloc->mem_mb % 100) * maxpct / 100;
+
         out->mem_mb = explicit_spec && spec->mem_mb ? spec->mem_mb : auto_mem;
         if (out->mem_mb > mem_avail)
             out->mem_mb = mem_avail;
+        if (out->mem_mb > mem_cap)
+            out->mem_mb = mem_cap;
+    }
+
+    /*
+     * A job confined by task/cgroup (or task/affinity with a cpuset) names
+     * its OS CPUs: the k-th allocated core is the k-th group of
+     * nos_cpus / n CPUs of its cpuset (threads of one core are adjacent in
+     * the job's sorted cpuset on every layout Slurm builds). A cpuset that
+     * is not a whole multiple of the cores is not understood: lend nothing.
+     */
+    out->cpu_source = FAAS_CPUS_FROM_MAP;
+    if (take > 0 && alloc->nos_cpus > 0) {
+        unsigned int per_core;
+
+        if (alloc->nos_cpus > FAAS_MAX_CPUS || alloc->nos_cpus % n != 0) {
+            set_err(err, errlen, "the job's cpuset has %u CPUs for %u allocated cores", alloc->nos_cpus, n);
+            out->mem_mb = 0;
+            return -1;
+        }
+        per_core = alloc->nos_cpus / n;
+        for (i = 0; i < take; i++) {
+            out->slurm_cpus[i] = alloc->cores[n - take + i];
+            out->os_cpus[i] = alloc->os_cpus[(n - take + i) * per_core];
+        }
+        out->ncpus = take;
+        out->cpu_source = FAAS_CPUS_FROM_CGROUP;
+        return 0;
     }
 
     if (take > 0 && cfg->cpu_map == FAAS_CPU_MAP_BLOCK && (cfg->node_cpus == 0 || alloc->online_cpus == 0)) {
@@ -821,8 +916,19 @@ static int open_temp(int dfd, unsigned int job_id, char *tmpname, size_t tmplen)
 /* Flush, fsync and close the temp file, rename it over final, fsync the
  * directory. Removes the temp file on failure. Returns 0 or -1 (errno in
  * *eout, the failing step in *what). */
+static int commit_temp_mode(int dfd, struct wbuf *w, const char *tmpname, const char *final, int *eout,
+                            const char **what, int no_replace);
+
 static int commit_temp(int dfd, struct wbuf *w, const char *tmpname, const char *final, int *eout,
                        const char **what)
+{
+    return commit_temp_mode(dfd, w, tmpname, final, eout, what, 0);
+}
+
+/* no_replace: link(2) instead of rename(2), so an existing final file wins
+ * (EEXIST) and is never replaced: the first of two writers keeps its record. */
+static int commit_temp_mode(int dfd, struct wbuf *w, const char *tmpname, const char *final, int *eout,
+                            const char **what, int no_replace)
 {
     wb_flush(w);
     if (w->err) {
@@ -838,7 +944,13 @@ static int commit_temp(int dfd, struct wbuf *w, const char *tmpname, const char 
         *eout = errno;
         *what = "close";
     }
-    if (*eout == 0 && renameat(dfd, tmpname, dfd, final) != 0) {
+    if (*eout == 0 && no_replace) {
+        if (linkat(dfd, tmpname, dfd, final, 0) != 0) {
+            *eout = errno;
+            *what = "link";
+        }
+        (void)unlinkat(dfd, tmpname, 0);
+    } else if (*eout == 0 && renameat(dfd, tmpname, dfd, final) != 0) {
         *eout = errno;
         *what = "rename";
     }
@@ -854,8 +966,25 @@ static int commit_temp(int dfd, struct wbuf *w, const char *tmpname, const char 
     return 0;
 }
 
+static int record_write(const char *spool_dir, const struct faas_lend_meta *meta, const struct faas_lend *lend,
+                        const char *state, int no_replace, char *err, unsigned long errlen);
+
 int faas_lend_record_write(const char *spool_dir, const struct faas_lend_meta *meta,
                            const struct faas_lend *lend, const char *state, char *err, unsigned long errlen)
+{
+    return record_write(spool_dir, meta, lend, state, 0, err, errlen);
+}
+
+int faas_lend_record_create(const char *spool_dir, const struct faas_lend_meta *meta,
+                            const struct faas_lend *lend, char *err, unsigned long errlen)
+{
+    int rc = record_write(spool_dir, meta, lend, "lent", 1, err, errlen);
+
+    return rc < 0 && errno == EEXIST ? 1 : rc;
+}
+
+static int record_write(const char *spool_dir, const struct faas_lend_meta *meta, const struct faas_lend *lend,
+                        const char *state, int no_replace, char *err, unsigned long errlen)
 {
     char tmpname[64], final[32];
     struct wbuf w;
@@ -916,7 +1045,7 @@ int faas_lend_record_write(const char *spool_dir, const struct faas_lend_meta *m
         wb_fmt(&w, ",\"revoked_at\":%lld", (long long)time(NULL));
     wb_str(&w, "}\n");
 
-    if (commit_temp(dfd, &w, tmpname, final, &e, &what) != 0) {
+    if (commit_temp_mode(dfd, &w, tmpname, final, &e, &what, no_replace) != 0) {
         close(dfd);
         set_err(err, errlen, "cannot write %s/%s/%s (%s): %s", spool_dir, meta->node, final, what,
                 strerror(e));
@@ -1038,4 +1167,377 @@ int faas_lend_record_revoke(const char *spool_dir, const char *node, unsigned in
     }
     close(dfd);
     return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the job's cpuset cgroup                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Read a small text file whole (at most buflen - 1 bytes, NUL-terminated,
+ * trailing whitespace removed). Returns 0, 1 when it does not exist, -1 on
+ * error (errno set). */
+static int read_small_file(const char *path, char *buf, size_t buflen)
+{
+    size_t len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return errno == ENOENT || errno == ENOTDIR ? 1 : -1;
+    for (;;) {
+        ssize_t r;
+
+        if (len + 1 >= buflen) {
+            close(fd);
+            errno = EFBIG;
+            return -1;
+        }
+        r = read(fd, buf + len, buflen - 1 - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == ' ' || buf[len - 1] == '\t'))
+        len--;
+    buf[len] = '\0';
+    return 0;
+}
+
+int faas_cgroup_job_cpus(const char *root, const char *node, unsigned int uid, unsigned int job_id,
+                         unsigned int *out, unsigned int max, int *version, char *err, unsigned long errlen)
+{
+    /* cpuset.cpus of 4096 CPUs written as single ids fits in 24 KiB. */
+    char path[1024], text[24576], perr[FAAS_ERR_LEN];
+    int have_node = node && node[0] != '\0';
+    int k;
+
+    if (version)
+        *version = FAAS_CGROUP_NONE;
+    if (!root || root[0] != '/' || !out) {
+        set_err(err, errlen, "cgroup root must be an absolute path");
+        return -1;
+    }
+    if (have_node && !node_name_ok(node, err, errlen))
+        return -1;
+    for (k = 0; k < 4; k++) {
+        int r, n, ver = k < 2 ? FAAS_CGROUP_V2 : FAAS_CGROUP_V1;
+
+        /* Multiple slurmd on one host (slurmd -N) name their cgroups by node. */
+        if ((k == 0 || k == 2) && !have_node)
+            continue;
+        if (k == 0)
+            r = snprintf(path, sizeof(path), "%s/system.slice/%s_slurmstepd.scope/job_%u/cpuset.cpus.effective",
+                         root, node, job_id);
+        else if (k == 1)
+            r = snprintf(path, sizeof(path), "%s/system.slice/slurmstepd.scope/job_%u/cpuset.cpus.effective", root,
+                         job_id);
+        else if (k == 2)
+            r = snprintf(path, sizeof(path), "%s/cpuset/slurm_%s/uid_%u/job_%u/cpuset.cpus", root, node, uid,
+                         job_id);
+        else
+            r = snprintf(path, sizeof(path), "%s/cpuset/slurm/uid_%u/job_%u/cpuset.cpus", root, uid, job_id);
+        if (r < 0 || (size_t)r >= sizeof(path)) {
+            set_err(err, errlen, "cgroup path is too long");
+            return -1;
+        }
+        r = read_small_file(path, text, sizeof(text));
+        if (r == 1)
+            continue;
+        if (r < 0) {
+            set_err(err, errlen, "cannot read %s: %s", path, strerror(errno));
+            return -1;
+        }
+        n = faas_cpulist_parse(text, out, max, perr, sizeof(perr));
+        if (n <= 0) {
+            set_err(err, errlen, "%s: %s", path, n < 0 ? perr : "empty cpuset");
+            return -1;
+        }
+        if (version)
+            *version = ver;
+        return n;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* site policy                                                              */
+/* ------------------------------------------------------------------------ */
+
+static int in_name_list(const char *list, const char *name)
+{
+    size_t nlen;
+    const char *p = list;
+
+    if (!name || name[0] == '\0')
+        return 0;
+    nlen = strlen(name);
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t ilen = comma ? (size_t)(comma - p) : strlen(p);
+
+        if (ilen == nlen && memcmp(p, name, nlen) == 0)
+            return 1;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return 0;
+}
+
+int faas_policy_allows(const struct faas_config *cfg, const char *partition, const char *user, char *err,
+                       unsigned long errlen)
+{
+    if (!cfg) {
+        set_err(err, errlen, "missing argument");
+        return 0;
+    }
+    if (cfg->allow_partitions[0] != '\0' && !in_name_list(cfg->allow_partitions, partition)) {
+        set_err(err, errlen, "partition '%.64s' may not lend (allow_partitions=%.128s)",
+                partition ? partition : "", cfg->allow_partitions);
+        return 0;
+    }
+    if (cfg->allow_users[0] != '\0' && !in_name_list(cfg->allow_users, user)) {
+        set_err(err, errlen, "user '%.64s' may not lend (allow_users=%.128s)", user ? user : "",
+                cfg->allow_users);
+        return 0;
+    }
+    return 1;
+}
+
+unsigned int faas_tasks_estimate(const char *ntasks, const char *nnodes)
+{
+    unsigned long long t, n;
+
+    if (!ntasks || !nnodes || parse_udec(ntasks, strlen(ntasks), 1000000000ULL, &t) != 0 ||
+        parse_udec(nnodes, strlen(nnodes), 1000000000ULL, &n) != 0 || t == 0 || n == 0)
+        return 0;
+    t = (t + n - 1) / n;
+    return t > FAAS_MAX_CPUS ? FAAS_MAX_CPUS : (unsigned int)t;
+}
+
+/* ------------------------------------------------------------------------ */
+/* job_prolog -> extern step hand-over                                      */
+/* ------------------------------------------------------------------------ */
+
+#define PENDING_MAGIC "faas-pending 1 "
+
+int faas_pending_write(const char *spool_dir, const char *node, unsigned int job_id,
+                       const struct faas_pending *p, char *err, unsigned long errlen)
+{
+    char tmpname[64], final[40];
+    struct wbuf w;
+    const char *what = "", *c;
+    int dfd, e;
+
+    if (!p || memchr(p->spec, '\0', sizeof(p->spec)) == NULL) {
+        set_err(err, errlen, "missing or unterminated hand-over");
+        errno = EINVAL;
+        return -1;
+    }
+    for (c = p->spec; *c; c++) {
+        if (*c <= ' ' || *c == 0x7f) {
+            set_err(err, errlen, "spec contains blanks or control characters");
+            errno = EINVAL;
+            return -1;
+        }
+    }
+    dfd = open_node_dir(spool_dir, node, 1, err, errlen);
+    if (dfd < 0)
+        return -1;
+    snprintf(final, sizeof(final), ".%u.pending", job_id);
+    w.fd = open_temp(dfd, job_id, tmpname, sizeof(tmpname));
+    if (w.fd < 0) {
+        e = errno;
+        close(dfd);
+        set_err(err, errlen, "cannot create a temp file in %s/%s: %s", spool_dir, node, strerror(e));
+        errno = e;
+        return -1;
+    }
+    w.err = 0;
+    w.len = 0;
+    wb_str(&w, PENDING_MAGIC);
+    wb_fmt(&w, "given=%d tasks=%u spec=", p->given ? 1 : 0, p->tasks_on_node);
+    wb_str(&w, p->spec);
+    wb_str(&w, "\n");
+    if (commit_temp(dfd, &w, tmpname, final, &e, &what) != 0) {
+        close(dfd);
+        set_err(err, errlen, "cannot write %s/%s/%s (%s): %s", spool_dir, node, final, what, strerror(e));
+        errno = e;
+        return -1;
+    }
+    close(dfd);
+    return 0;
+}
+
+int faas_pending_read(const char *spool_dir, const char *node, unsigned int job_id, struct faas_pending *p,
+                      char *err, unsigned long errlen)
+{
+    char path[1400], text[512];
+    const char *q;
+    unsigned long long given, tasks;
+    size_t n;
+    int r;
+
+    if (!p || !spool_dir || !node_name_ok(node, err, errlen)) {
+        if (!p || !spool_dir)
+            set_err(err, errlen, "missing argument");
+        return -1;
+    }
+    memset(p, 0, sizeof(*p));
+    r = snprintf(path, sizeof(path), "%s/%s/.%u.pending", spool_dir, node, job_id);
+    if (r < 0 || (size_t)r >= sizeof(path)) {
+        set_err(err, errlen, "spool path is too long");
+        return -1;
+    }
+    r = read_small_file(path, text, sizeof(text));
+    if (r == 1)
+        return 1;
+    if (r < 0) {
+        set_err(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* faas-pending 1 given=G tasks=T spec=S */
+    q = text;
+    if (strncmp(q, PENDING_MAGIC "given=", sizeof(PENDING_MAGIC "given=") - 1) != 0)
+        goto bad;
+    q += sizeof(PENDING_MAGIC "given=") - 1;
+    if (parse_udec(q, 1, 1, &given) != 0 || strncmp(q + 1, " tasks=", 7) != 0)
+        goto bad;
+    q += 8;
+    for (n = 0; q[n] >= '0' && q[n] <= '9'; n++)
+        ;
+    if (parse_udec(q, n, FAAS_MAX_CPUS, &tasks) != 0 || strncmp(q + n, " spec=", 6) != 0)
+        goto bad;
+    q += n + 6;
+    if (strlen(q) >= sizeof(p->spec) || strchr(q, ' ') || strchr(q, '\n'))
+        goto bad;
+    p->given = (int)given;
+    p->tasks_on_node = (unsigned int)tasks;
+    snprintf(p->spec, sizeof(p->spec), "%s", q);
+    return 0;
+bad:
+    set_err(err, errlen, "%s is not a slurm-faas hand-over file", path);
+    errno = EINVAL;
+    return -1;
+}
+
+int faas_pending_remove(const char *spool_dir, const char *node, unsigned int job_id, char *err,
+                        unsigned long errlen)
+{
+    char name[40];
+    int dfd = open_node_dir(spool_dir, node, 0, err, errlen);
+
+    if (dfd == -2)
+        return 1;
+    if (dfd < 0)
+        return -1;
+    snprintf(name, sizeof(name), ".%u.pending", job_id);
+    if (unlinkat(dfd, name, 0) != 0) {
+        int e = errno;
+
+        close(dfd);
+        if (e == ENOENT)
+            return 1;
+        set_err(err, errlen, "cannot remove %s/%s/%s: %s", spool_dir, node, name, strerror(e));
+        errno = e;
+        return -1;
+    }
+    close(dfd);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* reading back a record                                                    */
+/* ------------------------------------------------------------------------ */
+
+int faas_lend_record_peek(const char *spool_dir, const char *node, unsigned int job_id, unsigned int *ncpus,
+                          int *lent, char *err, unsigned long errlen)
+{
+    static const char key[] = "\"slurm_cpus\":[";
+    static const char lent_prefix[] = "{\"version\":1,\"state\":\"lent\",";
+    static const char revoked_prefix[] = "{\"version\":1,\"state\":\"revoked\",";
+    char final[32], buf[4096];
+    size_t matched = 0;
+    off_t off = 0;
+    int dfd, rfd, in_list = 0, in_num = 0, state_known = 0;
+    unsigned int count = 0;
+
+    if (!ncpus || !lent) {
+        set_err(err, errlen, "missing argument");
+        return -1;
+    }
+    *ncpus = 0;
+    *lent = 0;
+    dfd = open_node_dir(spool_dir, node, 0, err, errlen);
+    if (dfd == -2)
+        return 1;
+    if (dfd < 0)
+        return -1;
+    snprintf(final, sizeof(final), "%u.json", job_id);
+    rfd = openat(dfd, final, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    close(dfd);
+    if (rfd < 0) {
+        if (errno == ENOENT)
+            return 1;
+        set_err(err, errlen, "cannot open %s/%s/%s: %s", spool_dir, node, final, strerror(errno));
+        return -1;
+    }
+    for (;;) {
+        ssize_t r = pread(rfd, buf, sizeof(buf), off), i;
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        if (off == 0) {
+            if ((size_t)r >= sizeof(lent_prefix) - 1 && memcmp(buf, lent_prefix, sizeof(lent_prefix) - 1) == 0) {
+                *lent = 1;
+                state_known = 1;
+            } else if ((size_t)r >= sizeof(revoked_prefix) - 1 &&
+                       memcmp(buf, revoked_prefix, sizeof(revoked_prefix) - 1) == 0) {
+                state_known = 1;
+            }
+        }
+        for (i = 0; i < r; i++) {
+            char c = buf[i];
+
+            if (!in_list) {
+                matched = c == key[matched] ? matched + 1 : (c == key[0] ? 1 : 0);
+                if (matched == sizeof(key) - 1)
+                    in_list = 1;
+                continue;
+            }
+            if (c >= '0' && c <= '9') {
+                if (!in_num)
+                    count++;
+                in_num = 1;
+            } else if (c == ']') {
+                close(rfd);
+                if (!state_known)
+                    goto bad;
+                *ncpus = count;
+                return 0;
+            } else {
+                in_num = 0;
+            }
+        }
+        if (!state_known)
+            break;
+        off += r;
+    }
+    close(rfd);
+bad:
+    *lent = 0;
+    set_err(err, errlen, "%s/%s/%s is not a version 1 lend record", spool_dir, node, final);
+    errno = EINVAL;
+    return -1;
 }

@@ -19,6 +19,12 @@ enum {
 
 enum { FAAS_CPU_MAP_IDENTITY = 0, FAAS_CPU_MAP_BLOCK = 1 };
 
+/* Where the OS CPU ids of a lend came from (faas_lend.cpu_source). */
+enum { FAAS_CPUS_FROM_MAP = 0, FAAS_CPUS_FROM_CGROUP = 1 };
+
+/* cgroup layouts faas_cgroup_job_cpus understands. */
+enum { FAAS_CGROUP_NONE = 0, FAAS_CGROUP_V1 = 1, FAAS_CGROUP_V2 = 2 };
+
 enum { FAAS_MAX_CPUS = 4096, FAAS_ERR_LEN = 256, FAAS_LEND_RECORD_VERSION = 1 };
 
 /* A parsed --faas-share value. Zero means "not given" for every count. */
@@ -38,6 +44,10 @@ struct faas_config {
     unsigned long long reserve_mem_mb; /* reserve_mem=SIZE */
     unsigned int auto_mem_percent;     /* auto_mem_percent=P: share of unused memory auto lends (default 50) */
     struct faas_spec default_spec;     /* default=SPEC when the flag is absent (default: no) */
+    unsigned int max_mem_percent;      /* max_mem_percent=P: cap of any lend, share of the job's memory (100) */
+    char allow_partitions[1024];       /* allow_partitions=a,b: only jobs of these lend ("": all) */
+    char allow_users[1024];            /* allow_users=u,v: only jobs of these users lend ("": all) */
+    char cgroup_root[512];             /* cgroup_root=DIR: where the job's cpuset is looked up (/sys/fs/cgroup) */
 };
 
 /* What the job holds on one node, as Slurm tells the plugin. */
@@ -47,6 +57,8 @@ struct faas_node_alloc {
     unsigned int used_cores;          /* cores the job's tasks need on this node (auto) */
     unsigned long long mem_mb;        /* job's allocated memory on this node */
     unsigned int online_cpus;         /* OS CPUs online on this machine (block map) */
+    unsigned int nos_cpus;            /* entries in os_cpus[]: 0 when the job is not confined */
+    unsigned int os_cpus[4096];       /* the job's OS CPUs on this node from its cpuset cgroup, ascending */
 };
 
 /* The result: what this node lends. */
@@ -55,6 +67,15 @@ struct faas_lend {
     unsigned int slurm_cpus[4096];    /* lent Slurm core ids, ascending */
     unsigned int os_cpus[4096];       /* OS CPU each lent core maps to (parallel to slurm_cpus) */
     unsigned long long mem_mb;
+    int cpu_source;                   /* FAAS_CPUS_FROM_* */
+};
+
+/* What job_prolog hands over to the extern step of the same job and node:
+ * <spool>/<node>/.<job_id>.pending (a dot file: the agent ignores it). */
+struct faas_pending {
+    unsigned int tasks_on_node;       /* estimate from SLURM_JOB_NTASKS / SLURM_JOB_NUM_NODES (0: unknown) */
+    int given;                        /* 1: --faas-share was given; 0: the site default applies */
+    char spec[256];                   /* the spec text as given ("" for a bare --faas-share) */
 };
 
 /* Identity and timing written into the lend record. */
@@ -98,9 +119,47 @@ int faas_lend_record_write(const char *spool_dir, const struct faas_lend_meta *m
                            const struct faas_lend *lend, const char *state, char *err,
                            unsigned long errlen);
 
+/* Like faas_lend_record_write(..., "lent", ...) but never replaces an
+ * existing record: returns 1 (and leaves it) when one exists. */
+int faas_lend_record_create(const char *spool_dir, const struct faas_lend_meta *meta,
+                            const struct faas_lend *lend, char *err, unsigned long errlen);
+
 /* Mark an existing record revoked (rewrites it atomically with state
  * "revoked"). A missing record is not an error (returns 1). */
 int faas_lend_record_revoke(const char *spool_dir, const char *node, unsigned int job_id,
                             char *err, unsigned long errlen);
+
+/* The job's OS CPUs from its cpuset cgroup under root (normally
+ * /sys/fs/cgroup): v2 <root>/system.slice/[<node>_]slurmstepd.scope/job_<id>/
+ * cpuset.cpus.effective, v1 <root>/cpuset/slurm[_<node>]/uid_<uid>/job_<id>/
+ * cpuset.cpus. Returns the count (ascending ids in out, *version set), 0 when
+ * no such cgroup exists (the job is not confined), -1 with a message when one
+ * exists but cannot be read or parsed. */
+int faas_cgroup_job_cpus(const char *root, const char *node, unsigned int uid, unsigned int job_id,
+                         unsigned int *out, unsigned int max, int *version, char *err, unsigned long errlen);
+
+/* Site policy: may a job of this partition and user lend? 1 yes, 0 no (the
+ * reason in err). NULL or "" partition/user never match a non-empty list. */
+int faas_policy_allows(const struct faas_config *cfg, const char *partition, const char *user, char *err,
+                       unsigned long errlen);
+
+/* Tasks on a node of a job from the job_prolog environment: ceil(ntasks /
+ * nnodes), 0 when either is unknown/garbage. Text is what the environment
+ * holds (may be NULL or junk). */
+unsigned int faas_tasks_estimate(const char *ntasks, const char *nnodes);
+
+/* The job_prolog -> extern step hand-over file (atomic). read returns 0, 1
+ * when there is none, -1 on error; remove returns 0 or 1 likewise. */
+int faas_pending_write(const char *spool_dir, const char *node, unsigned int job_id,
+                       const struct faas_pending *p, char *err, unsigned long errlen);
+int faas_pending_read(const char *spool_dir, const char *node, unsigned int job_id, struct faas_pending *p,
+                      char *err, unsigned long errlen);
+int faas_pending_remove(const char *spool_dir, const char *node, unsigned int job_id, char *err,
+                        unsigned long errlen);
+
+/* How many CPUs an existing record lends and whether it is still lent
+ * (*lent = 1). Returns 0, 1 when there is no record, -1 on error. */
+int faas_lend_record_peek(const char *spool_dir, const char *node, unsigned int job_id, unsigned int *ncpus,
+                          int *lent, char *err, unsigned long errlen);
 
 #endif

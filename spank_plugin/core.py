@@ -13,7 +13,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 from spank_plugin._faas_core import ffi, lib
 
@@ -33,6 +33,14 @@ __all__ = [
     "write_lend_record",
     "revoke_lend_record",
     "lend_record_path",
+    "job_cpuset_cpus",
+    "policy_allows",
+    "tasks_estimate",
+    "Pending",
+    "write_pending",
+    "read_pending",
+    "remove_pending",
+    "peek_lend_record",
 ]
 
 MAX_CPUS: int = lib.FAAS_MAX_CPUS
@@ -91,6 +99,10 @@ class Config:
     reserve_mem_mb: int = 0
     auto_mem_percent: int = 50
     default_spec: ShareSpec = field(default_factory=lambda: ShareSpec(mode="no"))
+    max_mem_percent: int = 100
+    allow_partitions: tuple[str, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    cgroup_root: str = "/sys/fs/cgroup"
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class Lend:
     slurm_cpus: tuple[int, ...] = ()
     os_cpus: tuple[int, ...] = ()
     mem_mb: int = 0
+    cpu_source: str = "map"  # 'map' (cpu_map) | 'cgroup' (the job's cpuset)
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +161,16 @@ def _config_to_c(cfg: Config):
     c.reserve_mem_mb = cfg.reserve_mem_mb
     c.auto_mem_percent = cfg.auto_mem_percent
     _spec_to_c(cfg.default_spec, c.default_spec)
+    c.max_mem_percent = cfg.max_mem_percent
+    for name in ("allow_partitions", "allow_users"):
+        raw = _encode(",".join(getattr(cfg, name)), name, ConfigError)
+        if len(raw) >= len(getattr(c, name)):
+            raise ConfigError(f"{name} is too long")
+        setattr(c, name, raw)
+    root = _encode(cfg.cgroup_root, "cgroup_root", ConfigError)
+    if len(root) >= len(c.cgroup_root):
+        raise ConfigError("cgroup_root is too long")
+    c.cgroup_root = root
     return c
 
 
@@ -160,7 +183,16 @@ def _config_from_c(c) -> Config:
         reserve_mem_mb=c.reserve_mem_mb,
         auto_mem_percent=c.auto_mem_percent,
         default_spec=_spec_from_c(c.default_spec),
+        max_mem_percent=c.max_mem_percent,
+        allow_partitions=_names(c.allow_partitions),
+        allow_users=_names(c.allow_users),
+        cgroup_root=ffi.string(c.cgroup_root).decode("utf-8", "surrogateescape"),
     )
+
+
+def _names(buf) -> tuple[str, ...]:
+    text = ffi.string(buf).decode("utf-8", "surrogateescape")
+    return tuple(text.split(",")) if text else ()
 
 
 # ---------------------------------------------------------------------------
@@ -219,13 +251,15 @@ def compute_spare(
     used_cores: int,
     mem_mb: int,
     online_cpus: int,
+    job_os_cpus: Union[Sequence[int], str, None] = None,
 ) -> Lend:
     """What a node lends, by the plugin's rules.
 
     cores: the job's Slurm core ids on the node (a list or a core list string);
     used_cores: what its tasks use (auto mode); mem_mb: its memory there;
-    online_cpus: OS CPUs of the machine (block map). A spec given as text is
-    parsed first. Raises ValueError on inconsistent input.
+    online_cpus: OS CPUs of the machine (block map); job_os_cpus: the job's
+    OS CPUs from its cpuset cgroup when it is confined (they win over cpu_map).
+    A spec given as text is parsed first. Raises ValueError on inconsistent input.
     """
     if not isinstance(spec, ShareSpec):
         spec = parse_spec(spec)
@@ -245,12 +279,19 @@ def compute_spare(
     alloc.used_cores = used_cores
     alloc.mem_mb = mem_mb
     alloc.online_cpus = online_cpus
+    if job_os_cpus is not None:
+        os_ids = parse_cpulist(job_os_cpus) if isinstance(job_os_cpus, str) else [int(c) for c in job_os_cpus]
+        if len(os_ids) > MAX_CPUS:
+            raise ValueError(f"more than {MAX_CPUS} OS CPUs")
+        alloc.nos_cpus = len(os_ids)
+        alloc.os_cpus[0 : len(os_ids)] = os_ids
     out = ffi.new("struct faas_lend *")
     err = _err_buf()
     if lib.faas_spare_compute(c_spec, c_cfg, alloc, out, err, _ERR_LEN) != 0:
         raise ValueError(_msg(err))
     n = out.ncpus
-    return Lend(slurm_cpus=tuple(out.slurm_cpus[0:n]), os_cpus=tuple(out.os_cpus[0:n]), mem_mb=int(out.mem_mb))
+    return Lend(slurm_cpus=tuple(out.slurm_cpus[0:n]), os_cpus=tuple(out.os_cpus[0:n]), mem_mb=int(out.mem_mb),
+                cpu_source="cgroup" if out.cpu_source == lib.FAAS_CPUS_FROM_CGROUP else "map")
 
 
 # ---------------------------------------------------------------------------
@@ -328,3 +369,91 @@ def revoke_lend_record(spool: Union[str, os.PathLike], node: str, job_id: int) -
     if rc < 0:
         _raise_oserror(err)
     return rc == 0
+
+
+# ---------------------------------------------------------------------------
+# the job's cpuset, site policy, the job_prolog -> extern step hand-over
+
+
+def job_cpuset_cpus(root: Union[str, os.PathLike], node: str, uid: int, job_id: int) -> tuple[str, list[int]]:
+    """The job's OS CPUs from its cpuset cgroup under root, as the plugin reads
+    them: ("v1" | "v2", ids), or ("none", []) when the job is not confined.
+    Raises OSError when the cgroup exists but cannot be read or parsed."""
+    out = ffi.new("unsigned int[]", MAX_CPUS)
+    version = ffi.new("int *")
+    err = _err_buf()
+    n = lib.faas_cgroup_job_cpus(os.fsencode(root), _encode(node, "node", _bad_name), uid, job_id, out, MAX_CPUS,
+                                 version, err, _ERR_LEN)
+    if n < 0:
+        raise OSError(_msg(err))
+    names = {lib.FAAS_CGROUP_NONE: "none", lib.FAAS_CGROUP_V1: "v1", lib.FAAS_CGROUP_V2: "v2"}
+    return names[version[0]], list(out[0:n])
+
+
+def policy_allows(config: Config, partition: str, user: str) -> tuple[bool, str]:
+    """May a job of this partition and user lend? (allowed, reason when not)."""
+    err = _err_buf()
+    ok = lib.faas_policy_allows(_config_to_c(config), _encode(partition, "partition"), _encode(user, "user"), err,
+                                _ERR_LEN)
+    return bool(ok), "" if ok else _msg(err)
+
+
+def tasks_estimate(ntasks: Optional[str], nnodes: Optional[str]) -> int:
+    """ceil(ntasks / nnodes) from job_prolog's environment text; 0 if unknown."""
+    return lib.faas_tasks_estimate(ffi.NULL if ntasks is None else _encode(ntasks, "ntasks"),
+                                   ffi.NULL if nnodes is None else _encode(nnodes, "nnodes"))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What job_prolog hands over to the extern step (see faas_core.h)."""
+
+    given: bool
+    tasks_on_node: int
+    spec: str
+
+
+def write_pending(spool: Union[str, os.PathLike], node: str, job_id: int, pending: Pending) -> None:
+    c = ffi.new("struct faas_pending *")
+    c.given = int(pending.given)
+    c.tasks_on_node = pending.tasks_on_node
+    spec = _encode(pending.spec, "spec")
+    if len(spec) >= len(c.spec):
+        raise ValueError("spec text is too long")
+    c.spec = spec
+    err = _err_buf()
+    if lib.faas_pending_write(os.fsencode(spool), _encode(node, "node", _bad_name), job_id, c, err, _ERR_LEN) != 0:
+        _raise_oserror(err)
+
+
+def read_pending(spool: Union[str, os.PathLike], node: str, job_id: int) -> Optional[Pending]:
+    c = ffi.new("struct faas_pending *")
+    err = _err_buf()
+    rc = lib.faas_pending_read(os.fsencode(spool), _encode(node, "node", _bad_name), job_id, c, err, _ERR_LEN)
+    if rc < 0:
+        _raise_oserror(err)
+    if rc == 1:
+        return None
+    return Pending(given=bool(c.given), tasks_on_node=c.tasks_on_node, spec=ffi.string(c.spec).decode())
+
+
+def remove_pending(spool: Union[str, os.PathLike], node: str, job_id: int) -> bool:
+    err = _err_buf()
+    rc = lib.faas_pending_remove(os.fsencode(spool), _encode(node, "node", _bad_name), job_id, err, _ERR_LEN)
+    if rc < 0:
+        _raise_oserror(err)
+    return rc == 0
+
+
+def peek_lend_record(spool: Union[str, os.PathLike], node: str, job_id: int) -> Optional[tuple[int, bool]]:
+    """(CPUs lent, still lent?) of a record, None when there is none."""
+    n = ffi.new("unsigned int *")
+    lent = ffi.new("int *")
+    err = _err_buf()
+    rc = lib.faas_lend_record_peek(os.fsencode(spool), _encode(node, "node", _bad_name), job_id, n, lent, err,
+                                   _ERR_LEN)
+    if rc < 0:
+        _raise_oserror(err)
+    if rc == 1:
+        return None
+    return int(n[0]), bool(lent[0])

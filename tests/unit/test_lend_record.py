@@ -216,3 +216,45 @@ def test_concurrent_writers_of_one_record(tmp_path):
     assert errors == []
     assert [p.name for p in (tmp_path / "n1").iterdir()] == ["123.json"]
     json.loads((tmp_path / "n1" / "123.json").read_text())
+
+
+# --- job_prolog -> extern step hand-over; reading back; create-only -------------------
+
+from spank_plugin.core import Pending, peek_lend_record, read_pending, remove_pending, write_pending  # noqa: E402
+
+
+def test_pending_round_trip(tmp_path):
+    assert read_pending(tmp_path, "n1", 3) is None
+    write_pending(tmp_path, "n1", 3, Pending(True, 32, "cores=4,mem=1G"))
+    assert (tmp_path / "n1" / ".3.pending").exists()  # a dot file: agents skip it
+    assert read_pending(tmp_path, "n1", 3) == Pending(True, 32, "cores=4,mem=1G")
+    write_pending(tmp_path, "n1", 3, Pending(False, 0, ""))
+    assert read_pending(tmp_path, "n1", 3) == Pending(False, 0, "")
+    assert remove_pending(tmp_path, "n1", 3) is True
+    assert remove_pending(tmp_path, "n1", 3) is False
+    assert remove_pending(tmp_path / "nope", "n1", 3) is False
+
+
+@pytest.mark.parametrize("text", ["", "faas-pending 1 given=2 tasks=1 spec=", "faas-pending 1 given=1 tasks=x spec=",
+                                  "faas-pending 2 given=1 tasks=1 spec=", "faas-pending 1 given=1 tasks=1 spec=a b"])
+def test_pending_garbage(tmp_path, text):
+    (tmp_path / "n1").mkdir()
+    (tmp_path / "n1" / ".3.pending").write_text(text)
+    with pytest.raises(OSError):
+        read_pending(tmp_path, "n1", 3)
+
+
+def test_pending_refuses_blanks(tmp_path):
+    with pytest.raises(OSError):
+        write_pending(tmp_path, "n1", 3, Pending(True, 1, "cores=1\nx"))
+
+
+def test_peek(tmp_path):
+    assert peek_lend_record(tmp_path, "n1", 9) is None
+    write_lend_record(tmp_path, 9, "n1", 0, 0, 0, "", Lend(tuple(range(100, 1100)), tuple(range(1000)), 5))
+    assert peek_lend_record(tmp_path, "n1", 9) == (1000, True)
+    revoke_lend_record(tmp_path, "n1", 9)
+    assert peek_lend_record(tmp_path, "n1", 9) == (1000, False)
+    (tmp_path / "n1" / "9.json").write_text('{"version":2}')
+    with pytest.raises(OSError):
+        peek_lend_record(tmp_path, "n1", 9)

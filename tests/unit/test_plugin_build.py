@@ -73,7 +73,7 @@ def test_core_is_strict_c99():
 
 def test_only_dispatch_file_has_spank_hooks():
     core = (find_csrc() / "faas_core.c").read_text()
-    assert "slurm_spank_" not in core and "slurm/" not in core
+    assert "slurm_spank_" not in core and "#include <slurm/" not in core
 
 
 def test_find_csrc_in_checkout():

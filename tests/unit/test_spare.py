@@ -132,3 +132,96 @@ def test_invariants(ncores, used, mem, reserve, want, auto):
     assert lend.slurm_cpus == tuple(cores[ncores - n:])  # the highest ones, ascending
     assert all(0 <= c < 8 for c in lend.os_cpus)
     assert lend.mem_mb <= mem
+
+
+# --- the job's cpuset (cgroup v1 and v2 trees in tmp dirs) and site policy -------------
+
+from spank_plugin.core import job_cpuset_cpus, policy_allows, tasks_estimate  # noqa: E402
+
+
+def _cpuset(root, rel, text):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("rel,version", [
+    ("system.slice/slurmstepd.scope/job_42/cpuset.cpus.effective", "v2"),
+    ("system.slice/n1_slurmstepd.scope/job_42/cpuset.cpus.effective", "v2"),
+    ("cpuset/slurm/uid_1000/job_42/cpuset.cpus", "v1"),
+    ("cpuset/slurm_n1/uid_1000/job_42/cpuset.cpus", "v1"),
+])
+def test_cgroup_readers(tmp_path, rel, version):
+    _cpuset(tmp_path, rel, "2-3,10-11\n")
+    assert job_cpuset_cpus(tmp_path, "n1", 1000, 42) == (version, [2, 3, 10, 11])
+    assert job_cpuset_cpus(tmp_path, "n1", 1000, 43) == ("none", [])  # another job: not confined
+
+
+def test_cgroup_node_specific_path_wins(tmp_path):
+    _cpuset(tmp_path, "cpuset/slurm/uid_0/job_7/cpuset.cpus", "0-1")
+    _cpuset(tmp_path, "cpuset/slurm_n2/uid_0/job_7/cpuset.cpus", "4-5")
+    assert job_cpuset_cpus(tmp_path, "n2", 0, 7) == ("v1", [4, 5])
+    assert job_cpuset_cpus(tmp_path, "n1", 0, 7) == ("v1", [0, 1])
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "3-1", "0-99999"])
+def test_cgroup_garbage_is_an_error(tmp_path, content):
+    _cpuset(tmp_path, "cpuset/slurm/uid_0/job_1/cpuset.cpus", content)
+    with pytest.raises(OSError, match="cpuset.cpus"):
+        job_cpuset_cpus(tmp_path, "n1", 0, 1)
+
+
+def test_cgroup_unreadable_is_an_error(tmp_path):
+    (tmp_path / "cpuset/slurm/uid_0/job_1/cpuset.cpus").mkdir(parents=True)  # EISDIR even for root
+    with pytest.raises(OSError, match="cannot read"):
+        job_cpuset_cpus(tmp_path, "n1", 0, 1)
+    with pytest.raises(OSError):
+        job_cpuset_cpus(tmp_path, "../x", 0, 1)
+
+
+def test_cpuset_maps_cores_to_os_cpus():
+    # 4 cores, cpuset of 4 CPUs: positional; the job keeps cores 0-1 (CPUs 8, 9)
+    lend = compute_spare("cores=2", BLOCK8, "0-3", 0, 0, 2, job_os_cpus="8-9,12,14")
+    assert lend == Lend((2, 3), (12, 14), 0, "cgroup")
+    # two threads per core: first thread of each lent core
+    lend = compute_spare("cores=1", IDENTITY, [0, 1], 0, 0, 4, job_os_cpus="0,1,4,5")
+    assert lend.os_cpus == (4,) and lend.cpu_source == "cgroup"
+    with pytest.raises(ValueError, match="cpuset has 3 CPUs for 2"):
+        compute_spare("cores=1", IDENTITY, [0, 1], 0, 0, 4, job_os_cpus="0-2")
+    assert compute_spare("mem=1G", IDENTITY, [0, 1], 2, 4096, 4, job_os_cpus="0-2") == Lend(mem_mb=1024)
+
+
+def test_max_mem_percent_caps_every_lend():
+    cfg = parse_config(["max_mem_percent=25"])
+    assert compute_spare("mem=100G", cfg, "0-1", 0, 8000, 2).mem_mb == 2000
+    assert compute_spare("auto", cfg, "0-1", 0, 8000, 2).mem_mb == 2000
+    assert compute_spare("auto", parse_config(["max_mem_percent=0"]), "0-1", 0, 8000, 2).mem_mb == 0
+
+
+def test_policy():
+    assert policy_allows(Config(), "", "") == (True, "")
+    cfg = parse_config(["allow_partitions=batch,long", "allow_users=alice,bob"])
+    assert cfg.allow_partitions == ("batch", "long") and cfg.allow_users == ("alice", "bob")
+    assert policy_allows(cfg, "long", "bob")[0]
+    ok, why = policy_allows(cfg, "debug", "bob")
+    assert not ok and "partition 'debug' may not lend" in why
+    ok, why = policy_allows(cfg, "batch", "carol")
+    assert not ok and "user 'carol'" in why
+    assert not policy_allows(cfg, "batc", "bob")[0] and not policy_allows(cfg, "", "bob")[0]
+
+
+@pytest.mark.parametrize("arg", ["allow_users=", "allow_users=a,,b", "allow_partitions=a b", "max_mem_percent=101",
+                                 "cgroup_root=relative"])
+def test_bad_policy_args(arg):
+    with pytest.raises(ConfigError):
+        parse_config([arg])
+
+
+def test_tasks_estimate():
+    assert tasks_estimate("5", "3") == 2
+    assert tasks_estimate("64", "2") == 32
+    for bad in (("", "1"), ("x", "1"), ("4", "0"), (None, "2"), ("-1", "1"), ("4", "2(x3)")):
+        assert tasks_estimate(*bad) == 0
+
+
+from spank_plugin.core import ConfigError  # noqa: E402
