@@ -1,0 +1,295 @@
+"""Remote memory: serve a registered buffer in lent memory; read and write it from elsewhere.
+
+The built-in memory-serving function (the paper's remote memory) is
+:class:`MemoryServer`: it maps ``size`` bytes, registers them for remote reads and
+writes, answers ``fabric-attach`` on a ZeroMQ ROUTER with the endpoint name, the
+address, key, size and the current epoch, and keeps libfabric's progress engine
+running in a C loop on a thread (tcp and shm only move data while the target polls).
+
+:class:`RemoteMemory` is the client: ``read(offset, n)``, ``read_into(offset, buf)``,
+``write(offset, data)``, ``size``. Transfers are one-sided RMA; the server's CPU
+runs no Python per access.
+
+Revocation and the epoch check: the region starts with a 64-byte control block
+holding the epoch (a random non-zero 64-bit number). :meth:`MemoryServer.revoke`
+stores 0 there first, then stops progress, closes the registration, unmaps the
+buffer and resumes progress (so clients get prompt error completions, not hangs).
+Every client access reads the epoch word *after* its data transfer completed and
+raises :class:`RemoteMemoryRevoked` unless it still holds the epoch the client
+attached with; a transfer that races the revoke either fails (the key is gone) or
+sees the changed epoch. So a client never returns data from a revoked lend.
+Concurrent writers to the same bytes are the application's business.
+
+    python -m faas_runtime.remote_memory --size 1G --control tcp://127.0.0.1:5600
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import mmap
+import os
+import signal
+import struct
+import sys
+import threading
+from typing import Any, Optional
+
+import zmq
+
+from faas_runtime import protocol
+from faas_runtime.fabric import Endpoint, FabricConfig, FabricError, MemoryRegion, load
+
+log = logging.getLogger("faas.remote_memory")
+
+CONTROL = 64  # bytes before the served data: epoch word + padding
+REVOKED = 0
+
+
+class RemoteMemoryRevoked(RuntimeError):
+    """The lend behind this remote memory was revoked; the buffer is gone."""
+
+    code = protocol.E_REVOKED
+
+
+class MemoryServer:
+    """Serves ``size`` bytes. ``spin_us``/``nap_us`` shape the progress loop:
+    busy-poll while transfers run, nap between polls after ``spin_us`` idle
+    (``nap_us=0``: spin always, the lowest latency)."""
+
+    def __init__(self, size: int, control: str = "tcp://127.0.0.1:0", config: Optional[FabricConfig] = None,
+                 spin_us: int = 200_000, nap_us: int = 50, ctx: Optional[zmq.Context] = None):
+        self.ffi, self.lib = load()
+        self.ep = Endpoint(config or FabricConfig.from_env())
+        self.size = size
+        self._map: Optional[mmap.mmap] = mmap.mmap(-1, CONTROL + size)
+        self.region: Optional[MemoryRegion] = self.ep.register(self._map)
+        self.epoch = struct.unpack("<Q", os.urandom(8))[0] | 1
+        self._epoch_ptr = self.ffi.from_buffer(self._map)
+        self.lib.ff_store64(self._epoch_ptr, self.epoch)
+        self._spin_us, self._nap_us = spin_us, nap_us
+        self._stop = self.ffi.new("int *")
+        self._thread: Optional[threading.Thread] = None
+        self._ctx = ctx or zmq.Context.instance()
+        self.sock = protocol.configure(self._ctx.socket(zmq.ROUTER))
+        host = control[: control.rfind(":")]
+        if control.endswith(":0"):
+            control = f"{host}:{self.sock.bind_to_random_port(host)}"
+        else:
+            self.sock.bind(control)
+        self.control = control
+        self.revoked = False
+        self._start_progress()
+
+    # -- progress thread (the loop is C; cffi releases the GIL around it) ---------
+    def _start_progress(self) -> None:
+        self._stop[0] = 0
+        self._thread = threading.Thread(target=self._progress, name="fabric-progress", daemon=True)
+        self._thread.start()
+
+    def _progress(self) -> None:
+        try:
+            rc = self.lib.ff_progress_loop(self.ep._h, self._stop, self._spin_us, self._nap_us)
+            if rc:
+                log.error("progress loop stopped: %s", self.ep.strerror(-rc))
+        except Exception:
+            log.exception("progress thread failed")
+
+    def _stop_progress(self) -> None:
+        if self._thread is not None:
+            self._stop[0] = 1
+            self._thread.join()
+            self._thread = None
+
+    # -- lend lifecycle ---------------------------------------------------------------
+    def revoke(self) -> None:
+        """Release the buffer: epoch first, then the registration, then the memory."""
+        if self.revoked:
+            return
+        self.revoked = True
+        self.lib.ff_store64(self._epoch_ptr, REVOKED)
+        self._stop_progress()
+        self._epoch_ptr = None
+        if self.region is not None:
+            self.region.close()
+            self.region = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._start_progress()
+        log.info("remote memory revoked: %d bytes released", self.size)
+
+    def handle(self, timeout_ms: int = 100) -> None:
+        """Answer control requests arriving within ``timeout_ms``."""
+        if not self.sock.poll(timeout_ms):
+            return
+        while True:
+            try:
+                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                msg = protocol.decode(frame)
+                reply = self._answer(msg)
+            except protocol.ProtocolError as exc:
+                reply = protocol.encode(protocol.ERROR, code=exc.code, message=str(exc))
+            self.sock.send_multipart([ident, reply])
+
+    def _answer(self, msg: dict) -> bytes:
+        rid = msg.get("rid")
+        if msg["type"] == protocol.FABRIC_ATTACH:
+            if self.revoked or self.region is None:
+                return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_REVOKED,
+                                       message="this remote memory was revoked")
+            if msg.get("provider") != self.ep.provider:
+                return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_INVALID,
+                                       message=f"server runs provider {self.ep.provider!r}")
+            return protocol.encode(protocol.OK, rid=rid, name=self.ep.name, addr=self.region.base,
+                                   key=self.region.key, size=self.size, epoch=self.epoch)
+        if msg["type"] == protocol.MEM_REVOKE:
+            self.revoke()
+            return protocol.encode(protocol.OK, rid=rid)
+        if msg["type"] == protocol.PING:
+            return protocol.encode(protocol.OK, rid=rid, revoked=self.revoked, size=self.size)
+        return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_UNKNOWN_TYPE,
+                               message=f"unknown type {msg['type']!r}")
+
+    def close(self) -> None:
+        self.revoke()
+        self._stop_progress()
+        self.sock.close(0)
+        self.ep.close()
+
+    def __enter__(self) -> "MemoryServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class RemoteMemory:
+    """A client of a :class:`MemoryServer` at ZeroMQ address ``control``."""
+
+    def __init__(self, control: str, config: Optional[FabricConfig] = None, timeout: float = 30.0,
+                 ctx: Optional[zmq.Context] = None):
+        self.timeout = timeout
+        self.ffi, self.lib = load()
+        self.ep = Endpoint(config or FabricConfig.from_env())
+        try:
+            sock = protocol.configure((ctx or zmq.Context.instance()).socket(zmq.DEALER))
+            try:
+                sock.connect(control)
+                sock.send(protocol.encode(protocol.FABRIC_ATTACH, rid="a", provider=self.ep.provider,
+                                          name=self.ep.name))
+                if not sock.poll(int(timeout * 1000)):
+                    raise TimeoutError(f"no answer from the memory server at {control}")
+                rep = protocol.decode(sock.recv())
+            finally:
+                sock.close(0)
+            if rep["type"] == protocol.ERROR:
+                if rep.get("code") == protocol.E_REVOKED:
+                    raise RemoteMemoryRevoked(rep.get("message"))
+                raise RuntimeError(f"{rep.get('code')}: {rep.get('message')}")
+            self.size = int(rep["size"])
+            self.epoch = int(rep["epoch"])
+            self._addr, self._key = int(rep["addr"]), int(rep["key"])
+            self.peer = self.ep.insert(rep["name"])
+            self._epoch_buf = self.ep.register(size=8, remote=False)
+        except BaseException:
+            self.ep.close()
+            raise
+        self.revoked = False
+
+    def buffer(self, size: int) -> MemoryRegion:
+        """A registered local buffer for zero-copy :meth:`read_into` / :meth:`write`."""
+        return self.ep.register(size=size, remote=False)
+
+    def _bounds(self, offset: int, n: int) -> None:
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise IndexError(f"[{offset}, {offset + n}) is outside the remote memory of {self.size} bytes")
+
+    def _check_epoch(self) -> None:
+        try:
+            self.ep.read(self._epoch_buf, 0, 8, self.peer, self._addr, self._key, timeout=self.timeout)
+        except FabricError as exc:
+            self._revoked(f"epoch read failed: {exc}")
+        if struct.unpack_from("<Q", self._epoch_buf.view, 0)[0] != self.epoch:
+            self._revoked("epoch changed")
+
+    def _revoked(self, why: str) -> None:
+        self.revoked = True
+        raise RemoteMemoryRevoked(f"the remote memory was revoked ({why})")
+
+    def _transfer(self, is_read: bool, offset: int, buf: Any) -> None:
+        if self.revoked:
+            raise RemoteMemoryRevoked("the remote memory was revoked")
+        region = buf if isinstance(buf, MemoryRegion) else self.ep.register(buf, remote=False)
+        try:
+            n = region.size
+            self._bounds(offset, n)
+            op = self.ep.read if is_read else self.ep.write
+            try:
+                op(region, 0, n, self.peer, self._addr + CONTROL + offset, self._key, timeout=self.timeout)
+            except FabricError as exc:
+                self._check_epoch()  # raises RemoteMemoryRevoked when that is why
+                raise exc
+            self._check_epoch()
+        finally:
+            if region is not buf:
+                region.close()
+
+    def read_into(self, offset: int, buf: Any) -> None:
+        """Fill ``buf`` (writable buffer or a :meth:`buffer`) from ``offset``."""
+        self._transfer(True, offset, buf)
+
+    def read(self, offset: int, n: int) -> bytes:
+        out = bytearray(n)
+        self._transfer(True, offset, out)
+        return bytes(out)
+
+    def write(self, offset: int, data: Any) -> None:
+        """Store ``data`` at ``offset``; raises RemoteMemoryRevoked if the lend
+        was revoked (the data may then not be stored)."""
+        self._transfer(False, offset, data)
+
+    def close(self) -> None:
+        self.ep.close()
+
+    def __enter__(self) -> "RemoteMemory":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower()
+    return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="faas-remote-memory")
+    ap.add_argument("--size", type=_size, required=True)
+    ap.add_argument("--control", default="tcp://127.0.0.1:0")
+    ap.add_argument("--spin-us", type=int, default=200_000)
+    ap.add_argument("--nap-us", type=int, default=50)
+    ap.add_argument("--ready-file")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # revoke: release the buffer, then exit
+    with MemoryServer(args.size, args.control, spin_us=args.spin_us, nap_us=args.nap_us) as srv:
+        if args.ready_file:
+            with open(args.ready_file + ".tmp", "w") as fh:
+                fh.write(srv.control)
+            os.replace(args.ready_file + ".tmp", args.ready_file)
+        log.info("serving %d bytes on %s (%s)", srv.size, srv.control, srv.ep.describe())
+        while not stop.is_set():
+            srv.handle(100)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Hot invocations over libfabric RMA: an executor's registered request ring and its client.
+
+Set-up goes over ZeroMQ (the executor binds a ROUTER; ``fabric-attach`` trades
+endpoint names, addresses and keys and leases one ring slot to the client); after
+that every invocation is one-sided RMA:
+
+1. the client writes ``header + payload`` into its slot of the executor's ring
+   with ``fi_writedata``; the immediate data is ``slot << 16 | seq`` (fits the
+   4 bytes that the smallest providers carry);
+2. the executor, busy-polling its completion queue in C, sees the data, runs
+   the function on a memoryview of the slot (no copy), and writes
+   ``header + result`` into the client's registered result buffer with the
+   same immediate data;
+3. the client, busy-polling in C inside the same call that posted its write,
+   returns the result.
+
+Bulk: a payload larger than the slot is not copied: the client registers it
+where it lies and sends only a header; the executor reads it with ``fi_read``.
+A result larger than the client's result buffer stays registered at the
+executor and the client reads it (released at the slot's next request).
+Providers without remote CQ data signal with write + an 8-byte send (chosen
+in C, see ``csrc/fabric.c``).
+
+Header (32 bytes, little endian): length u64, bulk address u64, bulk key u64,
+flags u32, seq u32. Flags: 1 = bulk (payload/result lies at address/key),
+2 = error (the result is the error text, UTF-8).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import struct
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import zmq
+
+from faas_runtime import protocol
+from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, FabricTimeout, MemoryRegion, load)
+
+log = logging.getLogger("faas.rma")
+
+HEADER = struct.Struct("<QQQII")
+HSIZE = HEADER.size  # 32
+F_BULK = 1
+F_ERROR = 2
+DEFAULT_SLOT_SIZE = 64 * 1024
+DEFAULT_SLOTS = 16
+EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR = 0, 1, 2, 3
+
+Handler = Callable[[memoryview], Any]
+
+
+class RemoteFunctionError(RuntimeError):
+    """The function raised on the executor; the message is its error text."""
+
+
+class ExecutorLost(FabricError):
+    """The executor did not answer (killed, revoked or unreachable)."""
+
+
+@dataclass
+class _Slot:
+    peer: int
+    result_addr: int
+    result_key: int
+    result_size: int
+    identity: bytes
+    staged: Optional[MemoryRegion] = None  # a bulk result waiting for the client's read
+
+
+class RmaExecutor:
+    """Serves ``handler(payload: memoryview) -> bytes-like`` over RMA.
+
+    ``serve()`` runs until :meth:`stop` (or SIGTERM in :func:`main`); it polls
+    the fabric in C and the ZeroMQ control socket between bursts."""
+
+    def __init__(self, handler: Handler, control: str, config: Optional[FabricConfig] = None,
+                 slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
+                 ctx: Optional[zmq.Context] = None):
+        if slot_size < HSIZE + 64 or slots < 1 or slots > 0xFFFF:
+            raise ValueError("slot_size >= 96 bytes and 1 <= slots <= 65535")
+        self.handler = handler
+        self.ep = Endpoint(config or FabricConfig.from_env())
+        self.ffi, self.lib = load()
+        self.slots = slots
+        self.slot_size = slot_size
+        self.ring = self.ep.register(size=slots * slot_size)  # clients write requests here
+        self.out = self.ep.register(size=slots * slot_size, remote=False)  # results staged here
+        self.scratch: Optional[MemoryRegion] = None  # bulk payloads are read into this
+        self._ring_view = self.ring.view
+        self._out_view = self.out.view
+        self._leases: dict[int, _Slot] = {}
+        self._ctx = ctx or zmq.Context.instance()
+        self.sock = protocol.configure(self._ctx.socket(zmq.ROUTER))
+        if control.endswith(":0"):
+            port = self.sock.bind_to_random_port(control[: control.rfind(":")])
+            control = f"{control[: control.rfind(':')]}:{port}"
+        else:
+            self.sock.bind(control)
+        self.control = control
+        self._stop = False
+        self.served = 0
+
+    # -- control channel ------------------------------------------------------
+    def _control(self) -> None:
+        while True:
+            try:
+                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                msg = protocol.decode(frame)
+                reply = self._handle_control(ident, msg)
+            except protocol.ProtocolError as exc:
+                reply = protocol.encode(protocol.ERROR, code=exc.code, message=str(exc))
+            except Exception as exc:  # a bad request must not stop the executor
+                log.exception("control request failed")
+                reply = protocol.encode(protocol.ERROR, code=protocol.E_INTERNAL, message=str(exc))
+            self.sock.send_multipart([ident, reply])
+
+    def _handle_control(self, ident: bytes, msg: dict) -> bytes:
+        rid = msg.get("rid")
+        if msg["type"] == protocol.FABRIC_ATTACH:
+            if msg.get("provider") != self.ep.provider:
+                return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_INVALID,
+                                       message=f"executor runs provider {self.ep.provider!r}, "
+                                               f"client {msg.get('provider')!r}")
+            free = next((i for i in range(self.slots) if i not in self._leases), None)
+            if free is None:
+                return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_NOT_READY,
+                                       message=f"all {self.slots} request slots are leased")
+            peer = self.ep.insert(msg["name"])
+            res = msg["result"]
+            self._leases[free] = _Slot(peer, res["addr"], res["key"], res["size"], ident)
+            return protocol.encode(protocol.OK, rid=rid, name=self.ep.name, slot=free,
+                                   slot_size=self.slot_size,
+                                   ring={"addr": self.ring.base + free * self.slot_size, "key": self.ring.key})
+        if msg["type"] == protocol.FABRIC_DETACH:
+            self._release(int(msg.get("slot", -1)))
+            return protocol.encode(protocol.OK, rid=rid)
+        if msg["type"] == protocol.PING:
+            return protocol.encode(protocol.OK, rid=rid, served=self.served, leases=len(self._leases))
+        return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_UNKNOWN_TYPE,
+                               message=f"unknown type {msg['type']!r}")
+
+    def _release(self, slot: int) -> None:
+        lease = self._leases.pop(slot, None)
+        if lease is None:
+            return
+        if lease.staged is not None:
+            lease.staged.close()
+        self.ep.remove(lease.peer)
+
+    # -- data path --------------------------------------------------------------
+    def _run(self, slot: int, imm: int) -> Optional[tuple[int, int]]:
+        """Handle the request in ``slot``; returns (offset, length) of the reply in ``out``."""
+        lease = self._leases.get(slot)
+        if lease is None:
+            log.warning("request in unleased slot %d ignored", slot)
+            return None
+        if lease.staged is not None:  # the client read its previous bulk result
+            lease.staged.close()
+            lease.staged = None
+        base = slot * self.slot_size
+        length, baddr, bkey, flags, seq = HEADER.unpack_from(self._ring_view, base)
+        try:
+            if flags & F_BULK:
+                payload = self._read_bulk(lease, length, baddr, bkey)
+            else:
+                payload = self._ring_view[base + HSIZE: base + HSIZE + length]
+            result = self.handler(payload)
+            if result is None:
+                result = b""
+            rflags = 0
+        except FabricError:
+            raise
+        except Exception as exc:  # the function's failure is a result
+            result = f"{type(exc).__name__}: {exc}".encode()
+            rflags = F_ERROR
+        rview = memoryview(result).cast("B")
+        rlen = rview.nbytes
+        cap = min(lease.result_size, self.slot_size) - HSIZE
+        if rlen <= cap:
+            HEADER.pack_into(self._out_view, base, rlen, 0, 0, rflags, seq)
+            self._out_view[base + HSIZE: base + HSIZE + rlen] = rview
+            return base, HSIZE + rlen
+        lease.staged = self.ep.register(result)  # no copy; the client reads it
+        HEADER.pack_into(self._out_view, base, rlen, lease.staged.base, lease.staged.key, rflags | F_BULK, seq)
+        return base, HSIZE
+
+    def _read_bulk(self, lease: _Slot, length: int, addr: int, key: int) -> memoryview:
+        if self.scratch is None or self.scratch.size < length:
+            if self.scratch is not None:
+                self.scratch.close()
+            self.scratch = self.ep.register(size=max(length, 1), remote=False)
+        self.ep.read(self.scratch, 0, length, lease.peer, addr, key, timeout=30.0)
+        return self.scratch.view[:length]
+
+    def serve(self, poll: float = 0.01) -> None:
+        lib, h, ev = self.lib, self.ep._h, self.ffi.new("struct ff_event *")
+        poll_us = int(poll * 1e6)
+        reply: Optional[tuple[int, int, int, _Slot, int]] = None
+        last_control = time.monotonic()
+        while not self._stop:
+            if reply is not None:
+                slot, off, ln, lease, imm = reply
+                reply = None
+                rc = lib.ff_reply_wait(h, self.out._h, off, ln, lease.peer, lease.result_addr,
+                                       lease.result_key, imm, slot, ev, poll_us)
+            else:
+                rc = lib.ff_wait(h, ev, poll_us)
+            if rc != 0:
+                from faas_runtime.fabric import _check
+                _check(rc, h)
+            kind = ev.kind
+            if kind == EV_DATA:
+                imm = int(ev.data)
+                slot = imm >> 16
+                try:
+                    done = self._run(slot, imm)
+                except FabricError as exc:  # the client vanished while we read its payload
+                    log.warning("slot %d: %s; lease dropped", slot, exc)
+                    self._release(slot)
+                    done = None
+                self.served += 1
+                if done is not None:
+                    reply = (slot, done[0], done[1], self._leases[slot], imm)
+            elif kind == EV_TX_ERROR:
+                log.warning("slot %d: reply failed (%s); lease dropped", ev.tag, self.ep.strerror(ev.err))
+                self._release(int(ev.tag))
+            elif kind == EV_RX_ERROR:
+                log.warning("fabric error: %s", self.ep.strerror(ev.err))
+            now = time.monotonic()
+            if kind == EV_NONE or now - last_control > poll:
+                last_control = now
+                self._control()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self._leases.clear()
+        self._ring_view.release()
+        self._out_view.release()
+        self.ep.close()  # frees ring, out, scratch and staged results
+
+    def __enter__(self) -> "RmaExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class RmaClient:
+    """Invoke a leased RMA executor: ``invoke(payload) -> bytes-like``.
+
+    ``control`` is the executor's ZeroMQ control address. The client owns its
+    endpoint, its request staging buffer and its result buffer."""
+
+    def __init__(self, control: str, config: Optional[FabricConfig] = None, timeout: float = 30.0,
+                 result_size: int = DEFAULT_SLOT_SIZE, ctx: Optional[zmq.Context] = None):
+        self.timeout = timeout
+        self.ep = Endpoint(config or FabricConfig.from_env())
+        self.ffi, self.lib = load()
+        self._ev = self.ffi.new("struct ff_event *")
+        self._ctx = ctx or zmq.Context.instance()
+        self.sock = protocol.configure(self._ctx.socket(zmq.DEALER))
+        self.sock.connect(control)
+        self.result = self.ep.register(size=max(result_size, HSIZE + 64))
+        self._rview = self.result.view
+        try:
+            rep = self._request(protocol.FABRIC_ATTACH, provider=self.ep.provider, name=self.ep.name,
+                                result=self.result.descriptor())
+        except Exception:
+            self._rview.release()
+            self.sock.close(0)
+            self.ep.close()
+            raise
+        self.slot = rep["slot"]
+        self.slot_size = rep["slot_size"]
+        self.ring_addr, self.ring_key = rep["ring"]["addr"], rep["ring"]["key"]
+        self.peer = self.ep.insert(rep["name"])
+        self.req = self.ep.register(size=self.slot_size, remote=False)
+        self._qview = self.req.view
+        self._seq = 0
+        self.broken: Optional[Exception] = None
+
+    def _request(self, msg_type: str, **fields: Any) -> dict:
+        rid = os.urandom(4).hex()
+        self.sock.send(protocol.encode(msg_type, rid=rid, **fields))
+        if not self.sock.poll(int(self.timeout * 1000)):
+            raise ExecutorLost(110, "no answer on the control channel", msg_type)
+        msg = protocol.decode(self.sock.recv())
+        if msg["type"] == protocol.ERROR:
+            raise RuntimeError(f"{msg_type}: {msg.get('code')}: {msg.get('message')}")
+        return msg
+
+    def invoke(self, payload: Any = b"") -> Any:
+        if self.broken is not None:
+            raise ExecutorLost(107, "this client lost its executor", str(self.broken))
+        pview = memoryview(payload).cast("B")
+        n = pview.nbytes
+        self._seq = (self._seq + 1) & 0xFFFF
+        imm = (self.slot << 16) | self._seq
+        bulk = None
+        if HSIZE + n <= self.slot_size:
+            HEADER.pack_into(self._qview, 0, n, 0, 0, 0, self._seq)
+            self._qview[HSIZE: HSIZE + n] = pview
+            length = HSIZE + n
+        else:
+            bulk = self.ep.register(payload)  # no copy: the executor reads it in place
+            HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, self._seq)
+            length = HSIZE
+        try:
+            rc = self.lib.ff_call(self.ep._h, self.req._h, 0, length, self.peer, self.ring_addr,
+                                  self.ring_key, imm, imm, self._ev, int(self.timeout * 1e6))
+            self._raise_on(rc)
+            rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
+            if flags & F_BULK:
+                out = bytearray(rlen)
+                with self.ep.register(out, remote=False) as region:
+                    self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
+            else:
+                out = bytes(self._rview[HSIZE: HSIZE + rlen])
+        finally:
+            if bulk is not None:
+                bulk.close()
+        if flags & F_ERROR:
+            raise RemoteFunctionError(bytes(out).decode(errors="replace"))
+        return out
+
+    def _raise_on(self, rc: int) -> None:
+        ev = self._ev
+        if rc == 0 and ev.kind == EV_DATA:
+            return
+        from faas_runtime.fabric import _check
+        try:
+            if rc != 0:
+                _check(rc, self.ep._h)
+            if ev.kind == EV_NONE:
+                raise ExecutorLost(110, "no result before the timeout", f"{self.timeout} s")
+            raise ExecutorLost(int(ev.err), self.ep.strerror(int(ev.err)), "completion error")
+        except FabricError as exc:
+            self.broken = exc
+            if not isinstance(exc, ExecutorLost):
+                raise ExecutorLost(exc.code, exc.strerror, exc.detail) from exc
+            raise
+
+    def close(self) -> None:
+        if self.ep.closed:
+            return
+        if self.broken is None:
+            try:
+                self._request(protocol.FABRIC_DETACH, slot=self.slot)
+            except Exception:
+                pass
+        self._qview.release()
+        self._rview.release()
+        self.sock.close(0)
+        self.ep.close()
+
+    def __enter__(self) -> "RmaClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- a stand-alone executor process (tests, benchmarks, the agent) ------------------
+def _load_handler(entrypoint: str, code_dir: Optional[str]) -> Handler:
+    module_name, _, attr = entrypoint.partition(":")
+    if code_dir:
+        sys.path.insert(0, code_dir)
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def echo(payload: memoryview) -> memoryview:
+    """Built-in: return the payload (benchmarks, tests)."""
+    return payload
+
+
+def sink(payload: memoryview) -> bytes:
+    """Built-in: take the payload, return nothing (bandwidth benchmarks)."""
+    return b""
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="faas-rma-executor")
+    ap.add_argument("--control", default="tcp://127.0.0.1:0", help="ZeroMQ address to bind")
+    ap.add_argument("--entrypoint", default="faas_runtime.rma:echo")
+    ap.add_argument("--code")
+    ap.add_argument("--slots", type=int, default=DEFAULT_SLOTS)
+    ap.add_argument("--slot-size", type=int, default=DEFAULT_SLOT_SIZE)
+    ap.add_argument("--ready-file", help="write the bound control address here once serving")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = _load_handler(args.entrypoint, args.code)
+    ex = RmaExecutor(handler, args.control, slots=args.slots, slot_size=args.slot_size)
+    signal.signal(signal.SIGTERM, lambda *_: ex.stop())
+    if args.ready_file:
+        tmp = args.ready_file + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(ex.control)
+        os.replace(tmp, args.ready_file)
+    log.info("RMA executor on %s (%s) serving %s", ex.control, ex.ep.describe(), args.entrypoint)
+    try:
+        ex.serve()
+    except Exception:
+        log.error("executor failed:\n%s", traceback.format_exc())
+        return 1
+    finally:
+        ex.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
