@@ -420,6 +420,23 @@ static int name_list_ok(const char *val, const char *key, char *err, unsigned lo
     }
 }
 
+/* Copy an absolute path argument into dst, keeping `reserve` bytes free for
+ * what is appended to it later. */
+static int set_abs_path(char *dst, size_t cap, size_t reserve, const char *key, const char *val,
+                        const char *shown, char *err, unsigned long errlen)
+{
+    if (val[0] != '/') {
+        set_err(err, errlen, "%s must be an absolute path, got '%s'", key, shown);
+        return -1;
+    }
+    if (strlen(val) >= cap - reserve) {
+        set_err(err, errlen, "%s path is too long", key);
+        return -1;
+    }
+    snprintf(dst, cap, "%s", val);
+    return 0;
+}
+
 int faas_config_parse_arg(struct faas_config *cfg, const char *arg, char *err, unsigned long errlen)
 {
     const char *eq, *val;
@@ -441,16 +458,9 @@ int faas_config_parse_arg(struct faas_config *cfg, const char *arg, char *err, u
     excerpt(q, sizeof(q), val, strlen(val));
 
     if (keyeq(arg, klen, "spool")) {
-        if (val[0] != '/') {
-            set_err(err, errlen, "spool must be an absolute path, got '%s'", q);
+        /* leave room for /<node>/<job>.json */
+        if (set_abs_path(cfg->spool_dir, sizeof(cfg->spool_dir), 300, "spool", val, q, err, errlen))
             return -1;
-        }
-        if (strlen(val) >= sizeof(cfg->spool_dir) - 300) {
-            /* leave room for /<node>/<job>.json */
-            set_err(err, errlen, "spool path is too long");
-            return -1;
-        }
-        snprintf(cfg->spool_dir, sizeof(cfg->spool_dir), "%s", val);
     } else if (keyeq(arg, klen, "cpu_map")) {
         if (strcmp(val, "identity") == 0) {
             cfg->cpu_map = FAAS_CPU_MAP_IDENTITY;
@@ -517,15 +527,10 @@ int faas_config_parse_arg(struct faas_config *cfg, const char *arg, char *err, u
         }
         snprintf(dst, cap, "%s", val);
     } else if (keyeq(arg, klen, "cgroup_root")) {
-        if (val[0] != '/') {
-            set_err(err, errlen, "cgroup_root must be an absolute path, got '%s'", q);
+        /* leave room for the job's cgroup path below it */
+        if (set_abs_path(cfg->cgroup_root, sizeof(cfg->cgroup_root), 200, "cgroup_root", val, q, err,
+                         errlen))
             return -1;
-        }
-        if (strlen(val) >= sizeof(cfg->cgroup_root) - 200) {
-            set_err(err, errlen, "cgroup_root is too long");
-            return -1;
-        }
-        snprintf(cfg->cgroup_root, sizeof(cfg->cgroup_root), "%s", val);
     } else {
         set_err(err, errlen,
                 "unknown key '%s' (expected spool, cpu_map, node_cpus, reserve_cores, reserve_mem, "
