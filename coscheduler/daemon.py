@@ -4,12 +4,14 @@ One ROUTER socket serves agents (one per node) and clients. The loop is a sequen
 small named steps, each with its own database session (one transaction):
 
   receive    handle what arrived: agents' messages (lends, revokes, results ...) in one
-             transaction with a savepoint each; each client request in its own
-             transaction, answered after it commits
+             transaction, in order: a run of reports (STARTED, RESULT, EVICTED) in bulk
+             statements (db.transition_many), every other message in a savepoint of its
+             own; each client request in its own transaction, answered after it commits
   schedule   claim queued invocations (one statement: FOR UPDATE SKIP LOCKED on
              PostgreSQL, BEGIN IMMEDIATE on SQLite), fit them to free lent capacity
-             (coscheduler.scheduler.place, a pure function) and send RUN to the agents
-             after the commit; runs when something changed, and every second
+             (coscheduler.scheduler.place, a pure function), dispatch the placed ones in
+             bulk, and send RUN to the agents after the commit; runs when something
+             changed, and every second
   liveness   agents that missed heartbeats are declared dead; their work is requeued
   reconcile  ask Slurm which jobs still run; lends of finished jobs are revoked even when
              the plugin's revoke never arrived
@@ -24,7 +26,6 @@ co-scheduler finds dispatched but not running is requeued after a grace.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -54,6 +55,7 @@ from .states import ON_SLOT, TERMINAL, State
 log = logging.getLogger("faas.coscheduler")
 
 RECEIVE_BATCH = 2000  # messages per receive step, so scheduling is never starved
+REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})  # agents' reports on invocations: handled in bulk
 SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 WARM_FOR_S = 30.0  # a slot that ran a function this recently probably holds a warm executor
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -202,29 +204,57 @@ class Coscheduler:
         self._flush()
 
     def _agent_batch(self, msgs: list[tuple[bytes, dict]]) -> None:
-        """Agents' messages in one transaction, each in a savepoint: a bad one is refused
-        alone, and a burst of results costs one commit."""
-        with self.database.session() as s:
+        """Agents' messages in one transaction (a burst of results costs one commit), in the
+        order they arrived: each run of reports in bulk (``_reports``), every other message
+        in a savepoint of its own, so that a bad one is refused alone."""
+        with self.database.session(write=True) as s:
+            run: list[tuple[bytes, dict]] = []
             for identity, msg in msgs:
-                mark = len(self._outbox)
-                try:
-                    with s.begin_nested():
-                        self._handle_agent(s, identity, msg["type"], msg)
-                except P.ProtocolError as exc:
-                    del self._outbox[mark:]
-                    log.info("refused an agent message: %s: %s", exc.code, exc)
-                    self._send(identity, P.ERROR, code=exc.code, message=str(exc))
-                except Exception as exc:
-                    del self._outbox[mark:]
-                    log.exception("internal error handling a %s message", msg.get("type"))
-                    self._send(identity, P.ERROR, code=P.E_INTERNAL, message=f"internal error: {exc}")
+                if msg["type"] in REPORTS and msg["type"] not in self.agent_handlers:
+                    run.append((identity, msg))
+                    continue
+                if run:
+                    self._reports(s, run)
+                    run = []
+                self._agent_message(s, identity, msg)
+            if run:
+                self._reports(s, run)
+
+    def _agent_message(self, s: Session, identity: bytes, msg: dict) -> None:
+        mark = len(self._outbox)
+        try:
+            with s.begin_nested():
+                self._handle_agent(s, identity, msg["type"], msg)
+        except P.ProtocolError as exc:
+            del self._outbox[mark:]
+            log.info("refused an agent message: %s: %s", exc.code, exc)
+            self._send(identity, P.ERROR, code=exc.code, message=str(exc))
+        except Exception as exc:
+            del self._outbox[mark:]
+            log.exception("internal error handling a %s message", msg.get("type"))
+            self._send(identity, P.ERROR, code=P.E_INTERNAL, message=f"internal error: {exc}")
 
     # -- agents -------------------------------------------------------------------------
 
-    def _handle_agent(self, s: Session, identity: bytes, kind: str, msg: dict) -> None:
+    @staticmethod
+    def _node_of(msg: dict) -> str:
         node = msg.get("node")
         if not isinstance(node, str) or not node:
             raise P.ProtocolError(P.E_MALFORMED, "agent messages carry a node name")
+        return node
+
+    def _known_agent(self, identity: bytes, node: str) -> bool:
+        """Whether ``node``'s agent said HELLO from this socket; if not, tell it to."""
+        agent = self.agents.get(node)
+        if agent is None or agent.identity != identity:
+            # A co-scheduler restart or a dead-declared agent: make it say HELLO again.
+            self._send(identity, P.ERROR, code=P.E_UNKNOWN_AGENT, message="say hello first", node=node)
+            return False
+        agent.last_seen = time.monotonic()
+        return True
+
+    def _handle_agent(self, s: Session, identity: bytes, kind: str, msg: dict) -> None:
+        node = self._node_of(msg)
         if kind == P.HELLO:
             self.agents[node] = AgentConn(node, identity, time.monotonic())
             log.info("agent %s registered", node)
@@ -234,12 +264,8 @@ class Coscheduler:
             self._send(identity, P.WELCOME, node=node)
             self._dirty = True
             return
-        agent = self.agents.get(node)
-        if agent is None or agent.identity != identity:
-            # A co-scheduler restart or a dead-declared agent: make it say HELLO again.
-            self._send(identity, P.ERROR, code=P.E_UNKNOWN_AGENT, message="say hello first", node=node)
+        if not self._known_agent(identity, node):
             return
-        agent.last_seen = time.monotonic()
         if kind in self.agent_handlers:
             self.agent_handlers[kind](s, identity, msg)
         elif kind == P.HEARTBEAT:
@@ -249,27 +275,76 @@ class Coscheduler:
             self._lend(s, node, msg.get("record"))
         elif kind == P.REVOKE:
             self._revoke(s, _slot_id(msg.get("job_id"), node), str(msg.get("reason", "revoked by the batch job")))
-        elif kind == P.STARTED:
-            inv = self._inv_on_slot(s, msg)
-            if inv is not None and inv.state == State.DISPATCHED.value:
-                D.transition(s, inv, State.RUNNING)
-        elif kind == P.RESULT:
-            self._result(s, msg)
-        elif kind == P.EVICTED:
-            inv = self._inv_on_slot(s, msg)
-            if inv is not None:
-                D.evict(s, inv, str(msg.get("reason", "evicted")))
-                self._dirty = True
+        elif kind in REPORTS:
+            self._reports(s, [(identity, msg)])
 
-    def _inv_on_slot(self, s: Session, msg: dict) -> Optional[D.Invocation]:
-        """The invocation a message is about, if it is still running where the agent says."""
+    def _reports(self, s: Session, msgs: list[tuple[bytes, dict]]) -> None:
+        """STARTED, RESULT and EVICTED reports, in bulk: one read of the invocations they
+        are about, then their state changes in order, written by ``db.transition_many``.
+        Reports of another attempt than the current one, or about an invocation no longer
+        on a slot (cancelled, requeued), are ignored. If the bulk write fails, each report
+        is tried alone in a savepoint, so that one bad report is refused alone."""
+        valid: list[tuple[bytes, int, dict]] = []
+        for identity, msg in msgs:
+            try:
+                if not self._known_agent(identity, self._node_of(msg)):
+                    continue
+                try:
+                    inv_id = int(msg["invocation_id"])
+                except (KeyError, TypeError, ValueError):
+                    raise P.ProtocolError(P.E_MALFORMED, "invocation_id missing or not a number") from None
+            except P.ProtocolError as exc:
+                log.info("refused an agent message: %s: %s", exc.code, exc)
+                self._send(identity, P.ERROR, code=exc.code, message=str(exc))
+                continue
+            valid.append((identity, inv_id, msg))
+        if not valid:
+            return
         try:
-            inv = s.get(D.Invocation, int(msg["invocation_id"]))
-        except (KeyError, TypeError, ValueError):
-            raise P.ProtocolError(P.E_MALFORMED, "invocation_id missing or not a number") from None
-        if inv is None or State(inv.state) not in ON_SLOT or inv.attempts != msg.get("attempt", inv.attempts):
-            return None  # a late message about an earlier attempt, or a cancelled one: ignore
-        return inv
+            with s.begin_nested():
+                self._apply_reports(s, valid)
+            return
+        except Exception:
+            if len(valid) == 1:
+                identity, _, msg = valid[0]
+                log.exception("internal error handling a %s message", msg.get("type"))
+                self._send(identity, P.ERROR, code=P.E_INTERNAL, message="internal error handling the report")
+                return
+            log.exception("a batch of %d reports failed; handling them one by one", len(valid))
+        for item in valid:
+            self._reports(s, [(item[0], item[2])])
+
+    def _apply_reports(self, s: Session, items: list[tuple[bytes, int, dict]]) -> None:
+        rows = D.report_rows(s, {inv_id for _, inv_id, _ in items})
+        changes: list[D.Change] = []
+        mono = time.monotonic()
+        for _, inv_id, msg in items:
+            row = rows.get(inv_id)
+            if row is None or row.state not in ON_SLOT or row.attempts != msg.get("attempt", row.attempts):
+                continue  # a late message about an earlier attempt, or a cancelled one: ignore
+            kind, now = msg["type"], D.utcnow()
+            if kind == P.STARTED:
+                if row.state is State.DISPATCHED:
+                    changes.append(D.Change(inv_id, row.state, State.RUNNING, now))
+                    row.state = State.RUNNING
+            elif kind == P.RESULT:
+                self._dirty = True
+                if row.slot_id:
+                    self._warm.setdefault(row.slot_id, {})[_fn_key(row.function_id)] = mono
+                values: dict[str, Any] = {"ran_on_cpus": msg.get("cpus")}
+                outcome, reason = msg.get("outcome"), None
+                if outcome == "ok":
+                    new, values["result"] = State.SUCCEEDED, msg.get("value_json") or "null"
+                else:
+                    new = State.TIMED_OUT if outcome == "timeout" else State.FAILED
+                    values["error"] = str(msg.get("error") or ("timed out" if outcome == "timeout" else "failed"))
+                    reason = values["error"][:1000]
+                changes.append(D.Change(inv_id, row.state, new, now, reason, values))
+                row.state = new
+            else:  # EVICTED
+                self._dirty = True
+                changes.extend(D.eviction_changes(row, str(msg.get("reason", "evicted")), now))
+        D.transition_many(s, changes)
 
     def _lend(self, s: Session, node: str, rec: Any) -> None:
         try:
@@ -305,25 +380,6 @@ class Coscheduler:
             # it stops what still runs there. Harmless when the agent sent the revoke itself.
             self._send(agent.identity, P.REVOKE, job_id=slot.job_id, node=slot.node, reason=reason)
         log.info("slot %s revoked: %s", slot_id, reason)
-
-    def _result(self, s: Session, msg: dict) -> None:
-        inv = self._inv_on_slot(s, msg)
-        if inv is None:
-            return
-        self._dirty = True
-        inv.ran_on_cpus = msg.get("cpus")
-        outcome = msg.get("outcome")
-        if inv.slot_id:
-            self._warm.setdefault(inv.slot_id, {})[_fn_key(inv.function_id)] = time.monotonic()
-        if outcome == "ok":
-            inv.result = msg.get("value_json") or "null"
-            D.transition(s, inv, State.SUCCEEDED)
-        elif outcome == "timeout":
-            inv.error = str(msg.get("error") or "timed out")
-            D.transition(s, inv, State.TIMED_OUT, inv.error[:1000])
-        else:
-            inv.error = str(msg.get("error") or "failed")
-            D.transition(s, inv, State.FAILED, inv.error[:1000])
 
     def _note_warm(self, warm: Any) -> None:
         """Optional heartbeat field ``warm``: {slot_id: [function ids with an idle executor]}."""
@@ -615,42 +671,55 @@ class Coscheduler:
                 return
             busy: dict[str, set[int]] = {}
             used_mem: dict[str, int] = {}
-            for inv in D.on_slot(s, [sl.id for sl in slots]):
-                busy.setdefault(inv.slot_id, set()).update(inv.slurm_cpus or [])
-                used_mem[inv.slot_id] = used_mem.get(inv.slot_id, 0) + inv.mem_mb
+            for slot_id, cpus, mem_mb in D.slot_usage(s, [sl.id for sl in slots]):
+                busy.setdefault(slot_id, set()).update(cpus or [])
+                used_mem[slot_id] = used_mem.get(slot_id, 0) + mem_mb
             self.leases.reserve(busy, used_mem)  # cores and memory leased to hot clients
             views = [
                 SlotView(sl.id, [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())],
                          sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end, self._warm_on(sl.id, mono))
                 for sl in slots
             ]
-            if not any(v.free_cpus for v in views):
+            free = sum(len(v.free_cpus) for v in views)
+            if not free:
                 return
-            pending = D.claim_queued(s, self.config.queue_window, self.config.user_window)
+            # Claim no more of each (priority, user) than the free cores could take, and as
+            # many again for those that fit nowhere (passed over): a tick that places 64
+            # does not read a thousand.
+            per_user = min(self.config.user_window, 2 * free)
+            pending = D.claim_queued_rows(s, self.config.queue_window, per_user)
             if not pending:
                 return
-            by_id = {inv.id: inv for inv in pending}
+            fns = D.functions_by_id(s, {r.function_id for r in pending})
+            by_id = {r.id: r for r in pending}
             requests = [
-                PendingInvocation(inv.id, inv.owner_uid, _fn_key(inv.function_id), inv.function.cores,
-                                  inv.function.mem_mb, inv.function.timeout_s, inv.priority,
-                                  inv.created_at.timestamp())
-                for inv in pending
+                PendingInvocation(r.id, r.owner_uid, _fn_key(r.function_id), fns[r.function_id].cores,
+                                  fns[r.function_id].mem_mb, fns[r.function_id].timeout_s, r.priority,
+                                  r.created_at.timestamp())
+                for r in pending
             ]
             slot_by_id = {sl.id: sl for sl in slots}
             placements = place(requests, views, now, D.on_slot_by_user(s), self._policy())
+            if not placements:
+                return
+            payload = D.payloads(s, [p.invocation_id for p in placements])
+            at = D.utcnow()
+            changes, runs = [], []
             for p in placements:
-                inv, slot = by_id[p.invocation_id], slot_by_id[p.slot_id]
-                inv.attempts += 1
-                inv.slot_id, inv.node, inv.job_id = slot.id, slot.node, slot.job_id
-                inv.slurm_cpus, inv.os_cpus = list(p.cpus), slot.os_cpus_of(list(p.cpus))
-                inv.mem_mb, inv.dispatched_at = p.mem_mb, D.utcnow()
-                D.transition(s, inv, State.DISPATCHED, f"on {slot.id} cores {list(p.cpus)}")
-                fn = inv.function
-                self._send(self.agents[slot.node].identity, P.RUN, invocation_id=inv.id, attempt=inv.attempts,
-                           slot_id=slot.id, job_id=slot.job_id, os_cpus=inv.os_cpus, mem_mb=inv.mem_mb,
-                           timeout_s=fn.timeout_s, uid=fn.owner_uid, gid=fn.owner_gid, function_id=fn.id,
-                           entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image, runtime=fn.runtime,
-                           payload_json=inv.payload)
+                row, slot = by_id[p.invocation_id], slot_by_id[p.slot_id]
+                fn, cpus = fns[row.function_id], list(p.cpus)
+                os_cpus = slot.os_cpus_of(cpus)
+                changes.append(D.Change(row.id, State.QUEUED, State.DISPATCHED, at, f"on {slot.id} cores {cpus}", {
+                    "attempts": row.attempts + 1, "slot_id": slot.id, "node": slot.node, "job_id": slot.job_id,
+                    "slurm_cpus": cpus, "os_cpus": os_cpus, "mem_mb": p.mem_mb, "dispatched_at": at}))
+                runs.append((self.agents[slot.node].identity, dict(
+                    invocation_id=row.id, attempt=row.attempts + 1, slot_id=slot.id, job_id=slot.job_id,
+                    os_cpus=os_cpus, mem_mb=p.mem_mb, timeout_s=fn.timeout_s, uid=fn.owner_uid, gid=fn.owner_gid,
+                    function_id=fn.id, entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
+                    runtime=fn.runtime, payload_json=payload[row.id])))
+            D.transition_many(s, changes)
+            for identity, fields in runs:  # sent after this transaction commits (_guarded)
+                self._send(identity, P.RUN, **fields)
             if len(placements) == len(pending):
                 self._dirty = True  # the window was used up: there may be more to place now
 

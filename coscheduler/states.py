@@ -4,8 +4,9 @@
     DISPATCHED | RUNNING -> EVICTED -> QUEUED     (while attempts < max_attempts)
                                     -> FAILED     (attempts exhausted)
 
-Only ``db.transition`` changes an invocation's state, and it asks ``check_transition``
-first; the database schema repeats the rule so that no other writer can break it.
+Only ``db.transition`` and ``db.transition_many`` change an invocation's state, and they
+ask ``check_transition`` first for every step; the database schema repeats the rule so
+that no other writer can break it.
 """
 from __future__ import annotations
 

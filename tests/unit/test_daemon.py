@@ -362,3 +362,127 @@ def test_cli_register_update_delete(client, tmp_path):
     fn = json.loads(_cli(client, "show", "fn2", "-o", "json").stdout)
     assert (fn["mem_mb"], fn["timeout_s"], fn["image"], fn["runtime"]) == (1024, 5.0, "/img/a.sqfs", "charliecloud")
     assert _cli(client, "delete", "fn2").stdout.strip() == "deleted fn2"
+
+
+# -- agents' reports in bulk ----------------------------------------------------------
+
+
+@pytest.fixture
+def bare_daemon(database):
+    """A co-scheduler that is not running its loop: its steps are called by the test."""
+    from coscheduler.daemon import AgentConn
+
+    config = Config(db_url=database.url, bind=f"tcp://127.0.0.1:{_port()}")
+    d = Coscheduler(config, database, StubSlurm(), verify=lambda cred, digest: int(cred))
+    d.agents["n1"] = AgentConn("n1", b"agent:n1", time.monotonic())
+    yield d
+    d.sock.close()
+    d.ctx.term()
+
+
+def _on_slot(database, n, state, max_attempts=3):
+    """``n`` invocations dispatched to 1@n1 (attempt 1), then taken to ``state``."""
+    from coscheduler.states import State
+
+    with database.session() as s:
+        fn = D.Function(name=f"f{state}{s.scalar(D.select(D.func.count(D.Function.id)))}", owner_uid=UID,
+                        owner_gid=UID, entrypoint="m:f", code_dir="/tmp", cores=1, mem_mb=1, timeout_s=5,
+                        max_attempts=max_attempts)
+        s.add(fn)
+        s.flush()
+        ids = D.add_invocations(s, fn, ["null"] * n, UID)
+        for inv in s.scalars(D.select(D.Invocation).where(D.Invocation.id.in_(ids))):
+            inv.attempts, inv.slot_id, inv.node, inv.job_id, inv.slurm_cpus = 1, "1@n1", "n1", 1, [0]
+            inv.dispatched_at = D.utcnow()
+            D.transition(s, inv, State.DISPATCHED)
+            if state != "DISPATCHED":
+                D.transition(s, inv, State(state))
+    return ids
+
+
+def _msg(kind, inv_id, attempt=1, **fields):
+    return (b"agent:n1", {"v": P.VERSION, "type": kind, "node": "n1", "invocation_id": inv_id, "attempt": attempt,
+                          **fields})
+
+
+def _states_and_history(database, ids):
+    with database.session() as s:
+        return {i: (s.get(D.Invocation, i).state, [e.to_state for e in s.get(D.Invocation, i).events])
+                for i in ids}
+
+
+def test_a_batch_of_reports_gives_exactly_the_right_states_and_events(bare_daemon, database):
+    folded, stale, started, evicted, failed, timed_out = _on_slot(database, 6, "DISPATCHED")
+    (cancelled,) = _on_slot(database, 1, "CANCELLED")
+    running = _on_slot(database, 1, "RUNNING")[0]
+    ok = {"outcome": "ok", "value_json": "7", "cpus": [0]}
+    batch = [
+        _msg(P.STARTED, folded), _msg(P.RESULT, folded, **ok),  # folded into one write, three events
+        _msg(P.STARTED, stale, attempt=0), _msg(P.RESULT, stale, attempt=0, **ok),  # an earlier attempt
+        _msg(P.STARTED, started),
+        _msg(P.STARTED, evicted), _msg(P.EVICTED, evicted, reason="oom"),
+        _msg(P.RESULT, evicted, **ok),  # after the eviction requeued it: ignored
+        _msg(P.RESULT, failed, outcome="error", error="boom"),
+        _msg(P.RESULT, timed_out, outcome="timeout"),
+        _msg(P.RESULT, cancelled, **ok),  # no longer on a slot: ignored
+        _msg(P.RESULT, running, **ok),
+        _msg(P.RESULT, 10**9, **ok),  # no such invocation: ignored
+        (b"agent:n1", {"v": P.VERSION, "type": P.RESULT, "node": "n1", "invocation_id": "x"}),  # malformed
+        (b"agent:n9", {"v": P.VERSION, "type": P.STARTED, "node": "n9", "invocation_id": started, "attempt": 1}),
+    ]
+    bare_daemon._agent_batch(batch)
+    got = _states_and_history(database, [folded, stale, started, evicted, failed, timed_out, cancelled, running])
+    q, d, r = "QUEUED", "DISPATCHED", "RUNNING"
+    assert got == {
+        folded: ("SUCCEEDED", [q, d, r, "SUCCEEDED"]),
+        stale: (d, [q, d]),
+        started: (r, [q, d, r]),
+        evicted: (q, [q, d, r, "EVICTED", q]),
+        failed: ("FAILED", [q, d, "FAILED"]),
+        timed_out: ("TIMED_OUT", [q, d, "TIMED_OUT"]),
+        cancelled: ("CANCELLED", [q, d, "CANCELLED"]),
+        running: ("SUCCEEDED", [q, d, r, "SUCCEEDED"]),
+    }
+    with database.session() as s:
+        inv = s.get(D.Invocation, folded)
+        assert (inv.result, inv.ran_on_cpus) == ("7", [0])
+        assert s.get(D.Invocation, failed).error == "boom"
+        assert s.get(D.Invocation, timed_out).error == "timed out"
+        ev = s.get(D.Invocation, evicted)
+        assert ev.slot_id is None and ev.attempts == 1 and ev.events[-2].reason == "oom"
+        at = [e.at for e in inv.events]
+        assert at == sorted(at)
+    errors = [P.decode(frame) for _, frame in bare_daemon._outbox]
+    assert sorted(e["code"] for e in errors) == [P.E_MALFORMED, P.E_UNKNOWN_AGENT]
+
+
+def test_reports_around_other_messages_keep_their_order(bare_daemon, database):
+    """A revoke between two runs of reports: the result before it counts, the one after is
+    about an invocation the revoke requeued."""
+    first, second = _on_slot(database, 2, "RUNNING")
+    with database.session() as s:
+        s.add(D.Slot(id="1@n1", job_id=1, node="n1", owner_uid=0, slurm_cpus=[0, 1], os_cpus=[0, 1], mem_mb=100))
+    ok = {"outcome": "ok", "value_json": "1", "cpus": [0]}
+    bare_daemon._agent_batch([
+        _msg(P.RESULT, first, **ok),
+        (b"agent:n1", {"v": P.VERSION, "type": P.REVOKE, "node": "n1", "job_id": 1, "reason": "job ended"}),
+        _msg(P.RESULT, second, **ok),
+    ])
+    got = _states_and_history(database, [first, second])
+    assert got[first][0] == "SUCCEEDED"
+    assert got[second] == ("QUEUED", ["QUEUED", "DISPATCHED", "RUNNING", "EVICTED", "QUEUED"])
+
+
+def test_a_failing_bulk_write_falls_back_to_one_report_at_a_time(bare_daemon, database, monkeypatch):
+    ids = _on_slot(database, 3, "RUNNING")
+    real = D.transition_many
+
+    def only_single(s, changes):
+        if len({c.invocation_id for c in changes}) > 1:
+            raise RuntimeError("bulk write failed")
+        real(s, changes)
+
+    monkeypatch.setattr(D, "transition_many", only_single)
+    bare_daemon._agent_batch([_msg(P.RESULT, i, outcome="ok", value_json="1", cpus=[0]) for i in ids])
+    assert {st for st, _ in _states_and_history(database, ids).values()} == {"SUCCEEDED"}
+    assert bare_daemon._outbox == []

@@ -231,3 +231,89 @@ def test_timestamps_are_utc_aware(database):
         inv = s.get(D.Invocation, inv_id)
         assert inv.created_at.utcoffset() is not None and inv.created_at.utcoffset().total_seconds() == 0
         assert all(e.at.tzinfo is not None for e in inv.events)
+
+
+# -- bulk state changes (the daemon's hot path) ----------------------------------------
+
+
+def _history(s, inv_id):
+    return [(e.from_state, e.to_state, e.reason) for e in s.get(D.Invocation, inv_id).events]
+
+
+def test_transition_many_folds_a_legal_chain_into_one_write(database):
+    with database.session() as s:
+        fn = _function(s)
+        a, b = D.add_invocations(s, fn, ["1", "2"], 1000)
+    at = D.utcnow()
+    with database.session() as s:
+        D.transition_many(s, [
+            D.Change(a, State.QUEUED, State.DISPATCHED, at, "on 1@n", {"attempts": 1, "slot_id": "1@n"}),
+            D.Change(b, State.QUEUED, State.DISPATCHED, at, "on 1@n", {"attempts": 1, "slot_id": "1@n"}),
+        ])
+    with database.session() as s:
+        D.transition_many(s, [
+            D.Change(a, State.DISPATCHED, State.RUNNING, at),
+            D.Change(a, State.RUNNING, State.SUCCEEDED, at, None, {"result": "42", "ran_on_cpus": [3]}),
+            D.Change(b, State.DISPATCHED, State.RUNNING, at),
+        ])
+    with database.session() as s:
+        inv = s.get(D.Invocation, a)
+        assert (inv.state, inv.result, inv.ran_on_cpus, inv.attempts, inv.slot_id) == ("SUCCEEDED", "42", [3], 1, "1@n")
+        assert _history(s, a) == [(None, "QUEUED", "submitted"), ("QUEUED", "DISPATCHED", "on 1@n"),
+                                  ("DISPATCHED", "RUNNING", None), ("RUNNING", "SUCCEEDED", None)]
+        assert s.get(D.Invocation, b).state == "RUNNING"
+        assert all(e.at.tzinfo is not None for e in s.get(D.Invocation, a).events)
+
+
+def test_transition_many_writes_an_eviction_in_legal_steps(database):
+    """RUNNING -> EVICTED -> QUEUED is two row writes: the guard refuses RUNNING -> QUEUED."""
+    with database.session() as s:
+        fn = _function(s, max_attempts=1)
+        a, b = D.add_invocations(s, fn, ["1", "2"], 1000)
+        for inv_id in (a, b):
+            inv = s.get(D.Invocation, inv_id)
+            inv.attempts, inv.slot_id, inv.node = 1, "1@n", "n"
+            D.transition(s, inv, State.DISPATCHED)
+    with database.session() as s:
+        rows = D.report_rows(s, [a, b, 999999])
+        assert set(rows) == {a, b} and rows[a].max_attempts == 1
+        rows[a].attempts = 0  # as if attempts remained: requeued
+        changes = D.eviction_changes(rows[a], "slot gone", D.utcnow()) + D.eviction_changes(
+            rows[b], "slot gone", D.utcnow())
+        D.transition_many(s, changes)
+    with database.session() as s:
+        ia, ib = s.get(D.Invocation, a), s.get(D.Invocation, b)
+        assert (ia.state, ia.slot_id, ia.node) == ("QUEUED", None, None)
+        assert ib.state == "FAILED" and "evicted 1 times" in ib.error
+        assert [t for _, t, _ in _history(s, a)] == ["QUEUED", "DISPATCHED", "EVICTED", "QUEUED"]
+        assert [t for _, t, _ in _history(s, b)] == ["QUEUED", "DISPATCHED", "EVICTED", "FAILED"]
+
+
+def test_transition_many_refuses_illegal_and_stale_changes(database):
+    with database.session() as s:
+        (a,) = D.add_invocations(s, _function(s), ["1"], 1000)
+    with pytest.raises(IllegalTransition):
+        with database.session() as s:
+            D.transition_many(s, [D.Change(a, State.QUEUED, State.SUCCEEDED, D.utcnow())])
+    with pytest.raises(IllegalTransition, match="follows"):
+        with database.session() as s:
+            D.transition_many(s, [D.Change(a, State.QUEUED, State.DISPATCHED, D.utcnow()),
+                                  D.Change(a, State.RUNNING, State.SUCCEEDED, D.utcnow())])
+    with pytest.raises(D.StaleState):  # the row is QUEUED, not DISPATCHED
+        with database.session() as s:
+            D.transition_many(s, [D.Change(a, State.DISPATCHED, State.RUNNING, D.utcnow())])
+    with database.session() as s:
+        assert s.get(D.Invocation, a).state == "QUEUED" and len(_history(s, a)) == 1
+
+
+def test_claim_rows_match_claim_objects(database):
+    with database.session() as s:
+        fn = _function(s)
+        D.add_invocations(s, fn, ["0"] * 30, 1)
+        few = D.add_invocations(s, fn, ["0"] * 3, 2, priority=1)
+    with database.session(write=True) as s:
+        rows = D.claim_queued_rows(s, limit=100, per_user=10)
+    with database.session(write=True) as s:
+        objs = D.claim_queued(s, limit=100, per_user=10)
+    assert [r.id for r in rows] == [o.id for o in objs]
+    assert [r.id for r in rows][:3] == few and len(rows) == 13
