@@ -61,20 +61,23 @@ class LocalAgent:
             self.step(1)
         raise TimeoutError(f"invocation {inv}")
 
-    def lease(self, slot_id: str, entrypoint: str, **kw):
-        """A HotLease on a fresh executor, granted by this agent (no co-scheduler involved)."""
+    def lease(self, slot_id: str, entrypoint: str, fabric=None, **kw):
+        """A HotLease on a fresh executor, granted by this agent (no co-scheduler involved).
+        ``fabric``: a FabricConfig to ask for the RMA hot path with (None: ZeroMQ)."""
         from faas_runtime.client import HotLease
 
         lease_id = f"bench-{next(self._ids)}"
         token = os.urandom(16).hex()
         fields = self._fields(slot_id, entrypoint, **kw)
+        ask = {"fabric": {"provider": fabric.provider, "domain": fabric.domain}} if fabric and fabric.enabled else {}
         self.agent._dispatch({**fields, "type": P.LEASE_START, "lease_id": lease_id, "token": token,
-                              "duration_s": 3600})
+                              "duration_s": 3600, **ask})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             for kind, f in self.sent:
                 if kind == P.LEASE_READY and f["lease_id"] == lease_id:
-                    return HotLease(None, lease_id, f["endpoint"], token, fields["os_cpus"])
+                    return HotLease(None, lease_id, f["endpoint"], token, fields["os_cpus"], rma=f.get("rma"),
+                                    fabric=fabric)
                 if kind == P.LEASE_FAILED and f["lease_id"] == lease_id:
                     raise RuntimeError(f["reason"])
             self.step(5)

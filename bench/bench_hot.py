@@ -1,6 +1,7 @@
 """Hot invocation round trip, beside a raw pyzmq DEALER/ROUTER round trip, in one run.
 
     .venv/bin/python bench/bench_hot.py [--n 2000] [--runtime none|charliecloud --image DIR]
+        [--fabric tcp,shm]   # RMA hot path rows per provider ("off": none)
 
 The hot path is the production one: a warm executor started by a real faas-agent (in its
 cgroup on the lent CPU, as it runs on a node) and the faas_runtime.client HotLease calling
@@ -8,6 +9,9 @@ it directly with a lease token: msgpack framing, JSON payload, the function `ech
 The baseline is a raw pyzmq DEALER -> ROUTER echo (a separate process, blocking
 recv/send), same payload sizes, same transport (TCP loopback). Median and p99 of N round
 trips each, after a warm-up; prints the ratio (target: hot <= 1.5x raw at 64 B).
+The RMA hot path (issue 6) is the same HotLease API on a lease whose grant carries the
+executor's RMA endpoint (one per provider, same agent, same run); its ratio is printed
+against the ZeroMQ hot call (target: >= 5x faster at 64 B).
 No assertions: numbers to read.
 """
 from __future__ import annotations
@@ -88,7 +92,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="round trips per size (1 MiB: n/10)")
     ap.add_argument("--runtime", default="none", choices=["none", "charliecloud"])
     ap.add_argument("--image", default=None, help="image directory for --runtime charliecloud")
+    ap.add_argument("--fabric", default="tcp,shm", help="providers for the RMA rows, comma-separated, or off")
     args = ap.parse_args()
+    from faas_runtime.fabric import FabricConfig
 
     from _local_agent import LocalAgent
 
@@ -96,16 +102,40 @@ def main() -> int:
     try:
         cpus = sorted(os.sched_getaffinity(0))
         slot = la.lend(1, [cpus[-1]])
-        lease = la.lease(slot, "runtime_probe:echo", image=args.image, runtime=args.runtime if args.image else None)
+        kw = dict(image=args.image, runtime=args.runtime if args.image else None)
+        lease = la.lease(slot, "runtime_probe:echo", **kw)
         print(f"hot executor: runtime {args.runtime}, cgroups {'on' if la.agent.subtree else 'off'}, "
               f"endpoint {lease.endpoint}, CPUs {lease.cpus}")
-        print(f"{'payload':<8} {'path':<10} {'median us':>10} {'p99 us':>10} {'n':>6}")
+        providers = [p for p in args.fabric.split(",") if p and p != "off"]
+
+        def rma_lease(provider):
+            # one at a time: an attached RMA executor busy-polls its (here: the only lent) CPU
+            got = la.lease(slot, "runtime_probe:echo", fabric=FabricConfig(provider, "lo" if provider == "tcp" else ""),
+                           **kw)
+            if got.transport != "rma":
+                print(f"RMA {provider}: not available ({got.rma_error or 'the executor offered no RMA'}), row skipped")
+                got.release()
+                return None
+            return got
+        print(f"{'payload':<8} {'path':<14} {'median us':>10} {'p99 us':>10} {'n':>6}")
         for label, size in SIZES.items():
             n = args.n if size < 65536 else max(50, args.n // 10)
             raw = _fmt(raw_round_trips(size, n, warmup=n // 10))
             hot = _fmt(hot_round_trips(lease, size, n, warmup=n // 10))
-            print(f"{label:<8} {'raw pyzmq':<10} {raw[0]:>10.1f} {raw[1]:>10.1f} {n:>6}")
-            print(f"{label:<8} {'hot call':<10} {hot[0]:>10.1f} {hot[1]:>10.1f} {n:>6}")
+            print(f"{label:<8} {'raw pyzmq':<14} {raw[0]:>10.1f} {raw[1]:>10.1f} {n:>6}")
+            print(f"{label:<8} {'hot call zmq':<14} {hot[0]:>10.1f} {hot[1]:>10.1f} {n:>6}")
+            for provider in providers:
+                rl = rma_lease(provider)
+                if rl is None:
+                    continue
+                try:
+                    r = _fmt(hot_round_trips(rl, size, n, warmup=n // 10))
+                finally:
+                    rl.release()
+                    for _ in range(20):
+                        la.step(5)
+                print(f"{label:<8} {'hot call rma ' + provider:<14} {r[0]:>10.1f} {r[1]:>10.1f} {n:>6}"
+                      f"   zmq/rma: median {hot[0] / r[0]:.2f}x" + ("   (target >= 5x)" if size == 64 else ""))
             print(f"{label:<8} ratio hot/raw: median {hot[0] / raw[0]:.2f}x, p99 {hot[1] / raw[1]:.2f}x"
                   + ("   (target <= 1.5x)" if size == 64 else ""))
         lease.release()

@@ -6,7 +6,10 @@ invocation would use them, and tells the slot's agent (LEASE_START, with a fresh
 token). The agent dedicates a warm executor to the lease, grants it the token, and
 reports its endpoint (LEASE_READY). The client polls LEASE_STATUS until the lease is
 ready, then calls the executor directly over ZeroMQ with the token, without the
-co-scheduler on the path. The lease ends when the client releases it (LEASE_RELEASE ->
+co-scheduler on the path. A client that asks for RMA (LEASE ``fabric`` = {provider,
+domain}) has it passed on in LEASE_START; if the node's agent and executor can serve it,
+LEASE_READY and then LEASE_STATUS carry ``rma`` = {control, provider}, where the client
+attaches with the same token (faas_runtime.rma). The lease ends when the client releases it (LEASE_RELEASE ->
 LEASE_END to the agent), when it expires (the agent ends it), or when the lend is
 revoked: the executor is stopped, tells its client LEASE_ENDED, and the agent reports
 LEASE_ENDED here, which frees the reservation.
@@ -56,6 +59,7 @@ class Lease:
     state: str = "pending"  # pending -> ready -> ended | failed
     endpoint: Optional[str] = None
     reason: Optional[str] = None
+    rma: Optional[dict] = None  # {control, provider} when the executor serves the lease over RMA
 
     @property
     def holds_capacity(self) -> bool:
@@ -100,6 +104,9 @@ class Leases:
             raise self._failed(P.E_INVALID, "duration_s must be a number") from None
         if duration <= 0:
             raise self._failed(P.E_INVALID, "duration_s must be positive")
+        fabric = msg.get("fabric")
+        if fabric is not None and not (isinstance(fabric, dict) and isinstance(fabric.get("provider"), str)):
+            raise self._failed(P.E_INVALID, "fabric must be a map with a provider name")
         slot, cpus = self._fit(s, fn, duration)
         lease = Lease(lease_id=f"L{self._prefix}-{next(self._ids)}", uid=uid, function_id=fn.id, slot_id=slot.id,
                       node=slot.node, slurm_cpus=cpus, os_cpus=slot.os_cpus_of(cpus), mem_mb=fn.mem_mb,
@@ -110,7 +117,9 @@ class Leases:
                           token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
                           mem_mb=fn.mem_mb, uid=fn.owner_uid, gid=fn.owner_gid, function_id=fn.id,
                           entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=getattr(fn, "image", None),
-                          runtime=getattr(fn, "runtime", None), duration_s=duration)
+                          runtime=getattr(fn, "runtime", None), duration_s=duration,
+                          **({"fabric": {"provider": fabric["provider"], "domain": str(fabric.get("domain") or "")}}
+                             if fabric else {}))
         log.info("lease %s: function %s of uid %d on %s cores %s", lease.lease_id, fn.name, uid, slot.id, cpus)
         return {"lease_id": lease.lease_id, "state": lease.state}
 
@@ -121,6 +130,8 @@ class Leases:
                  "expires_in": round(lease.expires - time.monotonic(), 3)}
         if lease.state == "ready":
             reply.update(endpoint=lease.endpoint, token=lease.token, cpus=lease.os_cpus, slot_id=lease.slot_id)
+            if lease.rma:
+                reply["rma"] = lease.rma
         return reply
 
     def on_release(self, s: Session, uid: int, msg: dict) -> dict:
@@ -174,6 +185,9 @@ class Leases:
         kind = msg["type"]
         if kind == P.LEASE_READY and lease.state == "pending":
             lease.state, lease.endpoint = "ready", str(msg.get("endpoint"))
+            rma = msg.get("rma")
+            if isinstance(rma, dict) and isinstance(rma.get("control"), str) and isinstance(rma.get("provider"), str):
+                lease.rma = {"control": rma["control"], "provider": rma["provider"]}
         elif kind == P.LEASE_FAILED:
             lease.state, lease.reason = "failed", str(msg.get("reason", "the executor could not start"))
             self.daemon._dirty = True

@@ -52,6 +52,7 @@ from . import protocol as P
 from .spool import SpoolWatcher
 from .confinement import ConfinementError, ExecutorCgroup, Identity, Limits, Subtree, spawn
 from .containers import Bind, ContainerError, RunSpec, build_argv, check
+from .fabric import FabricConfig
 from .images import CODE_DIR, LIB_DIR, RUN_DIR, RUNTIME_PACKAGES
 
 log = logging.getLogger("faas.agent")
@@ -143,6 +144,8 @@ class Agent:
     cpu_weight: int = 10
     allow_root: bool = False
     curve_dir: Optional[Path] = None  # CurveZMQ keys (faas_runtime.curve); None: plain TCP
+    # libfabric RMA for hot leases (FAAS_FABRIC, FAAS_FABRIC_DOMAIN; "off": ZeroMQ alone)
+    fabric: FabricConfig = field(default_factory=FabricConfig.from_env)
     slots: dict[str, Slot] = field(default_factory=dict)
     running: dict[int, Running] = field(default_factory=dict)
     executors: dict[str, Executor] = field(default_factory=dict)
@@ -311,12 +314,23 @@ class Agent:
                 self.revoke(slot, "the batch job ended")
 
     def _revoked_by_coscheduler(self, job_id: int, reason: str) -> None:
+        self._mark_record_revoked(job_id)
         slot = self.slots.get(f"{job_id}@{self.node}")
         if slot is None or slot.revoked:
             return
         slot.revoked = True
         self._stop_slot(slot, reason)
         log.info("slot %s revoked by the co-scheduler: %s", slot.slot_id, reason)
+
+    def _mark_record_revoked(self, job_id: int) -> None:
+        """Mark the lend record revoked on disk (the plugin's own C function), so that a
+        restarted agent does not announce a lend the co-scheduler already ended."""
+        try:
+            from spank_plugin.core import revoke_lend_record
+
+            revoke_lend_record(self.spool, self.node, job_id)  # False: no record; idempotent
+        except Exception as exc:  # the slot is still taken back; only the restart case suffers
+            log.warning("could not mark the lend record of job %d revoked: %s", job_id, exc)
 
     def revoke(self, slot: Slot, reason: str) -> None:
         """Give a slot back now: tell the co-scheduler first, then stop what runs on it."""
@@ -455,8 +469,9 @@ class Agent:
             if msg["type"] == P.OK and ex.lease_id is not None and msg.get("rid") == f"grant:{ex.lease_id}":
                 # The executor holds the token now: the client may call it.
                 ex.lease_ready = True
+                rma = msg.get("rma") if isinstance(msg.get("rma"), dict) else None
                 self.send(P.LEASE_READY, lease_id=ex.lease_id,
-                          endpoint=(ex.run_dir / "endpoint").read_text().strip())
+                          endpoint=(ex.run_dir / "endpoint").read_text().strip(), **({"rma": rma} if rma else {}))
                 continue
             if msg["type"] in (P.RESULT, P.ERROR) and ex.busy is not None:
                 run = self.running.get(ex.busy)
@@ -558,7 +573,23 @@ class Agent:
             return
         ex.lease_id, ex.lease_token, ex.lease_ready = lease_id, str(msg["token"]), False
         ex.lease_expires = time.monotonic() + float(msg.get("duration_s", 600))
-        self._call(ex, P.GRANT, rid=f"grant:{lease_id}", token=ex.lease_token, cpus=list(msg["os_cpus"]))
+        grant = {}
+        fabric = self._fabric_for(msg.get("fabric"))
+        if fabric is not None:
+            grant["fabric"] = fabric
+        self._call(ex, P.GRANT, rid=f"grant:{lease_id}", token=ex.lease_token, cpus=list(msg["os_cpus"]), **grant)
+
+    def _fabric_for(self, wanted) -> Optional[dict]:
+        """What the executor opens for a lease whose client asked for RMA with ``wanted``
+        ({provider, domain}): None when this node's fabric is off or nothing was asked."""
+        if not self.fabric.enabled or not isinstance(wanted, dict) or not isinstance(wanted.get("provider"), str):
+            return None
+        provider = wanted["provider"].strip()
+        if not FabricConfig(provider).enabled:
+            return None
+        domain = self.fabric.domain if provider == self.fabric.provider and self.fabric.domain else \
+            str(wanted.get("domain") or "")
+        return {"provider": provider, "domain": domain, "no_cqdata": self.fabric.no_cqdata}
 
     def _lease_tick(self, ex: Executor, now: float) -> None:
         if not ex.lease_ready and now - ex.started_at > EXECUTOR_READY_TIMEOUT_S:

@@ -9,7 +9,18 @@
 
 The lease request is munge-authenticated (the co-scheduler knows who asks); the calls then
 go straight to the executor over ZeroMQ (DEALER -> the executor's ROUTER) with the lease's
-token, without the co-scheduler on the path. Errors are typed:
+token, without the co-scheduler on the path.
+
+RMA (docs/fabric.md): when fabric is enabled by configuration (``FAAS_FABRIC`` = tcp, shm,
+...; ``fabric=`` overrides; ``off`` = ZeroMQ alone) the lease asks for it, and if the
+grant carries the executor's RMA control endpoint the lease attaches there with its token
+(``faas_runtime.rma.RmaClient``) and makes its calls over one-sided RMA; ``transport``
+says which path it uses ("rma" or "zmq"). Nothing else changes: same calls, same values,
+same errors. When the node cannot serve RMA or the attach fails, the lease stays on ZeroMQ
+without a word (debug log). ``submit`` (asynchronous) always goes over ZeroMQ; ``call``
+and ``call_json`` go over RMA when attached.
+
+Errors are typed:
 
   LeaseUnavailable  no capacity, unknown function, or the executor could not start
   LeaseEnded        the lease is over: released, expired, or revoked because the batch job
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 from typing import Any, Optional
@@ -28,6 +40,9 @@ from typing import Any, Optional
 import zmq
 
 from . import protocol as P
+from .fabric import FabricConfig
+
+log = logging.getLogger("faas.client")
 
 
 class LeaseError(Exception):
@@ -62,14 +77,22 @@ class FunctionError(Exception):
 class PendingCall:
     """An asynchronous call: ``result()`` waits for (and returns) its value."""
 
-    def __init__(self, lease: "HotLease", rid: str):
+    def __init__(self, lease: "HotLease", rid: str, value_json: Optional[str] = None,
+                 error: Optional[BaseException] = None):
         self._lease, self.rid = lease, rid
+        self._value_json, self._error = value_json, error  # a call already made (RMA)
 
     def done(self) -> bool:
+        if self._value_json is not None or self._error is not None:
+            return True
         self._lease._pump(0)
         return self.rid in self._lease._replies
 
     def result(self, timeout_s: Optional[float] = None) -> Any:
+        if self._error is not None:
+            raise self._error
+        if self._value_json is not None:
+            return json.loads(self._value_json)
         return json.loads(self._lease._wait(self.rid, timeout_s))
 
 
@@ -77,7 +100,8 @@ class HotLease:
     """A leased executor. Not thread-safe (one socket); use one lease per thread."""
 
     def __init__(self, control, lease_id: str, endpoint: str, token: str, cpus: list[int],
-                 call_timeout_s: float = 60.0, slot_id: Optional[str] = None):
+                 call_timeout_s: float = 60.0, slot_id: Optional[str] = None, rma: Optional[dict] = None,
+                 fabric: Optional[FabricConfig] = None):
         self._control = control
         self.slot_id = slot_id  # "<job>@<node>": whose lent cores this lease holds
         self.lease_id, self.endpoint, self.token, self.cpus = lease_id, endpoint, token, cpus
@@ -90,6 +114,37 @@ class HotLease:
         self._ctx = zmq.Context.instance()
         self._sock = P.configure(self._ctx.socket(zmq.DEALER))
         self._sock.connect(endpoint)
+        self.rma = rma  # what the grant offered: {control, provider}, or None
+        self._rma = None  # faas_runtime.rma.RmaClient once attached
+        self.rma_error: Optional[str] = None  # why RMA is not used, when it was offered
+        if rma and fabric is not None and fabric.enabled:
+            self._attach_rma(rma, fabric)
+
+    @property
+    def transport(self) -> str:
+        return "rma" if self._rma is not None else "zmq"
+
+    def _attach_rma(self, rma: dict, fabric: FabricConfig) -> None:
+        try:
+            from .rma import RmaClient
+
+            self._rma = RmaClient(str(rma["control"]), fabric, timeout=min(self.call_timeout_s, 30.0),
+                                  attach={"token": self.token})
+        except Exception as exc:  # no binding, no provider, refused: ZeroMQ, quietly
+            self.rma_error = f"{type(exc).__name__}: {exc}"
+            log.debug("lease %s: RMA attach to %s failed, calls use ZeroMQ: %s", self.lease_id, rma, exc)
+            return
+        # Be known to the executor's hot socket, so that LEASE_ENDED reaches this lease.
+        self._sock.send(P.encode(P.PING, rid=f"{self._prefix}rma", token=self.token), copy=False)
+
+    def _drop_rma(self) -> None:
+        rma, self._rma = self._rma, None
+        if rma is not None:
+            rma.timeout = min(rma.timeout, 1.0)  # a dead executor must not hold release() up
+            try:
+                rma.close()
+            except Exception:
+                pass
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -98,10 +153,54 @@ class HotLease:
 
     def call_json(self, payload_json: str, timeout_s: Optional[float] = None) -> str:
         """One call with the payload as JSON text; returns the value as JSON text."""
+        if self._rma is not None:
+            return self._rma_call(payload_json, timeout_s)
         return self._wait(self._send(payload_json), timeout_s)
 
     def submit(self, payload: Any = None) -> PendingCall:
+        # Asynchronous calls stay on ZeroMQ (RMA calls are synchronous); the executor runs
+        # them one at a time with the RMA ones.
         return PendingCall(self, self._send(json.dumps(payload)))
+
+    def _rma_check(self) -> None:
+        """Between slices of an RMA wait: did the executor say LEASE_ENDED?"""
+        self._pump(0)
+        if self.ended is not None:
+            raise LeaseEnded(self.ended)
+
+    def _rma_call(self, payload_json: str, timeout_s: Optional[float]) -> str:
+        from .rma import ExecutorLost, RemoteFunctionError, RmaLeaseEnded
+
+        if self.ended is not None:
+            raise LeaseEnded(self.ended)
+        timeout = self.call_timeout_s if timeout_s is None else timeout_s
+        try:
+            out = self._rma.invoke(payload_json.encode(), timeout=timeout, check=self._rma_check)
+        except RemoteFunctionError as exc:
+            text = str(exc)
+            try:
+                doc = json.loads(text)
+                raise FunctionError(doc["error"], doc.get("traceback")) from None
+            except (ValueError, TypeError, KeyError):
+                raise FunctionError(text) from None
+        except LeaseEnded:
+            self._drop_rma()
+            raise
+        except RmaLeaseEnded as exc:
+            self.ended = self.ended or exc.reason
+            self._drop_rma()
+            raise LeaseEnded(self.ended) from None
+        except ExecutorLost as exc:
+            self._drop_rma()  # a late reply could land in the result buffer: later calls use ZeroMQ
+            if exc.code == 110:
+                self._pump(0)
+                if self.ended is not None:
+                    raise LeaseEnded(self.ended) from None
+                raise CallTimeout(f"no reply from the executor at {self.endpoint} (RMA) in time") from None
+            self._pump(1.0)  # the executor says LEASE_ENDED before it goes
+            self.ended = self.ended or f"the executor was lost: {exc}"
+            raise LeaseEnded(self.ended) from None
+        return out.decode()
 
     def _send(self, payload_json: str) -> str:
         if self.ended is not None:
@@ -154,6 +253,7 @@ class HotLease:
 
     def release(self) -> None:
         """End the lease (idempotent); the executor returns to the agent's warm pool."""
+        self._drop_rma()
         if self.ended is None:
             self.ended = "released by the client"
             try:
@@ -173,16 +273,22 @@ class HotLease:
 
 
 def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Optional[str] = None,
-          duration_s: float = 300.0, timeout_s: float = 60.0, call_timeout_s: float = 60.0) -> HotLease:
-    """Lease an executor of ``function`` (one of yours) for ``duration_s``; wait until it is ready."""
+          duration_s: float = 300.0, timeout_s: float = 60.0, call_timeout_s: float = 60.0,
+          fabric: Optional[FabricConfig] = None) -> HotLease:
+    """Lease an executor of ``function`` (one of yours) for ``duration_s``; wait until it is ready.
+
+    ``fabric``: the RMA configuration (default ``FabricConfig.from_env()``, i.e. FAAS_FABRIC);
+    disabled (``off``) keeps the calls on ZeroMQ."""
     from coscheduler.client import Client, RequestError
 
     endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
     munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")
+    fabric = FabricConfig.from_env() if fabric is None else fabric
+    ask = {"fabric": {"provider": fabric.provider, "domain": fabric.domain}} if fabric.enabled else {}
     control = Client(endpoint, munge_socket, timeout_s=min(timeout_s, 30.0))
     try:
         try:
-            lease_id = control.request(P.LEASE, function=function, duration_s=duration_s)["lease_id"]
+            lease_id = control.request(P.LEASE, function=function, duration_s=duration_s, **ask)["lease_id"]
         except RequestError as exc:
             raise LeaseUnavailable(str(exc), exc.code) from None
         deadline = time.monotonic() + timeout_s
@@ -191,7 +297,7 @@ def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Option
             st = control.request(P.LEASE_STATUS, lease_id=lease_id)
             if st["state"] == "ready":
                 return HotLease(control, lease_id, st["endpoint"], st["token"], st.get("cpus") or [], call_timeout_s,
-                                st.get("slot_id"))
+                                st.get("slot_id"), rma=st.get("rma"), fabric=fabric)
             if st["state"] in ("failed", "ended"):
                 raise LeaseUnavailable(f"lease {lease_id} {st['state']}: {st.get('reason')}")
             if time.monotonic() > deadline:

@@ -14,6 +14,18 @@ keep-warm timeout. Two ZeroMQ ROUTER sockets:
 Each CALL sets the CPU affinity to the CPUs of that invocation (a subset of the cgroup's
 cpuset) before the function runs. Replies are RESULT messages (``outcome`` ok/error).
 
+RMA (``faas_runtime.rma``, docs/fabric.md): a GRANT that names a libfabric provider
+(``fabric``: {provider, domain}; the agent sends it when its FAAS_FABRIC is not off) makes
+this process open an ``RmaExecutor`` for the same function (JSON bytes in, JSON bytes
+out) with its ZeroMQ control socket at ``tcp://<hot host>:<free port>``; the OK reply
+carries ``rma`` = {control, provider}, which the agent puts into LEASE_READY. FABRIC_ATTACH
+must carry a granted token. The RMA loop busy-polls in a thread of this process (so in
+this cgroup, as this uid) only while a lease is attached; calls over either path run one
+at a time. LEASE_END and SIGTERM end the token's RMA slots too (later requests get the
+"ended" flag) and hot clients, RMA ones included (they PING the hot socket with their
+token), get LEASE_ENDED. If libfabric or the provider is missing, the reply has no
+``rma`` and clients stay on ZeroMQ.
+
 SIGTERM (eviction): a call in progress is interrupted, its caller gets an ``evicted``
 error, hot clients get LEASE_ENDED, and the process exits; the agent SIGKILLs the
 cgroup after its grace. Runs with the image's interpreter and only the standard
@@ -28,14 +40,18 @@ import argparse
 import importlib
 import json
 import os
+import logging
 import signal
 import sys
+import threading
 import traceback
 from typing import Any, Optional
 
 import zmq
 
 from . import protocol as P
+
+log = logging.getLogger("faas.executor")
 
 
 class Evicted(BaseException):
@@ -63,6 +79,12 @@ class Executor:
         self.tokens: dict[str, list[int]] = {}  # lease token -> its CPUs
         self.hot_peers: dict[bytes, str] = {}  # client identity -> the token it used
         self.load_error: Optional[str] = None
+        self.hot_host = hot_host
+        self.fn_lock = threading.Lock()  # one call at a time, ZeroMQ or RMA
+        self.rma: dict[str, Any] = {}  # provider -> RmaExecutor (opened on the first GRANT that asks)
+        self.rma_failed: dict[str, str] = {}  # provider -> why it could not open
+        self.rma_threads: dict[str, threading.Thread] = {}
+        self._rma_cpus: Optional[list[int]] = None  # the RMA thread's affinity
         try:
             self.fn = load_callable(entrypoint, code_dir)
         except BaseException as exc:  # reported on every call: the agent turns it into FAILED
@@ -91,10 +113,11 @@ class Executor:
             os.sched_setaffinity(0, cpus)
         if self.fn is None:
             return {"outcome": "error", "error": self.load_error}
-        self.in_call = True
+        self.in_call = True  # before the lock: SIGTERM interrupts a wait for an RMA call too
         try:
-            value = self.fn(json.loads(payload_json))
-            value_json = json.dumps(value)
+            with self.fn_lock:
+                value = self.fn(json.loads(payload_json))
+                value_json = json.dumps(value)
         except Evicted:
             raise
         except BaseException as exc:  # the function's failure is a result, not a crash
@@ -107,22 +130,119 @@ class Executor:
     # -- the loop -------------------------------------------------------------------------
 
     def serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(self.hot, zmq.POLLIN)
         while not self.stopping:
+            # The RMA control sockets are this thread's while their serving thread is not running.
+            idle_rma = {p: r for p, r in self.rma.items() if not self._rma_running(p)}
+            poller = zmq.Poller()
+            poller.register(self.control, zmq.POLLIN)
+            poller.register(self.hot, zmq.POLLIN)
+            for r in idle_rma.values():
+                poller.register(r.sock, zmq.POLLIN)
             try:
-                ready = dict(poller.poll(timeout=500))
+                ready = dict(poller.poll(timeout=100 if self.rma else 500))
             except zmq.ZMQError:
                 continue  # EINTR from a signal
             if self.control in ready:
                 self._drain(self.control, trusted=True)
             if self.hot in ready and not self.stopping:
                 self._drain(self.hot, trusted=False)
-        self._lease_ended_all("the executor was stopped (the lend was revoked or the executor retired)")
+            for provider, r in idle_rma.items():
+                if r.sock in ready and not self.stopping:
+                    self._rma_control(provider, r)
+        reason = "the executor was stopped (the lend was revoked or the executor retired)"
+        for token in list(self.tokens):
+            self._rma_end(token, reason)
+        self._lease_ended_all(reason)
         self.control.close()
-        self.hot.close()
+        self.hot.close(linger=500 if self.rma else 0)  # LEASE_ENDED must leave before os._exit below
         self.ctx.term()
+        if any(self._rma_running(p) for p in self.rma):
+            # An RMA call may still run in its thread: the clients were told; do not wait for it.
+            for r in self.rma.values():
+                r.stop()
+            sys.stdout.flush()
+            os._exit(0)
+        for r in self.rma.values():
+            r.close()
+
+    # -- RMA --------------------------------------------------------------------------------
+
+    def _rma_running(self, provider: str) -> bool:
+        t = self.rma_threads.get(provider)
+        return t is not None and t.is_alive()
+
+    def _rma_open(self, fabric: Any) -> Optional[dict]:
+        """The RMA endpoint for a GRANT's ``fabric`` request, opened on first use; None if
+        libfabric, the binding or the provider is not usable here (said once)."""
+        if not isinstance(fabric, dict) or not fabric.get("provider") or self.fn is None:
+            return None
+        provider = str(fabric["provider"])
+        if provider in self.rma_failed:
+            return None
+        r = self.rma.get(provider)
+        if r is None:
+            try:
+                from .fabric import FabricConfig
+                from .rma import RmaExecutor
+
+                config = FabricConfig(provider, str(fabric.get("domain") or ""), bool(fabric.get("no_cqdata")))
+                if not config.enabled:
+                    return None
+                r = RmaExecutor(self._rma_handler, f"tcp://{self.hot_host}:0", config, ctx=zmq.Context(),
+                                authorize=self._rma_authorize)
+            except Exception as exc:  # FabricUnavailable, FabricError, ImportError: ZeroMQ alone
+                self.rma_failed[provider] = f"{type(exc).__name__}: {exc}"
+                log.warning("RMA with provider %s is off in this executor, hot calls use ZeroMQ: %s", provider, exc)
+                return None
+            self.rma[provider] = r
+            # libfabric (its shm code) installs its own SIGTERM/SIGINT handlers, which exit the
+            # process: ours must run, so that clients hear LEASE_ENDED first.
+            signal.signal(signal.SIGTERM, self.on_sigterm)
+            signal.signal(signal.SIGINT, self.on_sigterm)
+        return {"control": r.control, "provider": r.ep.provider}
+
+    def _rma_authorize(self, msg: dict) -> str:
+        token = msg.get("token")
+        if not isinstance(token, str) or token not in self.tokens:
+            raise P.ProtocolError(P.E_LEASE, "no valid lease for this executor (ended or never granted)")
+        return token
+
+    def _rma_handler(self, payload: memoryview) -> bytes:
+        """JSON bytes in, JSON bytes out; a raising function fails the call with a JSON
+        error document (error, traceback) as its text."""
+        from .rma import HandlerError
+
+        cpus = self._rma_cpus
+        if cpus and cpus != getattr(threading.current_thread(), "faas_cpus", None):
+            os.sched_setaffinity(0, cpus)  # this thread's affinity
+            threading.current_thread().faas_cpus = cpus
+        with self.fn_lock:
+            try:
+                value_json = json.dumps(self.fn(json.loads(bytes(payload))))
+            except BaseException as exc:
+                raise HandlerError(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                                               "traceback": traceback.format_exc(limit=20)})) from None
+        return value_json.encode()
+
+    def _rma_control(self, provider: str, r: Any) -> None:
+        """Answer the RMA control socket here; start its serving thread once a slot is attached."""
+        r._control()
+        r.apply_ends()
+        if r.leased and not self._rma_running(provider):
+            t = threading.Thread(target=self._rma_serve, args=(provider, r), name=f"rma-{provider}", daemon=True)
+            self.rma_threads[provider] = t
+            t.start()
+
+    def _rma_serve(self, provider: str, r: Any) -> None:
+        try:
+            r.serve(poll=0.01, until_idle=True)
+        except Exception:
+            log.exception("RMA serving loop (%s) failed; hot calls use ZeroMQ", provider)
+            self.rma_failed[provider] = "the serving loop failed"
+
+    def _rma_end(self, token: Optional[str], reason: str) -> None:
+        for r in self.rma.values():
+            r.end(token, reason)
 
     def _drain(self, sock: zmq.Socket, trusted: bool) -> None:
         while not self.stopping:
@@ -171,16 +291,21 @@ class Executor:
             self._reply(sock, identity, P.RESULT, rid=msg.get("rid"), **result)
         elif kind == P.GRANT and trusted:
             self.tokens[msg["token"]] = list(msg.get("cpus") or sorted(os.sched_getaffinity(0)))
-            self._reply(sock, identity, P.OK, rid=msg.get("rid"))
+            self._rma_cpus = self.tokens[msg["token"]]
+            rma = self._rma_open(msg.get("fabric"))
+            self._reply(sock, identity, P.OK, rid=msg.get("rid"), **({"rma": rma} if rma else {}))
         elif kind == P.LEASE_END and trusted:
             token = msg.get("token")
             self.tokens.pop(token, None)
+            self._rma_end(token, str(msg.get("reason", "lease ended")))
             for peer, t in list(self.hot_peers.items()):
                 if t == token:
                     self._reply(self.hot, peer, P.LEASE_ENDED, reason=msg.get("reason", "lease ended"))
                     del self.hot_peers[peer]
             self._reply(sock, identity, P.OK, rid=msg.get("rid"))
         elif kind == P.PING:
+            if not trusted and msg.get("token") in self.tokens:
+                self.hot_peers[identity] = msg["token"]  # an RMA client: it gets LEASE_ENDED here
             self._reply(sock, identity, P.OK, rid=msg.get("rid"), pong=True)
         else:
             raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"an executor does not take {kind!r}")

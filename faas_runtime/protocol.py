@@ -54,6 +54,10 @@ ERROR = "error"
 #   -> state pending/ready/ended/failed, and once ready endpoint, token, cpus; LEASE_RELEASE.
 # co-scheduler -> agent: LEASE_START (lease_id, token, slot, the RUN fields), LEASE_END.
 # agent -> co-scheduler: LEASE_READY (lease_id, endpoint), LEASE_FAILED, LEASE_ENDED (reason).
+# RMA hot path (optional fields): LEASE and LEASE_START ``fabric`` = {provider, domain} (the
+# client asks); agent -> executor GRANT ``fabric`` (what to open); the executor's OK, then
+# LEASE_READY and LEASE_STATUS ``rma`` = {control, provider} (where to FABRIC_ATTACH, with
+# ``token``). A hot client PINGs the executor's hot socket with its token to get LEASE_ENDED.
 LEASE = "lease"
 LEASE_RELEASE = "lease-release"
 LEASE_STATUS = "lease-status"

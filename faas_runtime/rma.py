@@ -23,7 +23,13 @@ in C, see ``csrc/fabric.c``).
 
 Header (32 bytes, little endian): length u64, bulk address u64, bulk key u64,
 flags u32, seq u32. Flags: 1 = bulk (payload/result lies at address/key),
-2 = error (the result is the error text, UTF-8).
+2 = error (the result is the error text, UTF-8), 4 = ended (with 2: the lease of this
+slot ended; the text says why).
+
+Leases (the warm executor, ``faas_runtime.executor``): ``authorize(attach_msg)`` checks
+each FABRIC_ATTACH (the lease token) and returns the lease's tag, or raises
+``ProtocolError`` to refuse it; :meth:`RmaExecutor.end` (any thread) ends every slot of a
+tag, and later requests in those slots are answered with the "ended" flag.
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ HEADER = struct.Struct("<QQQII")
 HSIZE = HEADER.size  # 32
 F_BULK = 1
 F_ERROR = 2
+F_ENDED = 4
 DEFAULT_SLOT_SIZE = 64 * 1024
 DEFAULT_SLOTS = 16
 EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR = 0, 1, 2, 3
@@ -65,6 +72,22 @@ class ExecutorLost(FabricError):
     """The executor did not answer (killed, revoked or unreachable)."""
 
 
+class RmaLeaseEnded(RuntimeError):
+    """The executor ended this client's lease (released, expired or revoked)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AttachRefused(RuntimeError):
+    """The executor refused FABRIC_ATTACH (e.g. no valid lease token); ``code`` is its error code."""
+
+    def __init__(self, message: str, code: str = ""):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class _Slot:
     peer: int
@@ -73,6 +96,8 @@ class _Slot:
     result_size: int
     identity: bytes
     staged: Optional[MemoryRegion] = None  # a bulk result waiting for the client's read
+    tag: Any = None  # what ``authorize`` returned (the lease token)
+    ended: Optional[str] = None  # why the lease of this slot ended; requests get F_ENDED
 
 
 class RmaExecutor:
@@ -83,7 +108,7 @@ class RmaExecutor:
 
     def __init__(self, handler: Handler, control: str, config: Optional[FabricConfig] = None,
                  slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
-                 ctx: Optional[zmq.Context] = None):
+                 ctx: Optional[zmq.Context] = None, authorize: Optional[Callable[[dict], Any]] = None):
         if slot_size < HSIZE + 64 or slots < 1 or slots > 0xFFFF:
             raise ValueError("slot_size >= 96 bytes and 1 <= slots <= 65535")
         self.handler = handler
@@ -107,6 +132,8 @@ class RmaExecutor:
         self.control = control
         self._stop = False
         self.served = 0
+        self.authorize = authorize
+        self._ends: list[tuple[Any, str]] = []  # (tag, reason) from other threads; list ops are atomic
 
     # -- control channel ------------------------------------------------------
     def _control(self) -> None:
@@ -134,13 +161,14 @@ class RmaExecutor:
                 return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_INVALID,
                                        message=f"executor runs provider {self.ep.provider!r}, "
                                                f"client {msg.get('provider')!r}")
+            tag = self.authorize(msg) if self.authorize is not None else None  # ProtocolError: refused
             free = next((i for i in range(self.slots) if i not in self._leases), None)
             if free is None:
                 return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_NOT_READY,
                                        message=f"all {self.slots} request slots are leased")
             peer = self.ep.insert(msg["name"])
             res = msg["result"]
-            self._leases[free] = _Slot(peer, res["addr"], res["key"], res["size"], ident)
+            self._leases[free] = _Slot(peer, res["addr"], res["key"], res["size"], ident, tag=tag)
             return protocol.encode(protocol.OK, rid=rid, name=self.ep.name, slot=free,
                                    slot_size=self.slot_size,
                                    ring={"addr": self.ring.base + free * self.slot_size, "key": self.ring.key})
@@ -151,6 +179,23 @@ class RmaExecutor:
             return protocol.encode(protocol.OK, rid=rid, served=self.served, leases=len(self._leases))
         return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_UNKNOWN_TYPE,
                                message=f"unknown type {msg['type']!r}")
+
+    def end(self, tag: Any, reason: str) -> None:
+        """End every slot leased under ``tag`` (thread-safe; applied by the serving loop,
+        or by the next :meth:`apply_ends` of the thread that owns this executor)."""
+        self._ends.append((tag, reason))
+
+    def apply_ends(self) -> None:
+        while self._ends:
+            tag, reason = self._ends.pop(0)
+            for lease in self._leases.values():
+                if lease.tag == tag and lease.ended is None:
+                    lease.ended = reason
+
+    @property
+    def leased(self) -> int:
+        """Slots attached and not ended."""
+        return sum(1 for lease in self._leases.values() if lease.ended is None)
 
     def _release(self, slot: int) -> None:
         lease = self._leases.pop(slot, None)
@@ -172,7 +217,11 @@ class RmaExecutor:
             lease.staged = None
         base = slot * self.slot_size
         length, baddr, bkey, flags, seq = HEADER.unpack_from(self._ring_view, base)
+        if lease.ended is None and self._ends:
+            self.apply_ends()
         try:
+            if lease.ended is not None:
+                raise _Ended(lease.ended)
             if flags & F_BULK:
                 payload = self._read_bulk(lease, length, baddr, bkey)
             else:
@@ -183,6 +232,12 @@ class RmaExecutor:
             rflags = 0
         except FabricError:
             raise
+        except _Ended as exc:
+            result = str(exc).encode()
+            rflags = F_ERROR | F_ENDED
+        except HandlerError as exc:  # the handler's own error text
+            result = exc.text.encode()
+            rflags = F_ERROR
         except Exception as exc:  # the function's failure is a result
             result = f"{type(exc).__name__}: {exc}".encode()
             rflags = F_ERROR
@@ -205,7 +260,9 @@ class RmaExecutor:
         self.ep.read(self.scratch, 0, length, lease.peer, addr, key, timeout=30.0)
         return self.scratch.view[:length]
 
-    def serve(self, poll: float = 0.01) -> None:
+    def serve(self, poll: float = 0.01, until_idle: bool = False) -> None:
+        """Serve until :meth:`stop`; with ``until_idle``, also return once no slot is
+        attached and live (the caller then owns the control socket again)."""
         lib, h, ev = self.lib, self.ep._h, self.ffi.new("struct ff_event *")
         poll_us = int(poll * 1e6)
         reply: Optional[tuple[int, int, int, _Slot, int]] = None
@@ -243,6 +300,9 @@ class RmaExecutor:
             if kind == EV_NONE or now - last_control > poll:
                 last_control = now
                 self._control()
+                self.apply_ends()
+                if until_idle and reply is None and not self.leased:
+                    return
 
     def stop(self) -> None:
         self._stop = True
@@ -261,6 +321,18 @@ class RmaExecutor:
         self.close()
 
 
+class _Ended(Exception):
+    pass
+
+
+class HandlerError(Exception):
+    """Raised by a handler to fail the call with exactly ``text`` as the error."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
 class RmaClient:
     """Invoke a leased RMA executor: ``invoke(payload) -> bytes-like``.
 
@@ -268,7 +340,9 @@ class RmaClient:
     endpoint, its request staging buffer and its result buffer."""
 
     def __init__(self, control: str, config: Optional[FabricConfig] = None, timeout: float = 30.0,
-                 result_size: int = DEFAULT_SLOT_SIZE, ctx: Optional[zmq.Context] = None):
+                 result_size: int = DEFAULT_SLOT_SIZE, ctx: Optional[zmq.Context] = None,
+                 attach: Optional[dict] = None):
+        """``attach``: extra FABRIC_ATTACH fields (a leased executor wants ``token``)."""
         self.timeout = timeout
         self.ep = Endpoint(config or FabricConfig.from_env())
         self.ffi, self.lib = load()
@@ -280,7 +354,7 @@ class RmaClient:
         self._rview = self.result.view
         try:
             rep = self._request(protocol.FABRIC_ATTACH, provider=self.ep.provider, name=self.ep.name,
-                                result=self.result.descriptor())
+                                result=self.result.descriptor(), **(attach or {}))
         except Exception:
             self._rview.release()
             self.sock.close(0)
@@ -302,10 +376,14 @@ class RmaClient:
             raise ExecutorLost(110, "no answer on the control channel", msg_type)
         msg = protocol.decode(self.sock.recv())
         if msg["type"] == protocol.ERROR:
-            raise RuntimeError(f"{msg_type}: {msg.get('code')}: {msg.get('message')}")
+            raise AttachRefused(f"{msg_type}: {msg.get('code')}: {msg.get('message')}", str(msg.get("code")))
         return msg
 
-    def invoke(self, payload: Any = b"") -> Any:
+    def invoke(self, payload: Any = b"", timeout: Optional[float] = None,
+               check: Optional[Callable[[], None]] = None, slice_s: float = 0.01) -> Any:
+        """One invocation. ``timeout`` overrides the client's. With ``check``, the wait for
+        the result is cut into ``slice_s`` slices and ``check()`` runs between them (it
+        may raise to abandon the call; the client is then broken)."""
         if self.broken is not None:
             raise ExecutorLost(107, "this client lost its executor", str(self.broken))
         pview = memoryview(payload).cast("B")
@@ -321,10 +399,14 @@ class RmaClient:
             bulk = self.ep.register(payload)  # no copy: the executor reads it in place
             HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, self._seq)
             length = HSIZE
+        timeout = self.timeout if timeout is None else timeout
         try:
-            rc = self.lib.ff_call(self.ep._h, self.req._h, 0, length, self.peer, self.ring_addr,
-                                  self.ring_key, imm, imm, self._ev, int(self.timeout * 1e6))
-            self._raise_on(rc)
+            if check is None:
+                rc = self.lib.ff_call(self.ep._h, self.req._h, 0, length, self.peer, self.ring_addr,
+                                      self.ring_key, imm, imm, self._ev, int(timeout * 1e6))
+            else:
+                rc = self._call_sliced(length, imm, timeout, check, slice_s)
+            self._raise_on(rc, timeout)
             rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
             if flags & F_BULK:
                 out = bytearray(rlen)
@@ -336,10 +418,33 @@ class RmaClient:
             if bulk is not None:
                 bulk.close()
         if flags & F_ERROR:
-            raise RemoteFunctionError(bytes(out).decode(errors="replace"))
+            text = bytes(out).decode(errors="replace")
+            if flags & F_ENDED:
+                self.broken = RmaLeaseEnded(text)
+                raise RmaLeaseEnded(text)
+            raise RemoteFunctionError(text)
         return out
 
-    def _raise_on(self, rc: int) -> None:
+    def _call_sliced(self, length: int, imm: int, timeout: float, check: Callable[[], None],
+                     slice_s: float) -> int:
+        lib, h, ev = self.lib, self.ep._h, self._ev
+        deadline = time.monotonic() + timeout
+        rc = lib.ff_write(h, self.req._h, 0, length, self.peer, self.ring_addr, self.ring_key, 1, imm,
+                          int(timeout * 1e6))
+        if rc != 0:
+            return rc
+        while True:
+            left = deadline - time.monotonic()
+            rc = lib.ff_wait_match(h, imm, ev, int(max(0.0, min(slice_s, left)) * 1e6))
+            if rc != 0 or ev.kind != EV_NONE or left <= 0:
+                return rc
+            try:
+                check()
+            except BaseException as exc:
+                self.broken = exc  # the reply may still land: this client is done
+                raise
+
+    def _raise_on(self, rc: int, timeout: Optional[float] = None) -> None:
         ev = self._ev
         if rc == 0 and ev.kind == EV_DATA:
             return
@@ -348,7 +453,7 @@ class RmaClient:
             if rc != 0:
                 _check(rc, self.ep._h)
             if ev.kind == EV_NONE:
-                raise ExecutorLost(110, "no result before the timeout", f"{self.timeout} s")
+                raise ExecutorLost(110, "no result before the timeout", f"{self.timeout if timeout is None else timeout} s")
             raise ExecutorLost(int(ev.err), self.ep.strerror(int(ev.err)), "completion error")
         except FabricError as exc:
             self.broken = exc

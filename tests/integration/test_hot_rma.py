@@ -1,0 +1,199 @@
+"""Hot invocations over libfabric RMA (issue 6): the same client API as the ZeroMQ hot path,
+selected by configuration. Against the real cluster: identical results over ZeroMQ and RMA
+(tcp, shm), revoke during RMA calls -> LeaseEnded, fabric off -> ZeroMQ. With an agent driven
+step by step: the RMA attach checks the lease token, the RMA loop runs in the confined
+executor process, LEASE_END ends RMA calls, an agent whose fabric is off offers ZeroMQ alone.
+"""
+import json
+import os
+import threading
+
+import pytest
+
+from faas_runtime import fabric
+from faas_runtime.client import FunctionError, LeaseEnded, LeaseUnavailable, lease
+from tests.conftest import missing
+
+from .helpers import FUNCTIONS, run, sbatch, wait_until
+from .runtime_fixtures import harness  # noqa: F401  (fixture)
+
+PROVIDERS = ["tcp", "shm"]
+OFF = fabric.FabricConfig("off")
+
+
+def config(provider: str) -> fabric.FabricConfig:
+    return fabric.FabricConfig(provider, "lo" if provider == "tcp" else "")
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request):
+    if not fabric.available():
+        missing("the libfabric binding is not built (apt-get install libfabric-dev; pip install -e .)")
+    try:
+        fabric.Endpoint(config(request.param)).close()
+    except fabric.FabricError as exc:
+        missing(f"provider {request.param} unusable here: {exc}")
+    return request.param
+
+
+def _lease(cluster, name, fab, **kw):
+    return lease(name, endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket), fabric=fab,
+                 **kw)
+
+
+@pytest.fixture
+def rma_functions(client):
+    for name, ep in (("rma-echo", "runtime_probe:echo"), ("rma-sleep", "runtime_probe:sleep"),
+                     ("rma-who", "runtime_probe:whoami"), ("rma-boom", "probe:boom")):
+        client.register(name=name, entrypoint=ep, code_dir=str(FUNCTIONS), cores=1, mem_mb=128, timeout_s=30)
+    return client
+
+
+def _slot_of(client, job):
+    return wait_until(f"slot of job {job}", lambda: next(
+        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None), timeout_s=60)
+
+
+def _session(cluster, fab):
+    """The same calls, whatever the transport; returns what they gave."""
+    out = {}
+    with _lease(cluster, "rma-echo", fab) as echo:
+        out["transport"] = echo.transport
+        out["small"] = echo.call({"a": [1, 2], "s": "é"})
+        out["none"] = echo.call(None)
+        big = "x" * (1 << 20)  # above the RMA slot: the executor reads it, the client reads the result
+        out["big"] = echo.call(big) == big
+        out["async"] = [p.result(timeout_s=30) for p in [echo.submit(n) for n in range(20)]]
+        out["json_text"] = echo.call_json('{"k": [true, null, 1.5]}')
+    with _lease(cluster, "rma-boom", fab) as boom:
+        with pytest.raises(FunctionError) as info:
+            boom.call(7)
+        out["error"] = str(info.value)
+        out["traceback"] = "boom" in (info.value.remote_traceback or "")
+    with _lease(cluster, "rma-who", fab) as who:
+        v = who.call("hi")
+        out["who"] = (v["echo"], v["uid"], set(v["cpus"]) <= set(who.cpus), "slurm-faas-" in v["cgroup"])
+    return out
+
+
+def test_same_calls_same_results_over_zeromq_and_rma(cluster, rma_functions, jobs, provider):
+    jobs.append(sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 300"))
+    _slot_of(rma_functions, jobs[-1])
+    over_zmq = _session(cluster, OFF)
+    over_rma = _session(cluster, config(provider))
+    assert over_zmq.pop("transport") == "zmq"
+    assert over_rma.pop("transport") == "rma"
+    assert over_rma == over_zmq
+    assert over_rma["error"] == "RuntimeError: boom 7" and over_rma["traceback"]
+
+
+def test_rma_runs_in_the_confined_executor_and_checks_the_token(cluster, rma_functions, jobs, provider):
+    from faas_runtime.rma import AttachRefused, RmaClient
+
+    jobs.append(sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 300"))
+    _slot_of(rma_functions, jobs[-1])
+    with _lease(cluster, "rma-who", config(provider)) as who:
+        assert who.transport == "rma" and who.rma["control"].startswith("tcp://")
+        over_rma = who.call(1)
+        # the same process answers over ZeroMQ: the RMA loop is a thread of the executor
+        rma_client, who._rma = who._rma, None
+        over_zmq = who.call(2)
+        who._rma = rma_client
+        assert over_rma["pid"] == over_zmq["pid"] and over_rma["cgroup"] == over_zmq["cgroup"]
+        assert "slurm-faas-" in over_rma["cgroup"]
+        for attach in ({}, {"token": "not-the-token"}, {"token": None}):  # no token, no attach
+            with pytest.raises(AttachRefused) as info:
+                RmaClient(who.rma["control"], config(provider), timeout=20, attach=attach)
+            assert info.value.code == "lease"
+        assert who.call(3)["echo"] == 3
+
+
+def test_revoke_during_rma_calls_ends_them_with_lease_ended(cluster, rma_functions, jobs, provider):
+    job = sbatch(cluster, "-N1", "-c4", "--faas-share=cores=1", "--wrap", "sleep 300")
+    jobs.append(job)
+    slot_id = _slot_of(rma_functions, job)["slot_id"]
+
+    def lease_on_this_job():
+        try:
+            got = _lease(cluster, "rma-sleep", config(provider), duration_s=120, timeout_s=10)
+        except LeaseUnavailable:
+            return None
+        if got.slot_id != slot_id:
+            got.release()
+            return None
+        return got
+
+    held = wait_until("a lease on the job's core", lease_on_this_job, timeout_s=60, interval_s=0.5)
+    try:
+        assert held.transport == "rma"
+        assert held.call(0.05)["job"] == str(job)
+        cancel = threading.Timer(1.0, lambda: run(cluster, "scancel", str(job)))
+        cancel.start()
+        try:
+            with pytest.raises(LeaseEnded) as info:
+                held.call(60, timeout_s=45)  # in flight over RMA when the job ends
+        finally:
+            cancel.join()
+        assert "revoked" in info.value.reason or "stopped" in info.value.reason
+        with pytest.raises(LeaseEnded):
+            held.call(0.01, timeout_s=5)
+        with pytest.raises(LeaseEnded):
+            held.submit(0.01).result(timeout_s=5)
+    finally:
+        held.release()
+
+
+def test_fabric_off_stays_on_zeromq(cluster, rma_functions, jobs):
+    jobs.append(sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 300"))
+    _slot_of(rma_functions, jobs[-1])
+    with _lease(cluster, "rma-echo", OFF) as echo:
+        assert echo.transport == "zmq" and echo.rma is None
+        assert echo.call({"x": 1}) == {"x": 1}
+    old = os.environ.get("FAAS_FABRIC")
+    os.environ["FAAS_FABRIC"] = "off"  # the configuration the client reads by default
+    try:
+        with lease("rma-echo", endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket)) as e:
+            assert e.transport == "zmq" and e.call([1]) == [1]
+    finally:
+        os.environ.pop("FAAS_FABRIC") if old is None else os.environ.__setitem__("FAAS_FABRIC", old)
+
+
+# -- an agent driven step by step (real executors, real cgroups), no cluster --------------
+
+def _harness_lease(h, slot, entrypoint, fab):
+    from faas_runtime import protocol as P
+    from faas_runtime.client import HotLease
+
+    lease_id, token = f"t-{os.urandom(3).hex()}", os.urandom(16).hex()
+    s = h.agent.slots[slot]
+    msg = {"v": P.VERSION, "type": P.LEASE_START, "lease_id": lease_id, "token": token, "slot_id": slot,
+           "job_id": s.job_id, "os_cpus": sorted(set(s.record["os_cpus"])), "mem_mb": 128, "uid": 0, "gid": 0,
+           "entrypoint": entrypoint, "code_dir": str(FUNCTIONS), "image": None, "runtime": None, "duration_s": 600}
+    if fab is not None and fab.enabled:
+        msg["fabric"] = {"provider": fab.provider, "domain": fab.domain}
+    h.agent._dispatch(msg)
+    ready = wait_until("LEASE_READY", lambda: h.step() or next(
+        (f for k, f in h.sent if k == P.LEASE_READY and f["lease_id"] == lease_id), None), timeout_s=60)
+    return lease_id, HotLease(None, lease_id, ready["endpoint"], token, msg["os_cpus"], rma=ready.get("rma"),
+                              fabric=fab)
+
+
+def test_lease_end_ends_rma_calls_and_an_agent_with_fabric_off_offers_zeromq(harness, provider):
+    h = harness(cgroups=False)
+    slot = h.lend(3, [sorted(os.sched_getaffinity(0))[-1]])
+    lease_id, hot = _harness_lease(h, slot, "runtime_probe:echo", config(provider))
+    try:
+        assert hot.transport == "rma" and hot.call({"a": 1}) == {"a": 1}
+        h.agent._lease_end(lease_id, "released by the client")
+        for _ in range(5):
+            h.step()
+        with pytest.raises(LeaseEnded, match="released by the client"):
+            hot.call(1, timeout_s=20)
+    finally:
+        hot.release()
+    h.agent.fabric = fabric.FabricConfig("off")
+    lease_id, hot = _harness_lease(h, slot, "runtime_probe:echo", config(provider))
+    try:
+        assert hot.rma is None and hot.transport == "zmq" and hot.call(json.loads("[2]")) == [2]
+    finally:
+        hot.release()
