@@ -113,10 +113,19 @@ class MemoryServer:
             self.region.close()
             self.region = None
         if self._map is not None:
-            self._map.close()
-            self._map = None
+            # Give the pages back to the batch job now, but keep the mapping until close():
+            # on shm a transfer already in flight may still touch these addresses after the
+            # deregistration, and must read zeros (epoch 0 = revoked), not fault.
+            # MADV_REMOVE frees a shared mapping's backing pages (DONTNEED would only unmap
+            # them from this process and keep the data).
+            self._map.madvise(mmap.MADV_REMOVE)
         self._start_progress()
         log.info("remote memory revoked: %d bytes released", self.size)
+
+    def _release_memory(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
     def handle(self, timeout_ms: int = 100) -> None:
         """Answer control requests arriving within ``timeout_ms``."""
@@ -160,6 +169,7 @@ class MemoryServer:
         self._stop_progress()
         self.sock.close(0)
         self.ep.close()
+        self._release_memory()
 
     def __enter__(self) -> "MemoryServer":
         return self
