@@ -53,3 +53,28 @@ def node_states(cluster) -> dict[str, str]:
 
 def lend_record(cluster, job_id: int, node: str) -> Path:
     return cluster.spool / node / f"{job_id}.json"
+
+
+def lease_for(cluster, name: str, **kw):
+    """A hot-path lease of function ``name`` from this cluster's co-scheduler."""
+    from faas_runtime.client import lease
+
+    return lease(name, endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket), **kw)
+
+
+def lease_on_slot(cluster, name: str, slot_id: str, **kw):
+    """Lease ``name`` until the lease lands on ``slot_id``: work other tests left queued may
+    hold the core for a moment, or other jobs' slots may be offered first."""
+    from faas_runtime.client import LeaseUnavailable
+
+    def attempt():
+        try:
+            got = lease_for(cluster, name, duration_s=120, timeout_s=10, **kw)
+        except LeaseUnavailable:
+            return None
+        if got.slot_id != slot_id:
+            got.release()
+            return None
+        return got
+
+    return wait_until(f"a lease on slot {slot_id}", attempt, timeout_s=60, interval_s=0.5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import queue
-import logging
 import multiprocessing
 import os
 import signal
@@ -41,13 +40,21 @@ def env_for(provider: str) -> dict[str, str]:
                 PYTHONPATH=str(HERE.parents[1]))
 
 
+def _die_with_parent() -> None:
+    """Spawned test workers busy-poll; if pytest dies they must not spin on (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 class Proc:
     """A child serving process that writes its control address to a ready file."""
 
     def __init__(self, argv: list[str], provider: str, tmp: Path):
         ready = tmp / f"ready-{os.getpid()}-{time.monotonic_ns()}"
         self.p = subprocess.Popen([sys.executable, "-m", *argv, "--ready-file", str(ready)],
-                                  env=env_for(provider), stderr=subprocess.PIPE, text=True)
+                                  env=env_for(provider), stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=_die_with_parent)
         deadline = time.monotonic() + TIMEOUT
         while not ready.exists():
             if self.p.poll() is not None:
@@ -98,6 +105,7 @@ def test_payloads_and_results_are_byte_exact(provider, executor):
 
 
 def _client_worker(control, provider, index, rounds, out):
+    _die_with_parent()
     from faas_runtime.rma import RmaClient
     try:
         with RmaClient(control, config(provider), timeout=TIMEOUT) as client:
@@ -152,6 +160,7 @@ def test_executor_killed_mid_call_gives_typed_error(provider, tmp_path):
 
 
 def _doomed_client(control, provider, started):
+    _die_with_parent()
     from faas_runtime.rma import RmaClient
     client = RmaClient(control, config(provider), timeout=TIMEOUT)
     started.set()
@@ -179,6 +188,7 @@ def test_client_killed_mid_call_leaves_executor_serving(provider, tmp_path):
 
 # -- remote memory -------------------------------------------------------------------
 def _memory_reader(control, provider, out, stop_after_revoked):
+    _die_with_parent()
     from faas_runtime.remote_memory import RemoteMemory, RemoteMemoryRevoked
     before = fabric.registrations()
     try:

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from faas_runtime.client import CallTimeout, FunctionError, LeaseEnded, LeaseUnavailable, lease
+from faas_runtime.client import CallTimeout, FunctionError, LeaseEnded, LeaseUnavailable
 
-from .helpers import FUNCTIONS, run, sbatch, wait_until
+from .helpers import FUNCTIONS, lease_for, lease_on_slot, run, sbatch, wait_until
 
 
 def _slot_of(client, job):
@@ -15,8 +15,7 @@ def _slot_of(client, job):
         (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None))
 
 
-def _lease(cluster, name, **kw):
-    return lease(name, endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket), **kw)
+_lease = lease_for
 
 
 @pytest.fixture
@@ -58,19 +57,7 @@ def test_a_lease_holds_its_cores_and_ends_with_a_typed_error_on_revoke(cluster, 
     jobs.append(job)
     slot_id = _slot_of(hot_functions, job)["slot_id"]
 
-    def lease_on_this_job():
-        # Work other tests left queued may hold the core for a moment, or other jobs' slots
-        # may be offered first: retry until the lease holds this job's core.
-        try:
-            got = _lease(cluster, "hot-sleep", duration_s=120, timeout_s=10)
-        except LeaseUnavailable:
-            return None
-        if got.slot_id != slot_id:
-            got.release()
-            return None
-        return got
-
-    held = wait_until("a lease on the job's core", lease_on_this_job, timeout_s=60, interval_s=0.5)
+    held = lease_on_slot(cluster, "hot-sleep", slot_id)
     try:
         # the job's only lent core is leased: neither queued work nor a second lease gets it
         # (other tests' jobs may still lend elsewhere for a moment: only this slot is checked)

@@ -11,10 +11,10 @@ import threading
 import pytest
 
 from faas_runtime import fabric
-from faas_runtime.client import FunctionError, LeaseEnded, LeaseUnavailable, lease
+from faas_runtime.client import FunctionError, LeaseEnded, lease
 from tests.conftest import missing
 
-from .helpers import FUNCTIONS, run, sbatch, wait_until
+from .helpers import FUNCTIONS, lease_for, lease_on_slot, run, sbatch, wait_until
 from .runtime_fixtures import harness  # noqa: F401  (fixture)
 
 PROVIDERS = ["tcp", "shm"]
@@ -37,8 +37,7 @@ def provider(request):
 
 
 def _lease(cluster, name, fab, **kw):
-    return lease(name, endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket), fabric=fab,
-                 **kw)
+    return lease_for(cluster, name, fabric=fab, **kw)
 
 
 @pytest.fixture
@@ -113,17 +112,7 @@ def test_revoke_during_rma_calls_ends_them_with_lease_ended(cluster, rma_functio
     jobs.append(job)
     slot_id = _slot_of(rma_functions, job)["slot_id"]
 
-    def lease_on_this_job():
-        try:
-            got = _lease(cluster, "rma-sleep", config(provider), duration_s=120, timeout_s=10)
-        except LeaseUnavailable:
-            return None
-        if got.slot_id != slot_id:
-            got.release()
-            return None
-        return got
-
-    held = wait_until("a lease on the job's core", lease_on_this_job, timeout_s=60, interval_s=0.5)
+    held = lease_on_slot(cluster, "rma-sleep", slot_id, fabric=config(provider))
     try:
         assert held.transport == "rma"
         assert held.call(0.05)["job"] == str(job)
