@@ -17,8 +17,8 @@ Parts, all in one run:
              (1000 per request); sustained = N / (last SUCCEEDED - first submit), the
              last SUCCEEDED read from the invocations' history (the client polls for the
              end every 0.2 s).
-  real agent the dev cluster's own co-scheduler and agents (one Python process spawned per
-             invocation): throughput of 200 no-ops on 4 lent cores, and submit-to-start
+  real agent the dev cluster's own co-scheduler and agents (warm executors, at most one
+             invocation each, in their cgroups): throughput of 200 no-ops on 4 lent cores, and submit-to-start
              latency (QUEUED -> RUNNING in the invocation's history) of 30 invocations
              submitted one at a time on an idle slot.
 """
@@ -317,7 +317,7 @@ def main() -> None:
                   f"sustained end to end {r['sustained']:,.0f}/s ({r['elapsed']:.1f} s)")
         subprocess.run(["scancel", *map(str, jobs)], env=env, capture_output=True)
         r = real_agent_run(cluster, args.real_n, args.latency_n)
-        print(f"real agent (one process per invocation, 4 lent cores on a 2-CPU machine): {r['rate']:,.1f}/s "
+        print(f"real agent (warm executors on 4 lent cores of a 2-CPU machine): {r['rate']:,.1f}/s "
               f"over {r['n']}; submit-to-start on an idle slot p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
               f"({args.latency_n} samples)")
     finally:
