@@ -17,6 +17,7 @@ version (CurveZMQ is the planned upgrade).
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 from typing import Any
 
@@ -157,3 +158,27 @@ def configure(sock: zmq.Socket) -> zmq.Socket:
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     return sock
+
+
+def answer_pending(sock: zmq.Socket, answer) -> None:
+    """Answer every request waiting on a ROUTER socket, without blocking.
+
+    ``answer(identity, msg) -> reply frame``; a malformed request gets a typed ERROR reply
+    and an exception in ``answer`` an ``internal`` one, so a bad client never stops the
+    server (the fabric executors' and the memory server's control channels).
+    """
+    while True:
+        try:
+            ident, frame = sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        except ValueError:
+            continue  # not [identity, frame]
+        try:
+            reply = answer(ident, decode(frame))
+        except ProtocolError as exc:
+            reply = encode(ERROR, code=exc.code, message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - reported to the client and logged
+            logging.getLogger("faas.protocol").exception("control request failed")
+            reply = encode(ERROR, code=E_INTERNAL, message=str(exc))
+        sock.send_multipart([ident, reply])

@@ -129,21 +129,8 @@ class MemoryServer:
 
     def handle(self, timeout_ms: int = 100) -> None:
         """Answer control requests arriving within ``timeout_ms``."""
-        if not self.sock.poll(timeout_ms):
-            return
-        while True:
-            try:
-                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                msg = protocol.decode(frame)
-                reply = self._answer(msg)
-            except protocol.ProtocolError as exc:
-                reply = protocol.encode(protocol.ERROR, code=exc.code, message=str(exc))
-            self.sock.send_multipart([ident, reply])
+        if self.sock.poll(timeout_ms):
+            protocol.answer_pending(self.sock, lambda _ident, msg: self._answer(msg))
 
     def _answer(self, msg: dict) -> bytes:
         rid = msg.get("rid")

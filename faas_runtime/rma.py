@@ -137,22 +137,7 @@ class RmaExecutor:
 
     # -- control channel ------------------------------------------------------
     def _control(self) -> None:
-        while True:
-            try:
-                ident, frame = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue
-            try:
-                msg = protocol.decode(frame)
-                reply = self._handle_control(ident, msg)
-            except protocol.ProtocolError as exc:
-                reply = protocol.encode(protocol.ERROR, code=exc.code, message=str(exc))
-            except Exception as exc:  # a bad request must not stop the executor
-                log.exception("control request failed")
-                reply = protocol.encode(protocol.ERROR, code=protocol.E_INTERNAL, message=str(exc))
-            self.sock.send_multipart([ident, reply])
+        protocol.answer_pending(self.sock, self._handle_control)
 
     def _handle_control(self, ident: bytes, msg: dict) -> bytes:
         rid = msg.get("rid")
