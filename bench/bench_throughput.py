@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import glob
-import json
 import multiprocessing as mp
 import os
 import shutil

@@ -151,7 +151,6 @@ class Agent:
     executors: dict[str, Executor] = field(default_factory=dict)
     stop_requested: bool = False
     welcomed: bool = False
-    _seen: dict[str, int] = field(default_factory=dict)  # record path -> mtime_ns
 
     def __post_init__(self) -> None:
         self.node_spool = self.spool / self.node

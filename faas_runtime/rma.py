@@ -48,7 +48,7 @@ from typing import Any, Callable, Optional
 import zmq
 
 from faas_runtime import protocol
-from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, FabricTimeout, MemoryRegion, load)
+from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, MemoryRegion, load)
 
 log = logging.getLogger("faas.rma")
 

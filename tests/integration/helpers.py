@@ -78,3 +78,18 @@ def lease_on_slot(cluster, name: str, slot_id: str, **kw):
         return got
 
     return wait_until(f"a lease on slot {slot_id}", attempt, timeout_s=60, interval_s=0.5)
+
+
+def active_slot(client, job: int, timeout_s: float = 20.0) -> dict:
+    """The ACTIVE slot a job lends, once the co-scheduler has it."""
+    return wait_until(f"slot of job {job}", lambda: next(
+        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None), timeout_s=timeout_s)
+
+
+def register_runtime_probes(client, prefix: str):
+    """Register the runtime probe functions as <prefix>-echo, -sleep, -who and -boom."""
+    for name, ep in (("echo", "runtime_probe:echo"), ("sleep", "runtime_probe:sleep"),
+                     ("who", "runtime_probe:whoami"), ("boom", "probe:boom")):
+        client.register(name=f"{prefix}-{name}", entrypoint=ep, code_dir=str(FUNCTIONS), cores=1, mem_mb=128,
+                        timeout_s=30)
+    return client

@@ -4,18 +4,13 @@ import time
 
 from coscheduler.states import State
 
-from .helpers import job_state, run, sbatch, wait_until
-
-
-def _slot_of(client, job):
-    return wait_until(f"slot of job {job}", lambda: next(
-        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None))
+from .helpers import active_slot, job_state, run, sbatch, wait_until
 
 
 def test_twenty_invocations_run_on_the_lent_cpus(cluster, probe, jobs):
     job = sbatch(cluster, "-N1", "-c8", "--mem=8G", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
-    slot = _slot_of(probe, job)
+    slot = active_slot(probe, job)
     assert slot["slurm_cpus"] == [6, 7]
     ids = [probe.invoke("square", json.dumps({"n": n})) for n in range(20)]
     finals = [probe.wait(i, timeout_s=60) for i in ids]
@@ -34,7 +29,7 @@ def test_twenty_invocations_run_on_the_lent_cpus(cluster, probe, jobs):
 def test_scancel_revokes_and_new_work_waits_for_another_lend(cluster, probe, jobs):
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
-    slot = _slot_of(probe, job)
+    slot = active_slot(probe, job)
     run(cluster, "scancel", str(job))
     t0 = time.monotonic()
     wait_until("slot revoked", lambda: any(s["slot_id"] == slot["slot_id"] and s["state"] == "REVOKED"
@@ -55,7 +50,7 @@ def test_scancel_revokes_and_new_work_waits_for_another_lend(cluster, probe, job
 def test_eviction_requeues_running_work(cluster, probe, jobs):
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
-    _slot_of(probe, job)
+    active_slot(probe, job)
     inv = probe.invoke("sleepy", json.dumps(3))
     wait_until("running", lambda: probe.status(inv)["state"] == State.RUNNING.value)
     run(cluster, "scancel", str(job))
@@ -71,7 +66,7 @@ def test_eviction_requeues_running_work(cluster, probe, jobs):
 def test_function_errors_are_reported(cluster, probe, jobs):
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 60")
     jobs.append(job)
-    _slot_of(probe, job)
+    active_slot(probe, job)
     final = probe.wait(probe.invoke("boom", json.dumps(1)), timeout_s=30)
     assert final["state"] == "FAILED"
     assert "RuntimeError: boom 1" in final["error"]
@@ -95,7 +90,7 @@ def _executor_pids(job_id: int) -> list[int]:
 def test_slurm_reconciliation_revokes_when_the_plugin_revoke_never_arrives(cluster, probe, jobs):
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
-    slot = _slot_of(probe, job)
+    slot = active_slot(probe, job)
     inv = probe.invoke("sleepy", json.dumps(60))
     wait_until("running", lambda: probe.status(inv)["state"] == State.RUNNING.value)
     assert _executor_pids(job)

@@ -7,55 +7,44 @@ import pytest
 
 from faas_runtime.client import CallTimeout, FunctionError, LeaseEnded, LeaseUnavailable
 
-from .helpers import FUNCTIONS, lease_for, lease_on_slot, run, sbatch, wait_until
-
-
-def _slot_of(client, job):
-    return wait_until(f"slot of job {job}", lambda: next(
-        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None))
-
-
-_lease = lease_for
+from .helpers import active_slot, lease_for, lease_on_slot, register_runtime_probes, run, sbatch
 
 
 @pytest.fixture
 def hot_functions(client):
-    for name, ep in (("hot-echo", "runtime_probe:echo"), ("hot-sleep", "runtime_probe:sleep"),
-                     ("hot-who", "runtime_probe:whoami"), ("hot-boom", "probe:boom")):
-        client.register(name=name, entrypoint=ep, code_dir=str(FUNCTIONS), cores=1, mem_mb=128, timeout_s=30)
-    return client
+    return register_runtime_probes(client, "hot")
 
 
 def test_hot_calls_sync_async_timeouts_and_errors(cluster, hot_functions, jobs):
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
-    slot = _slot_of(hot_functions, job)
-    with _lease(cluster, "hot-who") as who:
+    slot = active_slot(hot_functions, job)
+    with lease_for(cluster, "hot-who") as who:
         v = who.call("hi")
         assert v["echo"] == "hi" and set(v["cpus"]) <= set(slot["os_cpus"]) and v["cpus"] == who.cpus
         pid = v["pid"]
         assert who.call(None)["pid"] == pid  # the same warm executor answers every call
-    with _lease(cluster, "hot-echo") as echo:
+    with lease_for(cluster, "hot-echo") as echo:
         assert echo.call({"a": [1, 2]}) == {"a": [1, 2]}
         big = "x" * (1 << 20)
         assert echo.call(big) == big
         pending = [echo.submit(n) for n in range(20)]  # async: all sent before any is read
         assert [p.result(timeout_s=10) for p in reversed(pending)] == list(reversed(range(20)))
-    with _lease(cluster, "hot-sleep") as sleeper:
+    with lease_for(cluster, "hot-sleep") as sleeper:
         with pytest.raises(CallTimeout):
             sleeper.call(2, timeout_s=0.3)
         assert sleeper.call(0.1)["slept"] == 0.1  # the late reply of the timed-out call is skipped
-    with _lease(cluster, "hot-boom") as boom:
+    with lease_for(cluster, "hot-boom") as boom:
         with pytest.raises(FunctionError, match="RuntimeError: boom 7"):
             boom.call(7)
     with pytest.raises(LeaseUnavailable, match="no function"):
-        _lease(cluster, "no-such-function")
+        lease_for(cluster, "no-such-function")
 
 
 def test_a_lease_holds_its_cores_and_ends_with_a_typed_error_on_revoke(cluster, hot_functions, jobs):
     job = sbatch(cluster, "-N1", "-c4", "--faas-share=cores=1", "--wrap", "sleep 120")
     jobs.append(job)
-    slot_id = _slot_of(hot_functions, job)["slot_id"]
+    slot_id = active_slot(hot_functions, job)["slot_id"]
 
     held = lease_on_slot(cluster, "hot-sleep", slot_id)
     try:
@@ -63,7 +52,7 @@ def test_a_lease_holds_its_cores_and_ends_with_a_typed_error_on_revoke(cluster, 
         # (other tests' jobs may still lend elsewhere for a moment: only this slot is checked)
         inv = hot_functions.invoke("hot-echo", json.dumps("queued"))
         try:
-            second = _lease(cluster, "hot-echo", timeout_s=5)
+            second = lease_for(cluster, "hot-echo", timeout_s=5)
         except LeaseUnavailable as exc:
             assert "no lent capacity" in str(exc)
         else:

@@ -14,7 +14,7 @@ from faas_runtime import fabric
 from faas_runtime.client import FunctionError, LeaseEnded, lease
 from tests.conftest import missing
 
-from .helpers import FUNCTIONS, lease_for, lease_on_slot, run, sbatch, wait_until
+from .helpers import FUNCTIONS, active_slot, lease_for, lease_on_slot, register_runtime_probes, run, sbatch, wait_until
 from .runtime_fixtures import harness  # noqa: F401  (fixture)
 
 PROVIDERS = ["tcp", "shm"]
@@ -42,15 +42,7 @@ def _lease(cluster, name, fab, **kw):
 
 @pytest.fixture
 def rma_functions(client):
-    for name, ep in (("rma-echo", "runtime_probe:echo"), ("rma-sleep", "runtime_probe:sleep"),
-                     ("rma-who", "runtime_probe:whoami"), ("rma-boom", "probe:boom")):
-        client.register(name=name, entrypoint=ep, code_dir=str(FUNCTIONS), cores=1, mem_mb=128, timeout_s=30)
-    return client
-
-
-def _slot_of(client, job):
-    return wait_until(f"slot of job {job}", lambda: next(
-        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None), timeout_s=60)
+    return register_runtime_probes(client, "rma")
 
 
 def _session(cluster, fab):
@@ -77,7 +69,7 @@ def _session(cluster, fab):
 
 def test_same_calls_same_results_over_zeromq_and_rma(cluster, rma_functions, jobs, provider):
     jobs.append(sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 300"))
-    _slot_of(rma_functions, jobs[-1])
+    active_slot(rma_functions, jobs[-1], timeout_s=60)
     over_zmq = _session(cluster, OFF)
     over_rma = _session(cluster, config(provider))
     assert over_zmq.pop("transport") == "zmq"
@@ -90,7 +82,7 @@ def test_rma_runs_in_the_confined_executor_and_checks_the_token(cluster, rma_fun
     from faas_runtime.rma import AttachRefused, RmaClient
 
     jobs.append(sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 300"))
-    _slot_of(rma_functions, jobs[-1])
+    active_slot(rma_functions, jobs[-1], timeout_s=60)
     with _lease(cluster, "rma-who", config(provider)) as who:
         assert who.transport == "rma" and who.rma["control"].startswith("tcp://")
         over_rma = who.call(1)
@@ -110,7 +102,7 @@ def test_rma_runs_in_the_confined_executor_and_checks_the_token(cluster, rma_fun
 def test_revoke_during_rma_calls_ends_them_with_lease_ended(cluster, rma_functions, jobs, provider):
     job = sbatch(cluster, "-N1", "-c4", "--faas-share=cores=1", "--wrap", "sleep 300")
     jobs.append(job)
-    slot_id = _slot_of(rma_functions, job)["slot_id"]
+    slot_id = active_slot(rma_functions, job, timeout_s=60)["slot_id"]
 
     held = lease_on_slot(cluster, "rma-sleep", slot_id, fabric=config(provider))
     try:
@@ -134,7 +126,7 @@ def test_revoke_during_rma_calls_ends_them_with_lease_ended(cluster, rma_functio
 
 def test_fabric_off_stays_on_zeromq(cluster, rma_functions, jobs):
     jobs.append(sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 300"))
-    _slot_of(rma_functions, jobs[-1])
+    active_slot(rma_functions, jobs[-1], timeout_s=60)
     with _lease(cluster, "rma-echo", OFF) as echo:
         assert echo.transport == "zmq" and echo.rma is None
         assert echo.call({"x": 1}) == {"x": 1}

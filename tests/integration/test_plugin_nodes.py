@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 
-import pytest
 
 from .conftest import drained_nodes
 from .helpers import job_state, lend_record, run, sbatch, wait_until

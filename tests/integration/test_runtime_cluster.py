@@ -1,27 +1,18 @@
 """The runtime against the real dev cluster: unprivileged users end to end, a function in
 a Charliecloud image, and eviction of 50 running invocations by scancel."""
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-import zmq
-
-from coscheduler.client import Client, RequestError
+from coscheduler.client import Client
 from coscheduler.states import TERMINAL, State
 
-from .helpers import FUNCTIONS, run, sbatch, wait_until
+from .helpers import FUNCTIONS, active_slot, run, sbatch, wait_until
 from .runtime_fixtures import python_image, users  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _slot_of(client, job):
-    return wait_until(f"slot of job {job}", lambda: next(
-        (s for s in client.slots() if s["job_id"] == job and s["state"] == "ACTIVE"), None))
 
 
 def as_user(cluster, user: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,7 +33,7 @@ def test_an_unprivileged_user_submits_and_the_function_runs_as_them(cluster, use
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
     with Client(cluster.coscheduler_endpoint, str(cluster.munge_socket)) as root_client:
-        _slot_of(root_client, job)
+        active_slot(root_client, job)
     as_user(cluster, "faas-alice", "register", "who", "--entrypoint", "runtime_probe:whoami",
             "--code", str(FUNCTIONS), "--mem", "128M", "--timeout", "30")
     out = as_user(cluster, "faas-alice", "invoke", "who", "--payload", '"from alice"', "--wait",
@@ -60,7 +51,7 @@ def test_an_unprivileged_user_submits_and_the_function_runs_as_them(cluster, use
 def test_a_function_registered_with_an_image_runs_in_it(cluster, client, jobs, python_image):
     job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 120")
     jobs.append(job)
-    _slot_of(client, job)
+    active_slot(client, job)
     client.register(name="in-image", entrypoint="runtime_probe:whoami", code_dir=str(FUNCTIONS), mem_mb=128,
                     timeout_s=30, image=str(python_image), runtime="charliecloud")
     final = client.wait(client.invoke("in-image", '"x"'), timeout_s=60)
@@ -79,7 +70,7 @@ def test_fifty_invocations_survive_scancel_of_the_lending_job(cluster, client, j
                     timeout_s=30, max_attempts=5)
     first = sbatch(cluster, "-N1", "-c8", "--mem=4G", "--faas-share=cores=4,mem=2G", "--wrap", "sleep 300")
     jobs.append(first)
-    _slot_of(client, first)
+    active_slot(client, first)
     ids = [client.invoke("two-seconds", "2") for _ in range(50)]
 
     def states():

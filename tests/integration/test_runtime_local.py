@@ -4,10 +4,8 @@ An Agent is driven step by step (AgentHarness); what it would send the co-schedu
 recorded. Real cgroups (v1 here), real unprivileged users, real ch-run.
 """
 import json
-import os
 import stat
 import time
-from pathlib import Path
 
 from faas_runtime import protocol as P
 

@@ -2,7 +2,6 @@
 a user, or an agent speaking for another node, is refused; clients still work."""
 import socket
 import threading
-import time
 
 import pytest
 import zmq
