@@ -9,6 +9,8 @@ Example (``/etc/slurm-faas/coscheduler.toml``; every key is optional)::
     slurm_backend = "auto"        # cli (squeue/sinfo --json, scontrol -o) | pyslurm | auto
     reconcile_s = 5.0
     max_payload_bytes = 1048576
+    dispatch_ahead_s = 0.1        # seconds of a short function's work waiting per lent core
+    dispatch_ahead_max = 32       # invocations waiting per lent core (0: no dispatch-ahead)
 
     [quotas]
     max_queued = 100000           # per user: queued + dispatched + running
@@ -64,6 +66,12 @@ class Config:
     max_batch: int = 10_000  # invocations in one batch request
     queue_window: int = 5_000  # queued invocations claimed per scheduling tick
     user_window: int = 1_000  # of which at most this many per (priority, user)
+    # Dispatch-ahead: invocations of short functions wait at the agent behind the one
+    # running on a lent core, so the core does not idle for a round trip: as many as fit
+    # in dispatch_ahead_s seconds of the function's recent mean run time, at most
+    # dispatch_ahead_max (0: never). Another user's invocation waits behind at most that.
+    dispatch_ahead_s: float = 0.1
+    dispatch_ahead_max: int = 32
     max_queued: Optional[int] = None  # per user: queued + dispatched + running
     max_running: Optional[int] = None  # per user: on slots at once
     user_quotas: dict[int, UserQuota] = field(default_factory=dict)
@@ -81,6 +89,7 @@ ENV = {
     "tick_s": "FAAS_TICK_S", "reconcile_s": "FAAS_RECONCILE_S", "dispatch_grace_s": "FAAS_DISPATCH_GRACE_S",
     "max_payload_bytes": "FAAS_MAX_PAYLOAD_BYTES", "max_batch": "FAAS_MAX_BATCH",
     "queue_window": "FAAS_QUEUE_WINDOW", "user_window": "FAAS_USER_WINDOW",
+    "dispatch_ahead_s": "FAAS_DISPATCH_AHEAD_S", "dispatch_ahead_max": "FAAS_DISPATCH_AHEAD_MAX",
     "max_queued": "FAAS_QUOTA_MAX_QUEUED", "max_running": "FAAS_QUOTA_MAX_RUNNING",
 }
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name in ENV}
@@ -89,17 +98,17 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 _INTS = {"max_payload_bytes", "max_batch", "queue_window", "user_window"}
-_QUOTAS = {"max_queued", "max_running"}  # 0 is a valid quota (nothing allowed)
-_FLOATS = {"tick_s", "reconcile_s", "dispatch_grace_s"}
+_COUNTS = {"max_queued", "max_running", "dispatch_ahead_max"}  # 0 is valid (a quota of nothing; never)
+_FLOATS = {"tick_s", "reconcile_s", "dispatch_grace_s", "dispatch_ahead_s"}
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     try:
-        if name in _INTS or name in _QUOTAS:
+        if name in _INTS or name in _COUNTS:
             if isinstance(value, bool) or isinstance(value, float):
                 raise ValueError
             out: Any = int(value)
-            if out < (0 if name in _QUOTAS else 1):
+            if out < (0 if name in _COUNTS else 1):
                 raise ValueError
             return out
         if name in _FLOATS:
@@ -110,7 +119,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                 raise ValueError
             return out
     except (TypeError, ValueError):
-        kind = "a whole number >= 0" if name in _QUOTAS else "a positive number"
+        kind = "a whole number >= 0" if name in _COUNTS else "a positive number"
         raise ConfigError(f"{where}: {name} must be {kind}, not {value!r}") from None
     if not isinstance(value, str):
         raise ConfigError(f"{where}: {name} must be a string, not {value!r}")

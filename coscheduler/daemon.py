@@ -48,7 +48,7 @@ from faas_runtime.logsetup import setup_logging
 from . import db as D
 from .auth import AuthError, verify_credential
 from .config import Config, ConfigError, load as load_config
-from .scheduler import PendingInvocation, Policy, SlotView, place
+from .scheduler import PendingInvocation, Policy, SlotView, place_ahead
 from .slurm import SlurmAccess, SlurmError, make_backend
 from .states import ON_SLOT, TERMINAL, State
 
@@ -57,6 +57,11 @@ log = logging.getLogger("faas.coscheduler")
 RECEIVE_BATCH = 2000  # messages per receive step, so scheduling is never starved
 REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})  # agents' reports on invocations: handled in bulk
 SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
+# While agents hold work dispatched ahead, the loop runs at most this often: each pass
+# then claims, places and commits many invocations at once (a pass costs a few database
+# round trips whatever it places). Idle slots are scheduled at once, as before.
+PIPELINED_GAP_S = 0.02
+RUN_TIME_WEIGHT = 0.2  # of the newest report in a function's moving-average run time
 WARM_FOR_S = 30.0  # a slot that ran a function this recently probably holds a warm executor
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 MAX_USER_PRIORITY = 10  # priority classes above this are root's (operators' urgent work)
@@ -90,7 +95,12 @@ class Coscheduler:
         self._last_reconcile = 0.0
         self._dirty = True  # something changed that may let work be placed
         self._next_schedule = 0.0
+        self._last_schedule = 0.0
+        self._pipelined = False  # the last scheduling pass dispatched work ahead
         self._warm: dict[str, dict[str, float]] = {}  # slot id -> function key -> monotonic time
+        # Recent run time of each function key: moving average of what agents report
+        # (dispatch-ahead, see _ahead_depth).
+        self._run_time: dict[str, float] = {}
         self._outbox: list[tuple[bytes, bytes]] = []
         # Extension points for other request kinds (e.g. coscheduler.leases): type -> handler.
         self.agent_handlers: dict[str, Callable[[Session, bytes, dict], None]] = {}
@@ -114,7 +124,11 @@ class Coscheduler:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while not self.stop_requested:
-            ready = dict(poller.poll(timeout=int(self.config.tick_s * 1000)))
+            if self._pipelined:
+                # Agents hold work dispatched ahead: no core idles while the loop waits, so
+                # let reports and requests gather and take them in one transaction each.
+                time.sleep(max(0.0, self._last_schedule + PIPELINED_GAP_S - time.monotonic()))
+            ready = dict(poller.poll(timeout=0 if self._pipelined else int(self.config.tick_s * 1000)))
             if ready:
                 self._guarded(self.step_receive)
             for step in (self.step_schedule, self.step_liveness, self.step_reconcile):
@@ -331,6 +345,7 @@ class Coscheduler:
                 self._dirty = True
                 if row.slot_id:
                     self._warm.setdefault(row.slot_id, {})[_fn_key(row.function_id)] = mono
+                self._note_run_time(_fn_key(row.function_id), msg.get("run_s"))
                 values: dict[str, Any] = {"ran_on_cpus": msg.get("cpus")}
                 outcome, reason = msg.get("outcome"), None
                 if outcome == "ok":
@@ -343,8 +358,29 @@ class Coscheduler:
                 row.state = new
             else:  # EVICTED
                 self._dirty = True
-                changes.extend(D.eviction_changes(row, str(msg.get("reason", "evicted")), now))
+                changes.extend(D.eviction_changes(row, str(msg.get("reason", "evicted")), now,
+                                                  unstarted=msg.get("unstarted") is True))
         D.transition_many(s, changes)
+
+    def _note_run_time(self, fn: str, run_s: Any) -> None:
+        if isinstance(run_s, bool) or not isinstance(run_s, (int, float)) or not run_s >= 0:
+            return  # an agent that does not report it: the function is never dispatched ahead
+        avg = self._run_time.get(fn)
+        self._run_time[fn] = run_s if avg is None else avg + RUN_TIME_WEIGHT * (run_s - avg)
+
+    def _ahead_depth(self) -> dict[str, int]:
+        """How many invocations of each function may wait per lent core: as many as fit in
+        ``dispatch_ahead_s`` of its recent mean run time, at most ``dispatch_ahead_max``;
+        none for a function never seen or slower than that."""
+        cap, budget = self.config.dispatch_ahead_max, self.config.dispatch_ahead_s
+        if not cap:
+            return {}
+        out = {}
+        for fn, run_s in self._run_time.items():
+            n = min(cap, int(budget / max(run_s, 1e-6)))
+            if n:
+                out[fn] = n
+        return out
 
     def _lend(self, s: Session, node: str, rec: Any) -> None:
         try:
@@ -601,7 +637,10 @@ class Coscheduler:
         return {"invocation_id": inv.id, "state": inv.state}
 
     def _list(self, s: Session, uid: int, msg: dict) -> dict:
-        q = select(D.Invocation, D.Function.name).join(D.Function, D.Invocation.function_id == D.Function.id)
+        inv_t = D.Invocation  # columns only: a listing never loads payloads or results
+        q = select(inv_t.id, D.Function.name, inv_t.state, inv_t.attempts, inv_t.priority, inv_t.node,
+                   inv_t.job_id, inv_t.created_at, inv_t.updated_at, inv_t.error
+                   ).join(D.Function, inv_t.function_id == D.Function.id)
         if uid != 0 or not msg.get("all_users"):
             q = q.where(D.Invocation.owner_uid == uid)
         states = msg.get("states")
@@ -618,10 +657,10 @@ class Coscheduler:
         limit = max(1, min(int(msg.get("limit") or 100), 100_000))
         rows = s.execute(q.order_by(D.Invocation.id.desc()).limit(limit)).all()
         return {"invocations": [
-            {"invocation_id": inv.id, "function": name.split("#deleted-")[0], "state": inv.state,
-             "attempts": inv.attempts, "priority": inv.priority, "node": inv.node, "job_id": inv.job_id,
-             "created_at": inv.created_at.isoformat(), "updated_at": inv.updated_at.isoformat(),
-             "error": inv.error} for inv, name in rows]}
+            {"invocation_id": r.id, "function": r.name.split("#deleted-")[0], "state": r.state,
+             "attempts": r.attempts, "priority": r.priority, "node": r.node, "job_id": r.job_id,
+             "created_at": r.created_at.isoformat(), "updated_at": r.updated_at.isoformat(),
+             "error": r.error} for r in rows]}
 
     @staticmethod
     def _status(inv: D.Invocation) -> dict:
@@ -662,6 +701,8 @@ class Coscheduler:
         mono = time.monotonic()
         if not self._dirty and mono < self._next_schedule:
             return
+        self._last_schedule = mono
+        self._pipelined = False
         self._dirty = False
         self._next_schedule = mono + SCHEDULE_EVERY_S
         now = time.time()
@@ -669,24 +710,37 @@ class Coscheduler:
             slots = [sl for sl in D.active_slots(s) if sl.node in self.agents]
             if not slots:
                 return
-            busy: dict[str, set[int]] = {}
+            # Per lent core: the invocations on it (running, or dispatched ahead and waiting
+            # at the agent) and the sum of their timeouts.
+            queued: dict[str, dict[int, tuple[int, float]]] = {}
             used_mem: dict[str, int] = {}
-            for slot_id, cpus, mem_mb in D.slot_usage(s, [sl.id for sl in slots]):
-                busy.setdefault(slot_id, set()).update(cpus or [])
+            for slot_id, cpus, mem_mb, function_id, timeout_s in D.slot_usage(s, [sl.id for sl in slots]):
+                load = queued.setdefault(slot_id, {})
+                expected = self._run_time.get(_fn_key(function_id), timeout_s)
+                for c in cpus or ():
+                    n, backlog = load.get(c, (0, 0.0))
+                    load[c] = (n + 1, backlog + expected)
                 used_mem[slot_id] = used_mem.get(slot_id, 0) + mem_mb
+            busy = {slot_id: set(load) for slot_id, load in queued.items()}
             self.leases.reserve(busy, used_mem)  # cores and memory leased to hot clients
-            views = [
-                SlotView(sl.id, [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())],
-                         sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end, self._warm_on(sl.id, mono))
-                for sl in slots
-            ]
+            depth = self._ahead_depth()
+            deepest = max(depth.values(), default=0)
+            views = []
+            for sl in slots:
+                load = queued.get(sl.id, {})
+                free_cpus = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
+                # A leased core (busy, nothing queued on it) takes no work dispatched ahead.
+                ahead = {c: load[c] for c in busy.get(sl.id, ()) if c in load and load[c][0] <= deepest}
+                views.append(SlotView(sl.id, free_cpus, sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end,
+                                      self._warm_on(sl.id, mono), ahead))
             free = sum(len(v.free_cpus) for v in views)
-            if not free:
+            ahead_room = sum(deepest + 1 - n for v in views for n, _ in v.queued.values())
+            if not free and not ahead_room:
                 return
-            # Claim no more of each (priority, user) than the free cores could take, and as
-            # many again for those that fit nowhere (passed over): a tick that places 64
-            # does not read a thousand.
-            per_user = min(self.config.user_window, 2 * free)
+            # Claim no more of each (priority, user) than the free cores (and the room to
+            # dispatch ahead) could take, and as many again for those that fit nowhere
+            # (passed over): a tick that places 64 does not read a thousand.
+            per_user = min(self.config.user_window, 2 * (free + ahead_room))
             pending = D.claim_queued_rows(s, self.config.queue_window, per_user)
             if not pending:
                 return
@@ -699,7 +753,8 @@ class Coscheduler:
                 for r in pending
             ]
             slot_by_id = {sl.id: sl for sl in slots}
-            placements = place(requests, views, now, D.on_slot_by_user(s), self._policy())
+            placements = place_ahead(requests, views, now, D.on_slot_by_user(s), self._policy(), depth,
+                                     self._run_time)
             if not placements:
                 return
             payload = D.payloads(s, [p.invocation_id for p in placements])
@@ -714,12 +769,14 @@ class Coscheduler:
                     "slurm_cpus": cpus, "os_cpus": os_cpus, "mem_mb": p.mem_mb, "dispatched_at": at}))
                 runs.append((self.agents[slot.node].identity, dict(
                     invocation_id=row.id, attempt=row.attempts + 1, slot_id=slot.id, job_id=slot.job_id,
-                    os_cpus=os_cpus, mem_mb=p.mem_mb, timeout_s=fn.timeout_s, uid=fn.owner_uid, gid=fn.owner_gid,
+                    cpus=cpus, os_cpus=os_cpus, mem_mb=p.mem_mb, timeout_s=fn.timeout_s, uid=fn.owner_uid, gid=fn.owner_gid,
                     function_id=fn.id, entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
                     runtime=fn.runtime, payload_json=payload[row.id])))
             D.transition_many(s, changes)
             for identity, fields in runs:  # sent after this transaction commits (_guarded)
                 self._send(identity, P.RUN, **fields)
+            free_cores = {(v.slot_id, c) for v in views for c in v.free_cpus}
+            self._pipelined = any((p.slot_id, c) not in free_cores for p in placements for c in p.cpus)
             if len(placements) == len(pending):
                 self._dirty = True  # the window was used up: there may be more to place now
 

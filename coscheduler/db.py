@@ -589,10 +589,15 @@ def report_rows(s: Session, ids: Iterable[int]) -> dict[int, ReportRow]:
     return out
 
 
-def eviction_changes(row: ReportRow, reason: str, at: dt.datetime) -> list[Change]:
-    """``evict`` as changes for ``transition_many``; updates ``row.state``."""
+def eviction_changes(row: ReportRow, reason: str, at: dt.datetime, unstarted: bool = False) -> list[Change]:
+    """``evict`` as changes for ``transition_many``; updates ``row.state``. An invocation
+    handed back ``unstarted`` (still DISPATCHED: it waited at the agent and never ran)
+    gets its attempt back."""
+    values = dict(RELEASED)
+    if unstarted and row.state is State.DISPATCHED:
+        row.attempts = values["attempts"] = row.attempts - 1
     then, error = after_eviction(row.attempts, row.max_attempts, reason)
-    out = [Change(row.id, row.state, State.EVICTED, at, reason, dict(RELEASED))]
+    out = [Change(row.id, row.state, State.EVICTED, at, reason, values)]
     if then is State.QUEUED:
         out.append(Change(row.id, State.EVICTED, State.QUEUED, at, "requeued after eviction"))
     else:
@@ -602,11 +607,14 @@ def eviction_changes(row: ReportRow, reason: str, at: dt.datetime) -> list[Chang
 
 
 def slot_usage(s: Session, slot_ids: list[str]) -> list:
-    """(slot_id, slurm_cpus, mem_mb) of each invocation on these slots."""
+    """(slot_id, slurm_cpus, mem_mb, function_id, timeout_s) of each invocation on these slots."""
     out = []
     for chunk in _chunks(slot_ids):
-        out.extend(s.execute(select(Invocation.slot_id, Invocation.slurm_cpus, Invocation.mem_mb).where(
-            Invocation.state.in_([st.value for st in ON_SLOT]), Invocation.slot_id.in_(chunk))))
+        out.extend(s.execute(
+            select(Invocation.slot_id, Invocation.slurm_cpus, Invocation.mem_mb, Invocation.function_id,
+                   Function.timeout_s)
+            .join(Function, Function.id == Invocation.function_id)
+            .where(Invocation.state.in_([st.value for st in ON_SLOT]), Invocation.slot_id.in_(chunk))))
     return out
 
 

@@ -109,6 +109,8 @@ class Running:
     slot_id: str
     executor: Executor
     deadline: float  # monotonic
+    started: float  # monotonic
+    cores: frozenset[int] = frozenset()  # the lent Slurm cores it holds
     reason: Optional[str] = None  # why it is being stopped (None: it runs normally)
 
 
@@ -148,6 +150,9 @@ class Agent:
     fabric: FabricConfig = field(default_factory=FabricConfig.from_env)
     slots: dict[str, Slot] = field(default_factory=dict)
     running: dict[int, Running] = field(default_factory=dict)
+    # RUN messages dispatched ahead (coscheduler config dispatch_ahead), FIFO: each starts
+    # as soon as the lent cores it names are free here, without a round trip.
+    waiting: dict[int, dict] = field(default_factory=dict)
     executors: dict[str, Executor] = field(default_factory=dict)
     stop_requested: bool = False
     welcomed: bool = False
@@ -212,6 +217,7 @@ class Agent:
 
     def shutdown(self) -> None:
         """Stop every executor (the co-scheduler requeues their work) and close the socket."""
+        self.waiting.clear()
         for ex in list(self.executors.values()):
             self._stop(ex, "agent shutting down")
         deadline = time.monotonic() + self.grace_s
@@ -262,6 +268,8 @@ class Agent:
         elif kind == P.REVOKE:
             self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
         elif kind == P.CANCEL:
+            if self.waiting.pop(int(msg["invocation_id"]), None) is not None:
+                return  # never started: nothing to stop
             run = self.running.get(int(msg["invocation_id"]))
             if run is not None:
                 run.reason = "cancelled"
@@ -276,7 +284,11 @@ class Agent:
             raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"an agent does not take {kind!r}")
 
     def _hello(self) -> None:
-        self.send(P.HELLO, running=sorted(self.running))
+        self.send(P.HELLO, running=self._held())
+
+    def _held(self) -> list[int]:
+        """The invocations this agent holds: running, or waiting for their cores."""
+        return sorted([*self.running, *self.waiting])
 
     # -- spool --------------------------------------------------------------------------
 
@@ -338,6 +350,11 @@ class Agent:
         log.info("slot %s revoked: %s", slot.slot_id, reason)
 
     def _stop_slot(self, slot: Slot, reason: str) -> None:
+        for inv_id, msg in list(self.waiting.items()):
+            if msg["slot_id"] == slot.slot_id:
+                del self.waiting[inv_id]
+                self.send(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]),
+                          reason=f"slot {slot.slot_id} revoked: {reason}")
         for run in self.running.values():
             if run.slot_id == slot.slot_id:
                 run.reason = f"slot {slot.slot_id} revoked: {reason}"
@@ -433,8 +450,50 @@ class Agent:
             self.send(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
                       error=f"CPUs {msg['os_cpus']} are not lent by job {slot.job_id}")
             return
-        if inv_id in self.running:
-            return  # a duplicate RUN of what runs here already
+        if inv_id in self.running or inv_id in self.waiting:
+            return  # a duplicate RUN of what runs or waits here already
+        cores = frozenset(msg.get("cpus") or ())
+        if cores & self._blocked_cores(slot.slot_id):
+            self.waiting[inv_id] = msg  # dispatched ahead: starts when its cores free
+            return
+        self._launch(msg, slot, cores)
+
+    def _blocked_cores(self, slot_id: str) -> set[int]:
+        """Cores of ``slot_id`` that a new invocation must wait for: those running
+        invocations hold, and those invocations already waiting will take first."""
+        blocked = {c for run in self.running.values() if run.slot_id == slot_id for c in run.cores}
+        for msg in self.waiting.values():
+            if msg["slot_id"] == slot_id:
+                blocked.update(msg.get("cpus") or ())
+        return blocked
+
+    def _start_waiting(self, slot_id: str) -> None:
+        """Start, in order, the waiting invocations of ``slot_id`` whose cores are free;
+        one that must still wait keeps its cores from those behind it (FIFO per core)."""
+        if self.stop_requested:
+            return  # shutting down: the co-scheduler requeues what waits
+        blocked = {c for run in self.running.values() if run.slot_id == slot_id for c in run.cores}
+        slot = self.slots.get(slot_id)
+        for inv_id, msg in list(self.waiting.items()):
+            if msg["slot_id"] != slot_id:
+                continue
+            cores = frozenset(msg.get("cpus") or ())
+            if not cores & blocked and slot is not None and not slot.revoked:
+                del self.waiting[inv_id]
+                left = _lend_left(slot.record)
+                if left < float(msg["timeout_s"]):
+                    # It waited; the lend now ends before its timeout could: hand it back
+                    # unstarted (the co-scheduler requeues it without using an attempt).
+                    self.send(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]), unstarted=True,
+                              reason=f"the lend of {slot_id} ends in {max(left, 0):.0f} s, before its timeout")
+                    continue
+                self._launch(msg, slot, cores)
+                if inv_id not in self.running:
+                    continue  # it could not start (reported): its cores stay free
+            blocked |= cores
+
+    def _launch(self, msg: dict, slot: Slot, cores: frozenset[int]) -> None:
+        inv_id, attempt = int(msg["invocation_id"]), int(msg["attempt"])
         try:
             ex = self._executor_for(msg, slot)
         except (ContainerError, ConfinementError, OSError, KeyError, ValueError) as exc:
@@ -443,7 +502,8 @@ class Agent:
                       error=f"could not start the function: {exc}")
             return
         ex.busy = inv_id
-        self.running[inv_id] = Running(inv_id, attempt, slot.slot_id, ex, time.monotonic() + float(msg["timeout_s"]))
+        now = time.monotonic()
+        self.running[inv_id] = Running(inv_id, attempt, slot.slot_id, ex, now + float(msg["timeout_s"]), now, cores)
         self._call(ex, P.CALL, rid=f"{inv_id}.{attempt}", payload_json=msg["payload_json"],
                    cpus=list(msg["os_cpus"]))
         self.send(P.STARTED, invocation_id=inv_id, attempt=attempt)
@@ -485,9 +545,10 @@ class Agent:
                     self.send(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
                 else:
                     self.send(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
-                              error=msg.get("error"), cpus=msg.get("cpus"))
+                              error=msg.get("error"), cpus=msg.get("cpus"), run_s=ex.idle_since - run.started)
                 if ex.cgroup is not None and len(ex.cgroup.pids()) > 1:
                     self._stop(ex, "the function left processes behind")  # a fresh executor next time
+                self._start_waiting(run.slot_id)
 
     def _stop(self, ex: Executor, reason: str) -> None:
         """SIGTERM everything in the executor's cgroup; SIGKILL follows after the grace."""
@@ -556,6 +617,8 @@ class Agent:
         elif ex.stop_reason not in (None, "keep-warm timeout", "agent shutting down") or exit_code not in (0, -15, -9):
             log.info("executor %s ended (%s, exit %s)", ex.name, ex.stop_reason, exit_code)
         shutil.rmtree(ex.run_dir, ignore_errors=True)
+        if run is not None:
+            self._start_waiting(run.slot_id)
 
     # -- hot leases (coscheduler.leases grants them; faas_runtime.client uses them) -----
 
@@ -613,7 +676,13 @@ class Agent:
         for ex in self.executors.values():
             if ex.idle and ex.function_id is not None:
                 warm.setdefault(ex.slot_id, []).append(ex.function_id)
-        self.send(P.HEARTBEAT, running=sorted(self.running), warm=warm)
+        self.send(P.HEARTBEAT, running=self._held(), warm=warm)
+
+
+def _lend_left(record: dict) -> float:
+    """Seconds until a lend ends (the job's end minus its ``until``); inf when unknown."""
+    end = record.get("end_time") or 0
+    return float("inf") if not end else float(end) - 60 * int(record.get("until_min") or 0) - time.time()
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -84,17 +84,23 @@ class AgentHarness:
         self.Slot = Slot
         self._ids = iter(range(1, 10_000))
 
-    def lend(self, job_id: int, os_cpus: list[int], mem_mb: int = 4096) -> str:
+    def lend(self, job_id: int, os_cpus: list[int], mem_mb: int = 4096, end_time: float = 0) -> str:
         rec = {"version": 1, "state": "lent", "job_id": job_id, "node": "t1", "uid": 0, "gid": 0,
-               "slurm_cpus": list(range(len(os_cpus))), "os_cpus": os_cpus, "mem_mb": mem_mb, "end_time": 0}
+               "slurm_cpus": list(range(len(os_cpus))), "os_cpus": os_cpus, "mem_mb": mem_mb, "end_time": end_time}
         self.agent._apply_record(rec)
         return f"{job_id}@t1"
 
     def run(self, slot_id: str, entrypoint: str, payload_json: str = "null", *, user=None, mem_mb: int = 128,
-            timeout_s: float = 30, os_cpus=None, image=None, runtime=None, code_dir=str(FUNCTIONS)) -> int:
+            timeout_s: float = 30, os_cpus=None, image=None, runtime=None, code_dir=str(FUNCTIONS),
+            cpus=None) -> int:
+        """Feed the agent a RUN; ``cpus``: the lent Slurm cores it holds (the co-scheduler
+        always names them; without them the agent starts it at once)."""
         inv = next(self._ids)
         slot = self.agent.slots[slot_id]
+        if cpus is not None and os_cpus is None:
+            os_cpus = sorted({slot.record["os_cpus"][c] for c in cpus})
         msg = {"v": 1, "type": "run", "invocation_id": inv, "attempt": 1, "slot_id": slot_id, "job_id": slot.job_id,
+               **({"cpus": list(cpus)} if cpus is not None else {}),
                "os_cpus": os_cpus or sorted(set(slot.record["os_cpus"])), "mem_mb": mem_mb, "timeout_s": timeout_s,
                "uid": user.pw_uid if user else 0, "gid": user.pw_gid if user else 0, "entrypoint": entrypoint,
                "code_dir": code_dir, "payload_json": payload_json, "image": image, "runtime": runtime}

@@ -171,3 +171,58 @@ def test_bad_messages_to_the_agent_get_typed_errors(harness):
         a.close(linger=0)
         b.close(linger=0)
     h.agent.sock = real
+
+
+# -- dispatch-ahead: RUN messages that wait at the agent for their cores ------------------
+
+
+def _order(h, kinds=(P.STARTED, P.RESULT, P.EVICTED)):
+    return [(k, f["invocation_id"]) for k, f in h.sent if k in kinds]
+
+
+def test_invocations_dispatched_ahead_wait_for_their_core_and_start_in_order(harness, users):
+    h = harness()
+    alice = users["faas-alice"]
+    slot = h.lend(20, [0, 1])
+    a1, a2, a3 = (h.run(slot, "runtime_probe:sleep", "0.3", user=alice, cpus=[0]) for _ in range(3))
+    b1 = h.run(slot, "runtime_probe:sleep", "0.3", user=alice, cpus=[1])
+    assert sorted(h.agent.running) == [a1, b1] and list(h.agent.waiting) == [a2, a3]
+    assert h.agent._held() == sorted([a1, a2, a3, b1])  # what its heartbeat reports
+    for inv in (a1, a2, a3, b1):
+        kind, f = h.outcome(inv)
+        assert kind == P.RESULT and _value(f)["slept"] == 0.3 and f["run_s"] >= 0.3
+    order = _order(h)
+    # on core 0 each starts only after the one before it ended, in the order sent
+    assert order.index((P.RESULT, a1)) < order.index((P.STARTED, a2)) < order.index((P.RESULT, a2)) \
+        < order.index((P.STARTED, a3))
+    assert order.index((P.STARTED, b1)) < order.index((P.RESULT, a1))  # core 1 did not wait
+    assert not h.agent.waiting
+
+
+def test_revoke_and_cancel_reach_invocations_that_wait(harness, users):
+    h = harness(grace_s=0.5)
+    alice = users["faas-alice"]
+    slot = h.lend(21, [1])
+    running = h.run(slot, "runtime_probe:sleep", "60", user=alice, cpus=[0])
+    cancelled, waiting = (h.run(slot, "runtime_probe:sleep", "0", user=alice, cpus=[0]) for _ in range(2))
+    h.agent._dispatch({"v": 1, "type": "cancel", "invocation_id": cancelled, "attempt": 1})
+    assert list(h.agent.waiting) == [waiting]
+    h.agent.revoke(h.agent.slots[slot], "the batch job ended")
+    kind, f = h.outcome(waiting, timeout_s=10)
+    assert kind == P.EVICTED and "revoked" in f["reason"]
+    kind, f = h.outcome(running, timeout_s=10)
+    assert kind == P.EVICTED
+    assert not any(fields.get("invocation_id") == cancelled for _, fields in h.sent)  # it never started
+    assert not h.agent.waiting and not h.agent.running
+
+
+def test_a_waiting_invocation_is_handed_back_unstarted_when_the_lend_got_too_short(harness, users):
+    h = harness()
+    alice = users["faas-alice"]
+    slot = h.lend(22, [1], end_time=time.time() + 20)  # the lend ends in 20 s
+    first = h.run(slot, "runtime_probe:sleep", "0.2", user=alice, cpus=[0], timeout_s=5)
+    late = h.run(slot, "runtime_probe:sleep", "0", user=alice, cpus=[0], timeout_s=60)
+    assert h.outcome(first)[0] == P.RESULT
+    kind, f = h.outcome(late)
+    assert kind == P.EVICTED and f["unstarted"] is True and "before its timeout" in f["reason"]
+    assert (P.STARTED, late) not in _order(h)

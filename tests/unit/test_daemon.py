@@ -47,8 +47,10 @@ class StubSlurm:
 class FakeAgent:
     """An agent that lends one slot and (if ``answer``) runs every RUN at once."""
 
-    def __init__(self, endpoint: str, node: str, job_id: int, cores: int = 4, answer: bool = True):
-        self.node, self.job_id, self.answer = node, job_id, answer
+    def __init__(self, endpoint: str, node: str, job_id: int, cores: int = 4, answer: bool = True,
+                 run_s: Optional[float] = None):
+        self.node, self.job_id, self.answer, self.run_s = node, job_id, answer, run_s
+        self.hold = False  # record RUN messages and answer nothing (work waiting at the agent)
         self.ctx = zmq.Context()
         self.sock = P.configure(self.ctx.socket(zmq.DEALER))
         self.sock.setsockopt(zmq.IDENTITY, f"agent:{node}".encode())
@@ -81,11 +83,13 @@ class FakeAgent:
                     self.send(P.HELLO, running=sorted(self.running))
                 elif kind == P.RUN:
                     self.runs.append(msg)
-                    if self.answer:
+                    if self.hold:
+                        self.running.add(msg["invocation_id"])
+                    elif self.answer:
                         ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
                         self.send(P.STARTED, **ids)
                         self.send(P.RESULT, **ids, outcome="ok", value_json=msg["payload_json"],
-                                  cpus=msg["os_cpus"])
+                                  cpus=msg["os_cpus"], **({} if self.run_s is None else {"run_s": self.run_s}))
                     else:
                         self.running.add(msg["invocation_id"])
                         self.send(P.STARTED, invocation_id=msg["invocation_id"], attempt=msg["attempt"])
@@ -180,6 +184,38 @@ def test_batch_runs_every_invocation_exactly_once(client):
     hist = [h[0] for h in client.status(ids[0])["history"]]
     assert hist == ["QUEUED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
     assert agent.runs[0]["image"] is None and "function_id" in agent.runs[0]
+
+
+def test_dispatch_ahead_fills_each_core_to_its_depth_and_an_unstarted_handback_keeps_the_attempt(
+        harness_factory):
+    h = harness_factory(dispatch_ahead_s=0.01, dispatch_ahead_max=3)
+    with client_mod.Client(h.endpoint, timeout_s=20) as c:
+        c.register(name="echo", entrypoint="m:f", code_dir="/tmp", cores=1, mem_mb=100, timeout_s=10)
+        agent = h.agent(cores=2, run_s=0.001)  # 1 ms per call: 10 fit in 10 ms, capped at 3
+        first = c.invoke_batch("echo", ["1"] * 4)
+        c.wait_many(first, timeout_s=30)
+        assert all(len(r["cpus"]) == 1 for r in agent.runs)
+        agent.hold = True  # the agent now keeps what it gets: nothing finishes
+        held = c.invoke_batch("echo", ["2"] * 20)
+        wait_for(lambda: len(agent.runs) == 4 + 8)
+        time.sleep(0.3)  # and no more come: 2 cores x (1 + 3 waiting)
+        assert len(agent.runs) == 12
+        per_core = {}
+        for run in agent.runs[4:]:
+            per_core[tuple(run["cpus"])] = per_core.get(tuple(run["cpus"]), 0) + 1
+        assert per_core == {(0,): 4, (1,): 4}
+        assert [r["invocation_id"] for r in agent.runs[4:]] == held[:8]  # FIFO
+        # The agent hands one back unstarted (its lend became too short): requeued with
+        # its attempt given back, and dispatched again into the room it left.
+        back = agent.runs[-1]
+        agent.send(P.EVICTED, invocation_id=back["invocation_id"], attempt=back["attempt"], unstarted=True,
+                   reason="the lend ends in 3 s, before its timeout")
+        wait_for(lambda: len(agent.runs) == 13)
+        again = agent.runs[-1]
+        assert again["invocation_id"] == back["invocation_id"] and again["attempt"] == back["attempt"] == 1
+        st = c.status(back["invocation_id"])
+        assert [e[0] for e in st["history"]] == ["QUEUED", "DISPATCHED", "EVICTED", "QUEUED", "DISPATCHED"]
+        assert st["attempts"] == 1
 
 
 def test_bad_batches_write_nothing(client):

@@ -1,5 +1,5 @@
 """Placement rules of coscheduler.scheduler.place (pure logic)."""
-from coscheduler.scheduler import PendingInvocation, SlotView, fair_order, place
+from coscheduler.scheduler import PendingInvocation, SlotView, fair_order, place, place_ahead
 
 NOW = 1_000_000.0
 
@@ -67,3 +67,56 @@ def test_inputs_not_modified():
 def test_unfit_shape_skipped_but_smaller_still_placed():
     out = place([inv(1, cores=4), inv(2, cores=4), inv(3, cores=1)], [slot("a", [1, 2])], NOW)
     assert [p.invocation_id for p in out] == [3]
+
+
+# -- dispatch-ahead (place_ahead) -------------------------------------------------------
+
+
+def test_dispatch_ahead_queues_short_functions_behind_running_ones():
+    # core 4 free, core 5 runs one invocation (1 s of work expected); f may wait 2 deep
+    s = SlotView("a", [4], 10_000, None, frozenset(), {5: (1, 1.0)})
+    pending = [inv(i) for i in range(1, 10)]
+    out = place_ahead(pending, [s], NOW, depth={"f": 2}, run_time={"f": 1.0})
+    per_core = {}
+    for p in out:
+        per_core.setdefault(p.cpus, []).append(p.invocation_id)
+    # core 4: one to run + two to wait; core 5: two more behind the running one; FIFO
+    assert {c: len(ids) for c, ids in per_core.items()} == {(4,): 3, (5,): 2}
+    assert sorted(p.invocation_id for p in out) == [1, 2, 3, 4, 5]
+    assert out[0].invocation_id == 1 and out[0].cpus == (4,)  # the free core first
+
+
+def test_functions_without_depth_are_never_dispatched_ahead():
+    s = SlotView("a", [], 10_000, None, frozenset(), {5: (1, 1.0)})
+    assert place_ahead([inv(1)], [s], NOW) == []
+    assert place_ahead([inv(1, fn="long")], [s], NOW, depth={"f": 4}) == []
+
+
+def test_dispatch_ahead_needs_the_lend_to_outlast_the_expected_backlog():
+    # 80 s of work expected on the core; the lend ends in 100 s
+    s = SlotView("a", [], 10_000, NOW + 100, frozenset(), {5: (2, 80.0)})
+    assert place_ahead([inv(1, timeout=30)], [s], NOW, depth={"f": 4}) == []
+    out = place_ahead([inv(1, timeout=20)], [s], NOW, depth={"f": 4})
+    assert [(p.invocation_id, p.cpus) for p in out] == [(1, (5,))]
+    # what this call queues counts too: its run time (else its timeout) adds to the backlog
+    out = place_ahead([inv(1, timeout=15), inv(2, timeout=15)], [s], NOW, depth={"f": 4}, run_time={"f": 5.0})
+    assert len(out) == 2
+    assert len(place_ahead([inv(1, timeout=15), inv(2, timeout=15)], [s], NOW, depth={"f": 4})) == 1
+
+
+def test_dispatch_ahead_spreads_over_cores_and_respects_each_functions_depth():
+    s = SlotView("a", [], 10_000, None, frozenset(), {1: (1, 0.0), 2: (1, 0.0), 3: (3, 0.0)})
+    out = place_ahead([inv(i) for i in range(1, 20)], [s], NOW, depth={"f": 2})
+    per_core = {}
+    for p in out:
+        per_core[p.cpus] = per_core.get(p.cpus, 0) + 1
+    assert per_core == {(1,): 2, (2,): 2}  # core 3 already carries more than f allows
+
+
+def test_dispatch_ahead_counts_memory_and_fair_share():
+    s = SlotView("a", [], 250, None, frozenset(), {5: (1, 1.0), 6: (1, 1.0)})
+    flood = [inv(i, user=1) for i in range(1, 50)]
+    other = [inv(100, user=2, t=1000)]
+    out = place_ahead(flood + other, [s], NOW, running={1: 2}, depth={"f": 4})
+    # 250 MiB hold two more of 100 MiB; user 2 (nothing running) gets one of them
+    assert len(out) == 2 and 100 in {p.invocation_id for p in out}
