@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import signal
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -48,8 +50,8 @@ from faas_runtime.logsetup import setup_logging
 from . import db as D
 from .auth import AuthError, verify_credential
 from .config import Config, ConfigError, load as load_config
-from .scheduler import PendingInvocation, Policy, SlotView, place_ahead
-from .slurm import SlurmAccess, SlurmError, make_backend
+from .scheduler import Lane, PendingInvocation, Policy, SlotView, place_ahead
+from .slurm import JobInfo, SlurmAccess, SlurmError, make_backend
 from .states import ON_SLOT, TERMINAL, State
 
 log = logging.getLogger("faas.coscheduler")
@@ -60,7 +62,7 @@ SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 # While agents hold work dispatched ahead, the loop runs at most this often: each pass
 # then claims, places and commits many invocations at once (a pass costs a few database
 # round trips whatever it places). Idle slots are scheduled at once, as before.
-PIPELINED_GAP_S = 0.02
+PIPELINED_GAP_S = 0.01
 RUN_TIME_WEIGHT = 0.2  # of the newest report in a function's moving-average run time
 WARM_FOR_S = 30.0  # a slot that ran a function this recently probably holds a warm executor
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -93,6 +95,8 @@ class Coscheduler:
         self.agents: dict[str, AgentConn] = {}
         self.stop_requested = False
         self._last_reconcile = 0.0
+        self._slurm_worker: Optional[ThreadPoolExecutor] = None
+        self._slurm_answer: Optional[Future] = None  # a question to Slurm under way
         self._dirty = True  # something changed that may let work be placed
         self._next_schedule = 0.0
         self._last_schedule = 0.0
@@ -141,6 +145,8 @@ class Coscheduler:
         """Finish the bookkeeping of what already arrived, send its replies, close."""
         log.info("co-scheduler stopping: handling the messages already received")
         self._guarded(self.step_receive)
+        if self._slurm_worker is not None:
+            self._slurm_worker.shutdown(wait=False, cancel_futures=True)
         self.sock.close()
         if self.curve is not None:
             self.curve.stop()
@@ -710,37 +716,40 @@ class Coscheduler:
             slots = [sl for sl in D.active_slots(s) if sl.node in self.agents]
             if not slots:
                 return
-            # Per lent core: the invocations on it (running, or dispatched ahead and waiting
-            # at the agent) and the sum of their timeouts.
-            queued: dict[str, dict[int, tuple[int, float]]] = {}
-            used_mem: dict[str, int] = {}
+            # Per lent core in use, its lane (scheduler.Lane): the invocations on it
+            # (running, or dispatched ahead and waiting at the agent), the work expected of
+            # them and the most memory one holds per core. Only one runs on a core at a
+            # time: the slot's memory in use is at most the sum of its lanes' memory.
+            lanes: dict[str, dict[int, Lane]] = {}
             for slot_id, cpus, mem_mb, function_id, timeout_s in D.slot_usage(s, [sl.id for sl in slots]):
-                load = queued.setdefault(slot_id, {})
+                slot_lanes = lanes.setdefault(slot_id, {})
                 expected = self._run_time.get(_fn_key(function_id), timeout_s)
                 for c in cpus or ():
-                    n, backlog = load.get(c, (0, 0.0))
-                    load[c] = (n + 1, backlog + expected)
-                used_mem[slot_id] = used_mem.get(slot_id, 0) + mem_mb
-            busy = {slot_id: set(load) for slot_id, load in queued.items()}
+                    n, backlog, lane_mem = slot_lanes.get(c, (0, 0.0, 0.0))
+                    slot_lanes[c] = Lane(n + 1, backlog + expected, max(lane_mem, mem_mb / len(cpus)))
+            busy = {slot_id: set(slot_lanes) for slot_id, slot_lanes in lanes.items()}
+            used_mem = {slot_id: math.ceil(sum(lane.mem_mb for lane in slot_lanes.values()))
+                        for slot_id, slot_lanes in lanes.items()}
             self.leases.reserve(busy, used_mem)  # cores and memory leased to hot clients
             depth = self._ahead_depth()
             deepest = max(depth.values(), default=0)
             views = []
             for sl in slots:
-                load = queued.get(sl.id, {})
+                slot_lanes = lanes.get(sl.id, {})
                 free_cpus = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
-                # A leased core (busy, nothing queued on it) takes no work dispatched ahead.
-                ahead = {c: load[c] for c in busy.get(sl.id, ()) if c in load and load[c][0] <= deepest}
+                # A leased core (busy, no lane) takes no work dispatched ahead.
+                ahead = {c: lane for c, lane in slot_lanes.items() if c in busy[sl.id] and lane.count <= deepest}
                 views.append(SlotView(sl.id, free_cpus, sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end,
                                       self._warm_on(sl.id, mono), ahead))
             free = sum(len(v.free_cpus) for v in views)
-            ahead_room = sum(deepest + 1 - n for v in views for n, _ in v.queued.values())
-            if not free and not ahead_room:
+            # room for invocations: a free core takes one to run and `deepest` to wait
+            room = free * (1 + deepest) + sum(deepest + 1 - lane.count for v in views for lane in v.queued.values())
+            if not room:
                 return
             # Claim no more of each (priority, user) than the free cores (and the room to
             # dispatch ahead) could take, and as many again for those that fit nowhere
             # (passed over): a tick that places 64 does not read a thousand.
-            per_user = min(self.config.user_window, 2 * (free + ahead_room))
+            per_user = min(self.config.user_window, 2 * room)
             pending = D.claim_queued_rows(s, self.config.queue_window, per_user)
             if not pending:
                 return
@@ -755,6 +764,7 @@ class Coscheduler:
             slot_by_id = {sl.id: sl for sl in slots}
             placements = place_ahead(requests, views, now, D.on_slot_by_user(s), self._policy(), depth,
                                      self._run_time)
+
             if not placements:
                 return
             payload = D.payloads(s, [p.invocation_id for p in placements])
@@ -797,25 +807,52 @@ class Coscheduler:
         self._dirty = True
 
     def step_reconcile(self) -> None:
+        """Every ``reconcile_s``: ask Slurm about the jobs that lend (in a worker thread: a
+        slow squeue on a big cluster must not stall dispatching), then, once the answer is
+        there, revoke the lends of jobs that no longer run."""
+        if self._slurm_answer is not None:
+            if not self._slurm_answer.done():
+                return
+            answer, self._slurm_answer = self._slurm_answer, None
+            try:
+                jobs = answer.result()
+            except SlurmError as exc:
+                log.warning("cannot reconcile with Slurm: %s", exc)
+                return
+            self._apply_slurm(jobs)
+            return
         if time.monotonic() - self._last_reconcile < self.config.reconcile_s:
             return
         self._last_reconcile = time.monotonic()
-        try:
-            jobs = self.slurm.jobs()
-        except SlurmError as exc:
-            log.warning("cannot reconcile with Slurm: %s", exc)
-            return
+        with self.database.session() as s:
+            job_ids = {slot.job_id for slot in D.active_slots(s)}
+        if self._slurm_worker is None:
+            self._slurm_worker = ThreadPoolExecutor(1, thread_name_prefix="slurm")
+        self._slurm_answer = self._slurm_worker.submit(self._ask_slurm, job_ids)
+
+    def _ask_slurm(self, job_ids: set[int]) -> dict[int, Optional[JobInfo]]:
+        """(worker thread) What Slurm says of each job: its JobInfo, or None when unknown."""
+        jobs = self.slurm.jobs()
+        answer: dict[int, Optional[JobInfo]] = {}
+        for job_id in job_ids:
+            job = jobs.get(job_id)
+            if job is None:
+                # squeue forgets finished jobs after MinJobAge; a job squeue does not list
+                # may also be one the controller has not reported yet: ask once more.
+                try:
+                    job = self.slurm.job(job_id)
+                except SlurmError as exc:
+                    log.warning("cannot ask Slurm about job %d: %s", job_id, exc)
+                    continue  # not in the answer: left alone this round
+            answer[job_id] = job
+        return answer
+
+    def _apply_slurm(self, jobs: dict[int, Optional[JobInfo]]) -> None:
         with self.database.session() as s:
             for slot in D.active_slots(s):
-                job = jobs.get(slot.job_id)
-                if job is None:
-                    # squeue forgets finished jobs after MinJobAge; a job squeue does not
-                    # list may also be one the controller has not reported yet: ask once more.
-                    try:
-                        job = self.slurm.job(slot.job_id)
-                    except SlurmError as exc:
-                        log.warning("cannot ask Slurm about job %d: %s", slot.job_id, exc)
-                        continue
+                if slot.job_id not in jobs:
+                    continue  # lent after the question, or Slurm could not say
+                job = jobs[slot.job_id]
                 if job is None or not job.alive:
                     self._revoke(s, slot.id, f"job {slot.job_id} is {job.state if job else 'gone'} in Slurm")
                 elif slot.end_time is None and job.end_time is not None:

@@ -32,7 +32,7 @@ import gc
 import heapq
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping, NamedTuple, Optional
 
 
 @dataclass
@@ -44,12 +44,26 @@ class SlotView:
     free_mem_mb: int
     lend_end: Optional[float]  # unix seconds at which the lend ends; None: no limit known
     warm_functions: frozenset[str] = field(default_factory=frozenset)
-    # Lent cores in use, for dispatch-ahead (``place_ahead``): core -> (invocations on it,
-    # the seconds of work expected on it). Cores leased to hot clients are in neither.
-    queued: Mapping[int, tuple[int, float]] = field(default_factory=dict)
+    # Lent cores in use, for dispatch-ahead (``place_ahead``). Cores leased to hot clients
+    # are neither free nor here.
+    queued: Mapping[int, "Lane"] = field(default_factory=dict)
 
     def remaining(self, now: float) -> float:
         return float("inf") if self.lend_end is None else self.lend_end - now
+
+
+class Lane(NamedTuple):
+    """One lent core in use: its invocations run one after another.
+
+    ``count``: invocations on it (running or waiting at the agent); ``backlog_s``: seconds
+    of work expected on it; ``mem_mb``: the most memory one of them holds per core (their
+    memory / their cores). Only one runs on a core at a time, so the memory a slot's work
+    can hold at once is at most the sum of its lanes' ``mem_mb``: that is what the daemon
+    counts as used, and what a waiting invocation adds only where it needs more."""
+
+    count: int
+    backlog_s: float
+    mem_mb: float
 
 
 @dataclass(frozen=True)
@@ -272,13 +286,14 @@ def place_ahead(
 
     ``depth``: function -> how many of its invocations may wait on one core (absent: none);
     ``run_time``: function -> its expected run time in seconds. Round k (1, 2, ...) offers
-    the cores that carry k invocations, to the invocations whose function allows k; a
-    lend qualifies only if it outlasts the work expected on the core before this
-    invocation (``SlotView.queued`` backlog, plus what this call queued) plus its timeout
-    (the agent checks again when it starts one, and hands it back unstarted if the lend is
-    too short by then). Memory is counted for waiting invocations too (conservative).
-    Cores are bucketed by load, so a round costs O(waiting + cores at that load), and
-    there are at most max(depth) rounds. Inputs are not modified.
+    the cores that carry k invocations (``SlotView.queued``), to the invocations whose
+    function allows k. A lend qualifies only if it outlasts the work expected on the core
+    before the invocation plus its timeout (the agent checks again when it starts one, and
+    hands it back unstarted if the lend got too short). A waiting invocation needs memory
+    only where it holds more per core than its lane's ``mem_mb`` (see ``Lane``): in a
+    stream of one function's invocations, none. Cores are bucketed by load, so a round
+    costs O(waiting + cores at that load); one round per load some core carries, at most
+    max(depth). Inputs are not modified.
     """
     slots = list(slots)
     running = dict(running or {})
@@ -291,42 +306,53 @@ def place_ahead(
         return placements
     by_id = {s.slot_id: s for s in slots}
     mem = {s.slot_id: s.free_mem_mb for s in slots}
-    load: dict[tuple[str, int], tuple[int, float]] = {}  # (slot, core) -> (invocations, backlog s)
+    lanes: dict[tuple[str, int], Lane] = {}
     levels: dict[int, dict[str, set[int]]] = {}  # invocations on a core -> slot -> cores
     for s in slots:
-        for c, (n, backlog) in s.queued.items():
-            load[s.slot_id, c] = (n, backlog)
-            levels.setdefault(n, {}).setdefault(s.slot_id, set()).add(c)
+        for c, lane in s.queued.items():
+            lanes[s.slot_id, c] = Lane(*lane)
+            levels.setdefault(lane[0], {}).setdefault(s.slot_id, set()).add(c)
     pending_by_id = {inv.invocation_id: inv for inv in pending}
 
-    def account(ps: list[Placement]) -> None:
-        for p in ps:
-            inv = pending_by_id[p.invocation_id]
-            for c in p.cpus:
-                n, backlog = load.get((p.slot_id, c), (0, 0.0))
-                if n:
-                    levels[n][p.slot_id].discard(c)
-                load[p.slot_id, c] = (n + 1, backlog + run_time.get(inv.function, inv.timeout_s))
-                levels.setdefault(n + 1, {}).setdefault(p.slot_id, set()).add(c)
-            mem[p.slot_id] -= p.mem_mb
-            running[inv.user] = running.get(inv.user, 0) + 1
+    def extra_mem(p: Placement) -> float:
+        per_core = p.mem_mb / len(p.cpus)
+        return sum(max(0.0, per_core - lanes.get((p.slot_id, c), Lane(0, 0.0, 0.0)).mem_mb) for c in p.cpus)
 
-    account(placements)
+    def account(p: Placement, added_mem: float) -> None:
+        inv = pending_by_id[p.invocation_id]
+        for c in p.cpus:
+            n, backlog, lane_mem = lanes.get((p.slot_id, c), Lane(0, 0.0, 0.0))
+            if n:
+                levels[n][p.slot_id].discard(c)
+            lanes[p.slot_id, c] = Lane(n + 1, backlog + run_time.get(inv.function, inv.timeout_s),
+                                       max(lane_mem, p.mem_mb / len(p.cpus)))
+            levels.setdefault(n + 1, {}).setdefault(p.slot_id, set()).add(c)
+        mem[p.slot_id] -= added_mem
+        running[inv.user] = running.get(inv.user, 0) + 1
+
+    for p in placements:
+        account(p, p.mem_mb)  # on free cores: new lanes, their whole memory
     level = 0
     while waiting:
-        level += 1
+        # the next load at which some core can take one more (levels grow as we place)
+        level = min((n for n, bucket in levels.items() if n > level and any(bucket.values())), default=0)
+        if not level:
+            break
         waiting = [inv for inv in waiting if depth.get(inv.function, 0) >= level]
         views = []
         for slot_id, cores in levels.get(level, {}).items():
-            if cores and mem[slot_id] > 0:
+            if cores:
                 s = by_id[slot_id]
-                backlog = max(load[slot_id, c][1] for c in cores)
+                backlog = max(lanes[slot_id, c].backlog_s for c in cores)
                 end = None if s.lend_end is None else s.lend_end - backlog
-                views.append(SlotView(slot_id, sorted(cores), mem[slot_id], end, s.warm_functions))
-        more = place(waiting, views, now, running, policy) if views and waiting else []
-        account(more)
-        placements.extend(more)
-        placed.update(p.invocation_id for p in more)
+                # memory is checked below, per lane: place() sees none of it
+                views.append(SlotView(slot_id, sorted(cores), 1 << 62, end, s.warm_functions))
+        for p in place(waiting, views, now, running, policy) if views and waiting else []:
+            added = extra_mem(p)
+            if added <= mem[p.slot_id]:
+                account(p, added)
+                placements.append(p)
+                placed.add(p.invocation_id)
         waiting = [inv for inv in waiting if inv.invocation_id not in placed]
     return placements
 

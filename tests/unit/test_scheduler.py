@@ -1,5 +1,5 @@
 """Placement rules of coscheduler.scheduler.place (pure logic)."""
-from coscheduler.scheduler import PendingInvocation, SlotView, fair_order, place, place_ahead
+from coscheduler.scheduler import Lane, PendingInvocation, SlotView, fair_order, place, place_ahead
 
 NOW = 1_000_000.0
 
@@ -74,7 +74,7 @@ def test_unfit_shape_skipped_but_smaller_still_placed():
 
 def test_dispatch_ahead_queues_short_functions_behind_running_ones():
     # core 4 free, core 5 runs one invocation (1 s of work expected); f may wait 2 deep
-    s = SlotView("a", [4], 10_000, None, frozenset(), {5: (1, 1.0)})
+    s = SlotView("a", [4], 10_000, None, frozenset(), {5: Lane(1, 1.0, 100)})
     pending = [inv(i) for i in range(1, 10)]
     out = place_ahead(pending, [s], NOW, depth={"f": 2}, run_time={"f": 1.0})
     per_core = {}
@@ -87,14 +87,14 @@ def test_dispatch_ahead_queues_short_functions_behind_running_ones():
 
 
 def test_functions_without_depth_are_never_dispatched_ahead():
-    s = SlotView("a", [], 10_000, None, frozenset(), {5: (1, 1.0)})
+    s = SlotView("a", [], 10_000, None, frozenset(), {5: Lane(1, 1.0, 100)})
     assert place_ahead([inv(1)], [s], NOW) == []
     assert place_ahead([inv(1, fn="long")], [s], NOW, depth={"f": 4}) == []
 
 
 def test_dispatch_ahead_needs_the_lend_to_outlast_the_expected_backlog():
     # 80 s of work expected on the core; the lend ends in 100 s
-    s = SlotView("a", [], 10_000, NOW + 100, frozenset(), {5: (2, 80.0)})
+    s = SlotView("a", [], 10_000, NOW + 100, frozenset(), {5: Lane(2, 80.0, 100)})
     assert place_ahead([inv(1, timeout=30)], [s], NOW, depth={"f": 4}) == []
     out = place_ahead([inv(1, timeout=20)], [s], NOW, depth={"f": 4})
     assert [(p.invocation_id, p.cpus) for p in out] == [(1, (5,))]
@@ -105,7 +105,7 @@ def test_dispatch_ahead_needs_the_lend_to_outlast_the_expected_backlog():
 
 
 def test_dispatch_ahead_spreads_over_cores_and_respects_each_functions_depth():
-    s = SlotView("a", [], 10_000, None, frozenset(), {1: (1, 0.0), 2: (1, 0.0), 3: (3, 0.0)})
+    s = SlotView("a", [], 10_000, None, frozenset(), {1: Lane(1, 0.0, 100), 2: Lane(1, 0.0, 100), 3: Lane(3, 0.0, 100)})
     out = place_ahead([inv(i) for i in range(1, 20)], [s], NOW, depth={"f": 2})
     per_core = {}
     for p in out:
@@ -113,10 +113,21 @@ def test_dispatch_ahead_spreads_over_cores_and_respects_each_functions_depth():
     assert per_core == {(1,): 2, (2,): 2}  # core 3 already carries more than f allows
 
 
-def test_dispatch_ahead_counts_memory_and_fair_share():
-    s = SlotView("a", [], 250, None, frozenset(), {5: (1, 1.0), 6: (1, 1.0)})
+def test_waiting_invocations_need_memory_only_beyond_what_their_lane_holds():
+    # two cores each running a 100 MiB invocation; the slot has 50 MiB left
+    s = SlotView("a", [], 50, None, frozenset(), {5: Lane(1, 1.0, 100), 6: Lane(1, 1.0, 100)})
+    # same-sized invocations wait behind them at no memory cost: 2 cores x depth 4
+    assert len(place_ahead([inv(i, mem=100) for i in range(1, 20)], [s], NOW, depth={"f": 4})) == 8
+    # a bigger one needs the difference: 130 - 100 = 30 MiB fits once in 50, not twice,
+    # so the second waits behind the first on the same core (no more memory there)
+    out = place_ahead([inv(1, mem=130), inv(2, mem=130)], [s], NOW, depth={"f": 4})
+    assert [p.invocation_id for p in out] == [1, 2] and out[0].cpus == out[1].cpus
+
+
+def test_dispatch_ahead_keeps_fair_share():
+    s = SlotView("a", [], 10_000, None, frozenset(), {5: Lane(1, 1.0, 100)})
     flood = [inv(i, user=1) for i in range(1, 50)]
     other = [inv(100, user=2, t=1000)]
-    out = place_ahead(flood + other, [s], NOW, running={1: 2}, depth={"f": 4})
-    # 250 MiB hold two more of 100 MiB; user 2 (nothing running) gets one of them
-    assert len(out) == 2 and 100 in {p.invocation_id for p in out}
+    out = place_ahead(flood + other, [s], NOW, running={1: 1}, depth={"f": 2})
+    # two places behind the running one; user 2 (nothing running) gets the first
+    assert [p.invocation_id for p in out] == [100, 1]
