@@ -57,9 +57,12 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float, log_hint: 
 
 
 class DevCluster:
-    def __init__(self, root: Path = DEFAULT_DIR):
+    def __init__(self, root: Path = DEFAULT_DIR, db_url: Optional[str] = None):
+        """``db_url``: the co-scheduler's database for a new cluster (default: SQLite in
+        ``root``); a running cluster keeps the one it was started with."""
         self.root = Path(root).resolve()
         self.state_file = self.root / "cluster.json"
+        self._db_url = db_url
 
     # -- layout -------------------------------------------------------------------------
 
@@ -77,7 +80,10 @@ class DevCluster:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.root / 'faas.db'}"
+        try:
+            return json.loads(self.state_file.read_text())["db_url"]
+        except (OSError, ValueError, KeyError):
+            return self._db_url or f"sqlite:///{self.root / 'faas.db'}"
 
     def components(self) -> list[Component]:
         return (
@@ -170,7 +176,9 @@ class DevCluster:
         # Jobs of every user write nothing here, but the plugin (root) and agents must reach it.
         self.spool.chmod(0o755)
         ports = {"slurmctld": _free_port(), "coscheduler": _free_port(), **{n: _free_port() for n in NODES}}
-        self.state_file.write_text(json.dumps({"ports": ports, "nodes": list(NODES)}, indent=1))
+        self.state_file.unlink(missing_ok=True)
+        self.state_file.write_text(json.dumps({"ports": ports, "nodes": list(NODES), "db_url": self.db_url},
+                                              indent=1))
         self._render_configs(ports)
 
     def _render_configs(self, ports: dict) -> None:

@@ -55,9 +55,13 @@ def _cluster(ctx) -> DevCluster:
 
 @dev_cluster.command()
 @click.option("--timeout", type=float, default=90.0, show_default=True)
+@click.option("--db", "db_url", metavar="URL", help="the co-scheduler's database for a new cluster "
+              "(SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db); default: SQLite in --dir")
 @click.pass_context
-def up(ctx, timeout):
+def up(ctx, timeout, db_url):
     """Start (or complete) the cluster; wait until nodes are idle and daemons answer."""
+    if db_url:
+        ctx.obj["cluster"] = DevCluster(_cluster(ctx).root, db_url=db_url)
     try:
         _cluster(ctx).up(timeout)
     except ClusterError as exc:
