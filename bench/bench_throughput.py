@@ -17,10 +17,13 @@ Parts, all in one run:
              (1000 per request); sustained = N / (last SUCCEEDED - first submit), the
              last SUCCEEDED read from the invocations' history (the client polls for the
              end every 0.2 s).
-  real agent the dev cluster's own co-scheduler and agents (warm executors, at most one
-             invocation each, in their cgroups): throughput of 200 no-ops on 4 lent cores, and submit-to-start
-             latency (QUEUED -> RUNNING in the invocation's history) of 30 invocations
-             submitted one at a time on an idle slot.
+  real agents the dev cluster's own co-scheduler, agents and warm executors (in their
+             cgroups, pinned to the lent CPUs), with SQLite and with PostgreSQL (a second
+             dev cluster): N no-ops on 4 lent cores of one job after a warm-up (so the
+             co-scheduler dispatches ahead), sustained = N / (last SUCCEEDED - submit),
+             with the CPU each part spent per invocation; and submit-to-start latency
+             (QUEUED -> RUNNING in the invocation's history) of 30 invocations submitted
+             one at a time on an idle slot.
 """
 from __future__ import annotations
 
@@ -237,10 +240,33 @@ def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: lis
         daemon.wait(20)
 
 
-def real_agent_run(cluster: DevCluster, n: int, lat_n: int) -> dict:
+def _cpu_seconds(root: Path) -> dict[str, float]:
+    """CPU time (user + system) so far of the cluster's co-scheduler, agents and executors."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")  # executors run in their run dir below the agent's
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if not (str(root) in cmd or cwd.startswith(str(root))):
+            continue
+        kind = ("co-scheduler" if "coscheduler.daemon" in cmd else "agents" if "faas_runtime.agent" in cmd else
+                "executors" if "faas_runtime.executor" in cmd else None)
+        if kind:
+            out[kind] = out.get(kind, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+    return out
+
+
+def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int) -> dict:
+    """The dev cluster's own co-scheduler, agents and warm executors on ``cores`` lent cores
+    of one job: ``n`` no-ops submitted at once, after a warm-up that lets the co-scheduler
+    learn the function's run time (dispatch-ahead)."""
     env = cluster.client_env()
-    out = subprocess.run(["sbatch", "--parsable", "-N1", "-c8", "--output=/dev/null", "--faas-share=cores=4",
-                          "--wrap", "sleep 600"], env=env, capture_output=True, text=True, check=True, cwd="/tmp")
+    out = subprocess.run(["sbatch", "--parsable", "-N1", "-c8", "--output=/dev/null", f"--faas-share=cores={cores}",
+                          "--wrap", "sleep 900"], env=env, capture_output=True, text=True, check=True, cwd="/tmp")
     job = int(out.stdout.strip().split(";")[0])
     try:
         with Client(cluster.coscheduler_endpoint, str(cluster.munge_socket), timeout_s=60) as c:
@@ -258,24 +284,40 @@ def real_agent_run(cluster: DevCluster, n: int, lat_n: int) -> dict:
                 st = c.wait(inv, timeout_s=60, poll_s=0.02)
                 at = {state: dt.datetime.fromisoformat(t) for state, t, _ in st["history"]}
                 lat.append((at["RUNNING"] - at["QUEUED"]).total_seconds())
-            t0 = time.perf_counter()
+            c.wait_many(c.invoke_batch("noop", ["null"] * 100), timeout_s=120)  # warm-up
+            cpu0 = _cpu_seconds(cluster.root)
+            wall0 = D.utcnow()
             ids = c.invoke_batch("noop", ["null"] * n)
-            rows = c.wait_many(ids, timeout_s=600, poll_s=0.05)
-            elapsed = time.perf_counter() - t0
+            rows = c.wait_many(ids, timeout_s=900, poll_s=0.5)
+            cpu = {k: v - cpu0.get(k, 0.0) for k, v in _cpu_seconds(cluster.root).items()}
             assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+        db = D.Database(cluster.db_url)
+        with db.session() as s:
+            last = s.scalar(D.select(D.func.max(D.InvocationEvent.at)).where(
+                D.InvocationEvent.to_state == State.SUCCEEDED.value, D.InvocationEvent.invocation_id >= min(ids)))
+        db.dispose()
+        elapsed = (last - wall0).total_seconds()
         lat.sort()
-        return {"n": n, "rate": n / elapsed, "p50_ms": statistics.median(lat) * 1e3,
-                "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
+        return {"n": n, "rate": n / elapsed, "elapsed": elapsed, "cpu_us": {k: v / n * 1e6 for k, v in cpu.items()},
+                "p50_ms": statistics.median(lat) * 1e3, "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
     finally:
         subprocess.run(["scancel", str(job)], env=env, capture_output=True)
+
+
+def print_real(name: str, r: dict, cores: int, lat_n: int) -> None:
+    cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu_us"].items()))
+    print(f"real agents {name:<10}: {r['n']} no-ops on {cores} lent cores (warm executors, dispatch-ahead), "
+          f"sustained end to end {r['rate']:,.0f}/s ({r['elapsed']:.1f} s); CPU us per invocation: {cpu}; "
+          f"submit-to-start on an idle slot p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms ({lat_n} samples)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=20_000, help="invocations in the queue runs")
     ap.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
-    ap.add_argument("--real-n", type=int, default=200)
+    ap.add_argument("--real-n", type=int, default=10_000, help="invocations in the real-agent runs")
     ap.add_argument("--latency-n", type=int, default=30)
+    ap.add_argument("--cores", type=int, default=4, help="lent cores of the real-agent runs' job")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="faas-bench-"))
     work.chmod(0o755)
@@ -315,10 +357,19 @@ def main() -> None:
             print(f"queue {name:<10}: {r['n']} no-ops, submitted at {r['submit_rate']:,.0f}/s, "
                   f"sustained end to end {r['sustained']:,.0f}/s ({r['elapsed']:.1f} s)")
         subprocess.run(["scancel", *map(str, jobs)], env=env, capture_output=True)
-        r = real_agent_run(cluster, args.real_n, args.latency_n)
-        print(f"real agent (warm executors on 4 lent cores of a 2-CPU machine): {r['rate']:,.1f}/s "
-              f"over {r['n']}; submit-to-start on an idle slot p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
-              f"({args.latency_n} samples)")
+        for name, url in urls.items():
+            if name == "sqlite":
+                r = real_agent_run(cluster, args.real_n, args.latency_n, args.cores)
+            else:  # a second dev cluster whose co-scheduler keeps its queue in PostgreSQL
+                with D.Database(url).engine.begin() as conn:
+                    conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+                pg_cluster = DevCluster(work / "cluster-pg", db_url=url)
+                try:
+                    pg_cluster.up(timeout_s=120)
+                    r = real_agent_run(pg_cluster, args.real_n, args.latency_n, args.cores)
+                finally:
+                    pg_cluster.down()
+            print_real(name, r, args.cores, args.latency_n)
     finally:
         cluster.down()
         for stop in stops:
