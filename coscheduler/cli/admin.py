@@ -40,6 +40,68 @@ def slots(ctx, output):
                    f"{r['slurm_cpus']} ({sorted(set(r['os_cpus']))})")
 
 
+@main.group("db")
+@click.option("--db", "db_url", metavar="URL", help="the database (SQLAlchemy URL); default: db_url of the "
+              "co-scheduler's configuration ($FAAS_DB_URL, $FAAS_CONFIG or /etc/slurm-faas/coscheduler.toml)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="the co-scheduler's configuration file")
+@click.pass_context
+def db(ctx, db_url: Optional[str], config_path: Optional[Path]) -> None:
+    """The co-scheduler's database schema (Alembic migrations shipped with slurm-faas)."""
+    from ..config import ConfigError, load
+
+    try:
+        ctx.obj["db_url"] = load(config_path, overrides={"db_url": db_url}).db_url
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _database(ctx):
+    from .. import db as D
+
+    return D.Database(ctx.obj["db_url"], pool_size=1)
+
+
+@db.command()
+@click.pass_context
+def current(ctx):
+    """Show the schema revision the database is at, and the newest one; exit 1 if behind."""
+    from ..daemon import _safe_url
+
+    database = _database(ctx)
+    try:
+        rev, head = database.revision(), database.head_revision()
+    except Exception as exc:  # noqa: BLE001 - unreachable server, bad credentials ...
+        raise click.ClickException(f"cannot read {_safe_url(ctx.obj['db_url'])}: {exc}") from None
+    finally:
+        database.dispose()
+    click.echo(f"{_safe_url(ctx.obj['db_url'])}: revision {rev or 'none (no schema)'}, newest {head}"
+               + ("" if rev == head else " (run `faas-admin db upgrade`)"))
+    ctx.exit(0 if rev == head else 1)
+
+
+@db.command()
+@click.pass_context
+def upgrade(ctx):
+    """Migrate the database to the newest schema (creates it when empty; idempotent).
+
+    The co-scheduler does this itself when it starts; run it beforehand to migrate a
+    production database in a maintenance window, with the old co-scheduler stopped."""
+    from ..daemon import _safe_url
+
+    database = _database(ctx)
+    try:
+        before = database.revision()
+        database.create_schema()
+        after = database.revision()
+    except Exception as exc:  # noqa: BLE001 - reported in one line; Alembic rolled back
+        raise click.ClickException(f"cannot upgrade {_safe_url(ctx.obj['db_url'])}: {exc}") from None
+    finally:
+        database.dispose()
+    click.echo(f"{_safe_url(ctx.obj['db_url'])}: {before or 'empty'} -> {after}"
+               + (" (already the newest)" if before == after else ""))
+
+
 @main.group("dev-cluster")
 @click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), envvar="FAAS_DEV_CLUSTER_DIR",
               default=DEFAULT_DIR, show_default=True, help="where the cluster keeps everything")
