@@ -48,17 +48,19 @@ def slots(ctx, output):
 @click.pass_context
 def db(ctx, db_url: Optional[str], config_path: Optional[Path]) -> None:
     """The co-scheduler's database schema (Alembic migrations shipped with slurm-faas)."""
+    ctx.obj["db_source"] = (config_path, db_url)
+
+
+def _database(ctx):
+    """The database the options name (resolved here, not in the group: --help needs none)."""
+    from .. import db as D
     from ..config import ConfigError, load
 
+    config_path, db_url = ctx.obj["db_source"]
     try:
         ctx.obj["db_url"] = load(config_path, overrides={"db_url": db_url}).db_url
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _database(ctx):
-    from .. import db as D
-
     return D.Database(ctx.obj["db_url"], pool_size=1)
 
 
