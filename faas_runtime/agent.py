@@ -458,11 +458,17 @@ class Agent:
             return
         self._launch(msg, slot, cores)
 
+    def _running_cores(self, slot_id: str) -> set[int]:
+        return {c for run in self.running.values() if run.slot_id == slot_id for c in run.cores}
+
     def _blocked_cores(self, slot_id: str) -> set[int]:
         """Cores of ``slot_id`` that a new invocation must wait for: those running
         invocations hold, and those invocations already waiting will take first."""
-        blocked = {c for run in self.running.values() if run.slot_id == slot_id for c in run.cores}
+        blocked = self._running_cores(slot_id)
+        lent = self.slots[slot_id].record["slurm_cpus"]
         for msg in self.waiting.values():
+            if len(blocked) >= len(lent):
+                break  # every core is taken: no need to read the rest of the queue
             if msg["slot_id"] == slot_id:
                 blocked.update(msg.get("cpus") or ())
         return blocked
@@ -470,15 +476,22 @@ class Agent:
     def _start_waiting(self, slot_id: str) -> None:
         """Start, in order, the waiting invocations of ``slot_id`` whose cores are free;
         one that must still wait keeps its cores from those behind it (FIFO per core)."""
-        if self.stop_requested:
-            return  # shutting down: the co-scheduler requeues what waits
-        blocked = {c for run in self.running.values() if run.slot_id == slot_id for c in run.cores}
         slot = self.slots.get(slot_id)
-        for inv_id, msg in list(self.waiting.items()):
-            if msg["slot_id"] != slot_id:
-                continue
-            cores = frozenset(msg.get("cpus") or ())
-            if not cores & blocked and slot is not None and not slot.revoked:
+        if self.stop_requested or slot is None or slot.revoked:
+            return  # shutting down or revoked: the co-scheduler requeues what waits
+        lent = len(slot.record["slurm_cpus"])
+        while True:
+            blocked, ready = self._running_cores(slot_id), []
+            for inv_id, msg in self.waiting.items():
+                if len(blocked) >= lent:
+                    break  # the rest waits behind cores that are all taken
+                if msg["slot_id"] == slot_id:
+                    cores = frozenset(msg.get("cpus") or ())
+                    if not cores & blocked:
+                        ready.append((inv_id, msg, cores))
+                    blocked |= cores
+            freed = False  # one that did not start leaves its cores to those behind it
+            for inv_id, msg, cores in ready:
                 del self.waiting[inv_id]
                 left = _lend_left(slot.record)
                 if left < float(msg["timeout_s"]):
@@ -486,11 +499,12 @@ class Agent:
                     # unstarted (the co-scheduler requeues it without using an attempt).
                     self.send(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]), unstarted=True,
                               reason=f"the lend of {slot_id} ends in {max(left, 0):.0f} s, before its timeout")
+                    freed = True
                     continue
                 self._launch(msg, slot, cores)
-                if inv_id not in self.running:
-                    continue  # it could not start (reported): its cores stay free
-            blocked |= cores
+                freed |= inv_id not in self.running  # could not start (reported)
+            if not freed:
+                return
 
     def _launch(self, msg: dict, slot: Slot, cores: frozenset[int]) -> None:
         inv_id, attempt = int(msg["invocation_id"]), int(msg["attempt"])

@@ -226,3 +226,18 @@ def test_a_waiting_invocation_is_handed_back_unstarted_when_the_lend_got_too_sho
     kind, f = h.outcome(late)
     assert kind == P.EVICTED and f["unstarted"] is True and "before its timeout" in f["reason"]
     assert (P.STARTED, late) not in _order(h)
+
+
+def test_a_waiting_invocation_that_cannot_start_leaves_its_core_to_the_next(harness, users, tmp_path):
+    h = harness()
+    alice = users["faas-alice"]
+    slot = h.lend(23, [1])
+    first = h.run(slot, "runtime_probe:sleep", "0.2", user=alice, cpus=[0])
+    broken = h.run(slot, "runtime_probe:sleep", "0", user=alice, cpus=[0], runtime="charliecloud",
+                   image=str(tmp_path / "no-such-image"))
+    last = h.run(slot, "runtime_probe:sleep", "0", user=alice, cpus=[0])
+    assert h.outcome(first)[0] == P.RESULT
+    kind, f = h.outcome(broken)
+    assert kind == P.RESULT and f["outcome"] == "error" and "could not start the function" in f["error"]
+    kind, f = h.outcome(last)
+    assert kind == P.RESULT and _value(f)["slept"] == 0
