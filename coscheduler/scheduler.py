@@ -295,11 +295,20 @@ def place_ahead(
     costs O(waiting + cores at that load); one round per load some core carries, at most
     max(depth). Inputs are not modified.
     """
-    slots = list(slots)
-    running = dict(running or {})
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # as in place(): many small objects, all freed at the end
+    try:
+        return _place_ahead(list(pending), list(slots), now, dict(running or {}), policy, depth or {},
+                            run_time or {})
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _place_ahead(pending: list[PendingInvocation], slots: list[SlotView], now: float, running: dict[int, int],
+                 policy: Optional[Policy], depth: Mapping[str, int], run_time: Mapping[str, float]
+                 ) -> list[Placement]:
     placements = place(pending, slots, now, running, policy)
-    depth = depth or {}
-    run_time = run_time or {}
     placed = {p.invocation_id for p in placements}
     waiting = [inv for inv in pending if inv.invocation_id not in placed and depth.get(inv.function, 0) > 0]
     if not waiting:
