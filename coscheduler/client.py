@@ -111,6 +111,10 @@ class Client:
     def cancel(self, invocation_id: int) -> str:
         return self.request(P.CANCEL_INVOCATION, invocation_id=invocation_id)["state"]
 
+    def cancel_function(self, function: str) -> int:
+        """Cancel every unfinished invocation of one of your functions; how many."""
+        return self.request(P.CANCEL_FUNCTION, function=function)["cancelled"]
+
     def list(self, states: Optional[list[str]] = None, function: Optional[str] = None,
              ids: Optional[list[int]] = None, limit: int = 100, all_users: bool = False) -> list[dict]:
         return self.request(P.LIST, states=states or [], function=function, ids=ids or [], limit=limit,

@@ -498,6 +498,8 @@ class Coscheduler:
                 return self._result_of(self._owned(s, uid, msg))
             if kind == P.CANCEL_INVOCATION:
                 return self._cancel(s, self._owned(s, uid, msg))
+            if kind == P.CANCEL_FUNCTION:
+                return self._cancel_function(s, self._function(s, uid, msg.get("function")))
             if kind == P.LIST:
                 return self._list(s, uid, msg)
             if kind == P.SLOTS:
@@ -641,6 +643,21 @@ class Coscheduler:
                 self._send(agent.identity, P.CANCEL, invocation_id=inv.id, attempt=attempt, reason=reason)
             self._dirty = True
         return {"invocation_id": inv.id, "state": inv.state}
+
+    def _cancel_function(self, s: Session, fn: D.Function, reason: str = "cancelled by its owner") -> dict:
+        """Every unfinished invocation of ``fn``, in bulk (a user's 100,000 queued ones
+        take one request); agents stop those on their slots."""
+        unfinished = [st.value for st in State if st not in TERMINAL]
+        rows = s.execute(select(D.Invocation.id, D.Invocation.state, D.Invocation.node, D.Invocation.attempts)
+                         .where(D.Invocation.function_id == fn.id, D.Invocation.state.in_(unfinished))).all()
+        at = D.utcnow()
+        D.transition_many(s, [D.Change(r.id, State(r.state), State.CANCELLED, at, reason) for r in rows])
+        for r in rows:
+            agent = self.agents.get(r.node or "")
+            if State(r.state) in ON_SLOT and agent is not None:
+                self._send(agent.identity, P.CANCEL, invocation_id=r.id, attempt=r.attempts, reason=reason)
+        self._dirty = True
+        return {"cancelled": len(rows)}
 
     def _list(self, s: Session, uid: int, msg: dict) -> dict:
         inv_t = D.Invocation  # columns only: a listing never loads payloads or results

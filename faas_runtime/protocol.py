@@ -86,18 +86,21 @@ MEM_REVOKE = "mem-revoke"
 AGENT_TYPES = frozenset({HELLO, LEND, REVOKE, HEARTBEAT, STARTED, RESULT, EVICTED}) | LEASE_AGENT_TYPES
 # client -> co-scheduler, queue and function management (coscheduler.daemon):
 # INVOKE_BATCH (function, payloads: [JSON text], priority) -> invocation_ids, all or none;
-# CANCEL_INVOCATION (invocation_id) -> state; LIST (state, function, ids, limit) -> invocations;
+# CANCEL_INVOCATION (invocation_id) -> state; CANCEL_FUNCTION (function) -> cancelled: every
+# unfinished invocation of the caller's function; LIST (state, function, ids, limit) -> invocations;
 # FUNCTIONS -> functions; FUNCTION_SHOW / FUNCTION_DELETE (name, force); FUNCTION_UPDATE
 # (name, function: the fields to change). REGISTER creates or replaces.
 INVOKE_BATCH = "invoke-batch"
 CANCEL_INVOCATION = "cancel-invocation"
+CANCEL_FUNCTION = "cancel-function"
 LIST = "list"
 FUNCTIONS = "functions"
 FUNCTION_SHOW = "function-show"
 FUNCTION_UPDATE = "function-update"
 FUNCTION_DELETE = "function-delete"
 CLIENT_TYPES = frozenset({REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, AGENTS, PING, INVOKE_BATCH,
-                          CANCEL_INVOCATION, LIST, FUNCTIONS, FUNCTION_SHOW, FUNCTION_UPDATE, FUNCTION_DELETE})
+                          CANCEL_INVOCATION, CANCEL_FUNCTION, LIST, FUNCTIONS, FUNCTION_SHOW, FUNCTION_UPDATE,
+                          FUNCTION_DELETE})
 
 # Error codes carried in ERROR replies: clients branch on these, people read ``message``.
 E_MALFORMED = "malformed"

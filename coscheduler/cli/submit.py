@@ -314,13 +314,24 @@ def wait(ctx, invocation_ids, timeout_s, output):
 
 
 @main.command()
-@click.argument("invocation_ids", type=int, nargs=-1, required=True)
+@click.argument("invocation_ids", type=int, nargs=-1)
+@click.option("--function", "function", default=None, metavar="NAME",
+              help="instead of ids: every unfinished invocation of this function of yours")
 @output_option
 @click.pass_context
 @friendly_errors
-def cancel(ctx, invocation_ids, output):
+def cancel(ctx, invocation_ids, function, output):
     """Cancel queued or running invocations (running ones are stopped on their node)."""
+    if bool(invocation_ids) == bool(function):
+        raise click.UsageError("give invocation ids, or --function NAME (not both)")
     client = make_client(ctx)
+    if function:
+        n = client.cancel_function(function)
+        if output == "json":
+            emit_json({"function": function, "cancelled": n})
+        else:
+            click.echo(f"{n} invocation(s) of {function} cancelled")
+        return
     done = [{"invocation_id": i, "state": client.cancel(i)} for i in invocation_ids]
     if output == "json":
         emit_json(done)

@@ -144,3 +144,4 @@ def test_short_invocations_are_dispatched_ahead_and_a_scancel_requeues_what_wait
             states[r["state"]] = states.get(r["state"], 0) + 1
     assert set(states) <= {"SUCCEEDED", "QUEUED"} and sum(states.values()) == len(slow), states
     assert states.get("QUEUED", 0) > 0
+    assert probe.cancel_function("where") == states["QUEUED"]  # leave the shared queue empty

@@ -267,6 +267,25 @@ def test_cancel_queued_and_running(client):
         client.cancel(queued)
 
 
+def test_cancel_every_unfinished_invocation_of_a_function(client):
+    agent = client.harness.agent(answer=False, cores=2)
+    done = client.invoke("echo", "0")
+    wait_for(lambda: client.status(done)["state"] == "RUNNING")
+    client.harness.agents.remove(agent)
+    agent.close()  # nothing answers from now on: the next ones stay on the slot or queued
+    held = client.invoke_batch("echo", ["1"] * 300)
+    out = _cli(client, "cancel", "--function", "echo", "-o", "json")
+    assert out.exit_code == 0 and json.loads(out.stdout) == {"function": "echo", "cancelled": 301}
+    states = {r["state"] for r in client.list(ids=[done, *held], limit=1000)}
+    assert states == {"CANCELLED"}
+    assert [h[0] for h in client.status(done)["history"]][-1] == "CANCELLED"
+    assert client.cancel_function("echo") == 0
+    out = _cli(client, "cancel", "--function", "nope")
+    assert out.exit_code == 1 and "no function named 'nope'" in out.stderr
+    out = _cli(client, "cancel")
+    assert out.exit_code == 2 and "give invocation ids, or --function NAME" in out.stderr
+
+
 def test_dead_agent_work_is_requeued_and_runs_elsewhere(client, monkeypatch):
     monkeypatch.setattr(P, "AGENT_DEAD_AFTER_S", 1.0)
     silent = client.harness.agent("n1", 1, answer=False)
