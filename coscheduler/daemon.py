@@ -531,7 +531,7 @@ class Coscheduler:
         except (TypeError, ValueError) as exc:
             raise RequestFailed(P.E_INVALID, f"bad function field: {exc}") from None
         if not fn.entrypoint or ":" not in fn.entrypoint:
-            raise RequestFailed(P.E_INVALID, "the entrypoint is module:function")
+            raise RequestFailed(P.E_INVALID, "the entrypoint is module:function or path/lib.so:symbol")
         if not fn.code_dir:
             raise RequestFailed(P.E_INVALID, "a function needs a code directory")
         if fn.cores < 1 or fn.mem_mb < 1 or not fn.timeout_s > 0 or fn.max_attempts < 1:

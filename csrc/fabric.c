@@ -2,7 +2,10 @@
 #define _GNU_SOURCE
 #include "fabric.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +22,11 @@
 #define FF_NRECV 32        /* 8-byte receives for the write + send fallback */
 #define FF_EVQ 4096        /* queued events (one per outstanding request at most) */
 #define FF_CHUNK (8u << 20) /* largest single RMA operation we post */
+#define FF_FIRST_NAP_US 20      /* the progress loop's first nap once idle; doubles to nap_us */
+#define FF_WORK_POLL_NS 3000    /* a poll this long did work (idle: < 1 us, 1-3 us cold after a nap) */
+#define FF_WORK_SPIN_NS 200000  /* ... and keeps the loop spinning this long */
+#define FF_WORK_RUN_NS 100000   /* work polls closer than this are a transfer, not noise */
+#define FF_MAX_SPIN_NS 20000000 /* the longest spin one use buys (see ff_progress_loop) */
 
 enum { OP_SYNC = 1, OP_ASYNC = 2, OP_RECV = 3 };
 
@@ -47,6 +55,8 @@ struct ff_ep {
     struct fid_av *av;
     struct fid_cq *cq;
     struct fid_ep *ep;
+    struct fid_cntr *rcntr; /* FF_OPEN_SERVE: counts remote reads/writes (FI_RMA_EVENT) */
+    int mr_rma_event;       /* registrations must be bound to rcntr (FI_MR_RMA_EVENT) */
     int use_cqdata, saw_ordered, virt_addr, mr_endpoint, posted_recvs;
     uint64_t next_key;
     struct ff_op recv_op[FF_NRECV];
@@ -55,6 +65,7 @@ struct ff_ep {
     struct ff_event evq[FF_EVQ];
     unsigned evq_len;
     struct ff_op *orphans;
+    struct ff_op *spare; /* one freed op kept for the next operation (no malloc per call) */
     char err[320];
 };
 
@@ -106,6 +117,27 @@ static int post_recv(ff_ep *e, int i)
     return (int)rc;
 }
 
+static struct ff_op *op_new(ff_ep *e, int kind)
+{
+    struct ff_op *op = e->spare;
+    if (op) {
+        e->spare = NULL;
+        memset(op, 0, sizeof *op);
+    } else if (!(op = calloc(1, sizeof *op))) {
+        return NULL;
+    }
+    op->kind = kind;
+    return op;
+}
+
+static void op_free(ff_ep *e, struct ff_op *op)
+{
+    if (!e->spare)
+        e->spare = op;
+    else
+        free(op);
+}
+
 static void op_done(ff_ep *e, struct ff_op *op, int err)
 {
     if (op->kind == OP_SYNC) {
@@ -124,7 +156,7 @@ static void op_done(ff_ep *e, struct ff_op *op, int err)
     } else if (op->kind == OP_ASYNC) {
         if (err)
             push_event(e, FF_EV_TX_ERROR, err, 0, op->tag);
-        free(op);
+        op_free(e, op);
     }
 }
 
@@ -180,9 +212,16 @@ static int poll_once(ff_ep *e)
     return (int)n;
 }
 
-int ff_ep_open(const char *provider, const char *domain, int no_cqdata, ff_ep **out)
+/* The shm provider names its region after the process id (/dev/shm/<pid>:<d>:<e>).
+ * A process killed with SIGKILL leaves its region behind, and a later process that
+ * gets the same pid fails to enable its endpoint with -FI_EBUSY: shm then removes
+ * the stale file, so a fresh endpoint works (the dead process may have left several). */
+#define FF_SHM_STALE_RETRIES 4
+
+int ff_ep_open(const char *provider, const char *domain, int flags, ff_ep **out)
 {
     *out = NULL;
+    int no_cqdata = !!(flags & FF_OPEN_NO_CQDATA), serve = !!(flags & FF_OPEN_SERVE);
     ff_ep *e = calloc(1, sizeof *e);
     if (!e)
         return -FI_ENOMEM;
@@ -201,7 +240,16 @@ int ff_ep_open(const char *provider, const char *domain, int no_cqdata, ff_ep **
     hints->tx_attr->msg_order = FI_ORDER_SAW;
     if (provider && *provider)
         hints->fabric_attr->prov_name = strdup(strcmp(provider, "tcp") == 0 ? "tcp;ofi_rxm" : provider);
-    int rc = fi_getinfo(FI_VERSION(1, 17), NULL, NULL, 0, hints, &e->info);
+    int rc = -FI_ENODATA;
+    if (serve) { /* a counter of remote operations tells the progress loop it is used */
+        hints->caps |= FI_RMA_EVENT;
+        hints->domain_attr->mr_mode |= FI_MR_RMA_EVENT;
+        rc = fi_getinfo(FI_VERSION(1, 17), NULL, NULL, 0, hints, &e->info);
+        hints->caps &= ~FI_RMA_EVENT;
+        hints->domain_attr->mr_mode &= ~FI_MR_RMA_EVENT;
+    }
+    if (rc == -FI_ENODATA)
+        rc = fi_getinfo(FI_VERSION(1, 17), NULL, NULL, 0, hints, &e->info);
     if (rc == -FI_ENODATA) { /* retry without the optional ordering request */
         hints->tx_attr->msg_order = 0;
         rc = fi_getinfo(FI_VERSION(1, 17), NULL, NULL, 0, hints, &e->info);
@@ -248,17 +296,35 @@ int ff_ep_open(const char *provider, const char *domain, int no_cqdata, ff_ep **
     struct fi_av_attr av = {.type = FI_AV_TABLE};
     if ((rc = fi_av_open(e->domain, &av, &e->av, NULL)))
         return fail(e, "fi_av_open", rc);
+    int want_cntr = serve && (fi->caps & FI_RMA_EVENT);
     struct fi_cq_attr cq = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE, .size = 4096};
     if ((rc = fi_cq_open(e->domain, &cq, &e->cq, NULL)))
         return fail(e, "fi_cq_open", rc);
-    if ((rc = fi_endpoint(e->domain, fi, &e->ep, NULL)))
-        return fail(e, "fi_endpoint", rc);
-    if ((rc = fi_ep_bind(e->ep, &e->av->fid, 0)))
-        return fail(e, "fi_ep_bind(av)", rc);
-    if ((rc = fi_ep_bind(e->ep, &e->cq->fid, FI_TRANSMIT | FI_RECV)))
-        return fail(e, "fi_ep_bind(cq)", rc);
-    if ((rc = fi_enable(e->ep)))
-        return fail(e, "fi_enable", rc);
+    if (want_cntr) {
+        struct fi_cntr_attr ca = {.events = FI_CNTR_EVENTS_COMP, .wait_obj = FI_WAIT_NONE};
+        if ((rc = fi_cntr_open(e->domain, &ca, &e->rcntr, NULL)))
+            return fail(e, "fi_cntr_open", rc);
+        e->mr_rma_event = !!(fi->domain_attr->mr_mode & FI_MR_RMA_EVENT);
+    }
+    for (int attempt = 0;; attempt++) {
+        if ((rc = fi_endpoint(e->domain, fi, &e->ep, NULL)))
+            return fail(e, "fi_endpoint", rc);
+        if ((rc = fi_ep_bind(e->ep, &e->av->fid, 0)))
+            return fail(e, "fi_ep_bind(av)", rc);
+        if ((rc = fi_ep_bind(e->ep, &e->cq->fid, FI_TRANSMIT | FI_RECV)))
+            return fail(e, "fi_ep_bind(cq)", rc);
+        if (e->rcntr && (rc = fi_ep_bind(e->ep, &e->rcntr->fid, FI_REMOTE_READ | FI_REMOTE_WRITE)))
+            return fail(e, "fi_ep_bind(remote counter)", rc);
+        rc = fi_enable(e->ep);
+        if (rc == -FI_EBUSY && attempt < FF_SHM_STALE_RETRIES && strcmp(fi->fabric_attr->prov_name, "shm") == 0) {
+            fi_close(&e->ep->fid); /* a fresh endpoint (the failed one cannot be enabled again) */
+            e->ep = NULL;
+            continue;
+        }
+        if (rc)
+            return fail(e, "fi_enable", rc);
+        break;
+    }
     if (mrm & FI_MR_LOCAL) {
         if ((rc = fi_mr_reg(e->domain, e->recv_buf, sizeof e->recv_buf, FI_RECV, 0, e->next_key++, 0,
                             &e->recv_mr, NULL)))
@@ -290,6 +356,8 @@ void ff_ep_close(ff_ep *e)
     ff_ep_shutdown(e);
     if (e->recv_mr)
         fi_close(&e->recv_mr->fid);
+    if (e->rcntr)
+        fi_close(&e->rcntr->fid);
     if (e->cq)
         fi_close(&e->cq->fid);
     if (e->av)
@@ -305,6 +373,7 @@ void ff_ep_close(ff_ep *e)
         free(e->orphans);
         e->orphans = n;
     }
+    free(e->spare);
     free(e);
 }
 
@@ -321,6 +390,7 @@ int ff_ep_describe(ff_ep *e, struct ff_desc *d)
     d->inject_size = e->info->tx_attr->inject_size;
     d->use_cqdata = e->use_cqdata;
     d->virt_addr = e->virt_addr;
+    d->activity = e->rcntr ? FF_ACTIVITY_COUNTER : FF_ACTIVITY_POLL_TIME;
     size_t len = 0;
     fi_getname(&e->ep->fid, NULL, &len);
     d->addrlen = len;
@@ -368,6 +438,13 @@ int ff_mr_reg(ff_ep *e, void *buf, uint64_t len, uint64_t access, ff_mr **out)
     if (rc) {
         free(m);
         return fail(e, "fi_mr_reg", rc);
+    }
+    if (e->mr_rma_event && access == FF_ACCESS_REMOTE &&
+        ((rc = fi_mr_bind(m->mr, &e->rcntr->fid, FI_REMOTE_READ | FI_REMOTE_WRITE)) ||
+         (!e->mr_endpoint && (rc = fi_mr_enable(m->mr))))) {
+        fi_close(&m->mr->fid);
+        free(m);
+        return fail(e, "fi_mr_bind(remote counter)", rc);
     }
     if (e->mr_endpoint && ((rc = fi_mr_bind(m->mr, &e->ep->fid, 0)) || (rc = fi_mr_enable(m->mr)))) {
         fi_close(&m->mr->fid);
@@ -459,7 +536,7 @@ static int wait_op(ff_ep *e, struct ff_op *op, int64_t deadline)
         }
     }
     int err = op->err;
-    free(op);
+    op_free(e, op);
     if (err)
         return -err; /* e->err already holds the completion error text */
     return 0;
@@ -469,10 +546,9 @@ static int rma_sync(ff_ep *e, int is_read, ff_mr *lmr, uint64_t loff, uint64_t l
                     uint64_t raddr, uint64_t rkey, int with_data, uint64_t data, int64_t timeout_us)
 {
     int64_t deadline = deadline_of(timeout_us);
-    struct ff_op *op = calloc(1, sizeof *op);
+    struct ff_op *op = op_new(e, OP_SYNC);
     if (!op)
         return fail(e, "rma", -FI_ENOMEM);
-    op->kind = OP_SYNC;
     int signal = with_data && !e->use_cqdata;
     uint64_t off = 0;
     int rc = 0;
@@ -486,16 +562,15 @@ static int rma_sync(ff_ep *e, int is_read, ff_mr *lmr, uint64_t loff, uint64_t l
     if (!rc && with_data && off) {
         if ((rc = wait_op(e, op, deadline)))
             return rc;
-        op = calloc(1, sizeof *op);
+        op = op_new(e, OP_SYNC);
         if (!op)
             return fail(e, "rma", -FI_ENOMEM);
-        op->kind = OP_SYNC;
     }
     if (!rc)
         rc = post_rma(e, is_read, lmr, loff + off, len - off, peer, raddr + off, rkey, with_data && !signal, data,
                       op, deadline);
     if (rc && op->pending == 0) {
-        free(op);
+        op_free(e, op);
         return rc;
     }
     int wrc = wait_op(e, op, deadline);
@@ -506,6 +581,63 @@ static int rma_sync(ff_ep *e, int is_read, ff_mr *lmr, uint64_t loff, uint64_t l
     if (signal)
         return send_signal(e, peer, data, deadline);
     return 0;
+}
+
+static void orphan_op(ff_ep *e, struct ff_op *op)
+{
+    if (op->pending == 0) {
+        op_free(e, op);
+        return;
+    }
+    op->orphan = 1;
+    op->next_orphan = e->orphans;
+    e->orphans = op;
+}
+
+int ff_post_rma(ff_ep *e, int is_read, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer, uint64_t raddr,
+                uint64_t rkey, int64_t timeout_us, ff_op **out)
+{
+    *out = NULL;
+    int64_t deadline = deadline_of(timeout_us);
+    struct ff_op *op = op_new(e, OP_SYNC);
+    if (!op)
+        return fail(e, "rma", -FI_ENOMEM);
+    uint64_t off = 0;
+    do {
+        uint64_t n = len - off > FF_CHUNK ? FF_CHUNK : len - off;
+        int rc = post_rma(e, is_read, lmr, loff + off, n, peer, raddr + off, rkey, 0, 0, op, deadline);
+        if (rc) {
+            orphan_op(e, op); /* chunks already posted complete into nothing */
+            return rc;
+        }
+        off += n;
+    } while (off < len);
+    *out = op;
+    return 0;
+}
+
+int ff_op_wait(ff_ep *e, ff_op *op, int64_t timeout_us)
+{
+    int64_t deadline = deadline_of(timeout_us);
+    unsigned spins = 0;
+    while (op->pending) {
+        int p = poll_once(e);
+        if (p < 0) {
+            orphan_op(e, op);
+            return p;
+        }
+        if (p == 0 && (++spins & 63) == 0 && expired(deadline))
+            return -FI_EAGAIN;
+    }
+    int err = op->err;
+    op_free(e, op);
+    return err ? -err : 0;
+}
+
+void ff_op_abandon(ff_ep *e, ff_op *op)
+{
+    if (op)
+        orphan_op(e, op);
 }
 
 int ff_write(ff_ep *e, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer, uint64_t raddr, uint64_t rkey,
@@ -525,14 +657,13 @@ int ff_post_write(ff_ep *e, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t pe
 {
     if (!e->use_cqdata || len > FF_CHUNK) /* the fallback must order data before signal: wait */
         return rma_sync(e, 0, lmr, loff, len, peer, raddr, rkey, 1, data, timeout_us);
-    struct ff_op *op = calloc(1, sizeof *op);
+    struct ff_op *op = op_new(e, OP_ASYNC);
     if (!op)
         return fail(e, "ff_post_write", -FI_ENOMEM);
-    op->kind = OP_ASYNC;
     op->tag = tag;
     int rc = post_rma(e, 0, lmr, loff, len, peer, raddr, rkey, 1, data, op, deadline_of(timeout_us));
     if (rc)
-        free(op);
+        op_free(e, op);
     return rc;
 }
 
@@ -550,9 +681,8 @@ static int take_event(ff_ep *e, int match, uint64_t data, struct ff_event *ev)
     return 0;
 }
 
-static int wait_event(ff_ep *e, int match, uint64_t data, struct ff_event *ev, int64_t timeout_us)
+static int wait_event_until(ff_ep *e, int match, uint64_t data, struct ff_event *ev, int64_t deadline)
 {
-    int64_t deadline = deadline_of(timeout_us);
     unsigned spins = 0;
     memset(ev, 0, sizeof *ev);
     for (;;) {
@@ -566,6 +696,11 @@ static int wait_event(ff_ep *e, int match, uint64_t data, struct ff_event *ev, i
             return 0;
         }
     }
+}
+
+static int wait_event(ff_ep *e, int match, uint64_t data, struct ff_event *ev, int64_t timeout_us)
+{
+    return wait_event_until(e, match, data, ev, deadline_of(timeout_us));
 }
 
 int ff_wait(ff_ep *e, struct ff_event *ev, int64_t timeout_us) { return wait_event(e, 0, 0, ev, timeout_us); }
@@ -586,6 +721,36 @@ int ff_call(ff_ep *e, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer, ui
     return wait_event(e, 1, reply, ev, left < 0 && timeout_us >= 0 ? 0 : left);
 }
 
+static uint64_t get_le64(const char *p);
+static uint32_t get_le32(const char *p);
+static void put_le(char *p, uint64_t v, int n);
+
+int64_t ff_invoke(struct ff_invoker *iv, const char *payload, uint64_t len)
+{
+    int64_t timeout_us = iv->timeout_us, wait_us = iv->wait_us;
+    ff_ep *e = iv->ep;
+    char *req = iv->lmr->buf;
+    iv->seq = (iv->seq + 1) & 0xFFFF;
+    iv->data = iv->slot_bits | iv->seq;
+    put_le(req, len, 8);
+    memset(req + 8, 0, 20);
+    put_le(req + 28, iv->seq, 4);
+    if (len)
+        memcpy(req + FF_RING_HSIZE, payload, len);
+    int rc = rma_sync(e, 0, iv->lmr, 0, FF_RING_HSIZE + len, iv->peer, iv->raddr, iv->rkey, 1, iv->data, timeout_us);
+    if (rc)
+        return rc;
+    rc = wait_event(e, 1, iv->data, &iv->ev, wait_us);
+    if (rc)
+        return rc;
+    if (iv->ev.kind != FF_EV_DATA)
+        return FF_INVOKE_MORE;
+    const char *h = iv->res->buf;
+    if (get_le32(h + 24) != 0) /* flags: bulk or error */
+        return FF_INVOKE_MORE;
+    return (int64_t)get_le64(h);
+}
+
 int ff_reply_wait(ff_ep *e, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer, uint64_t raddr,
                   uint64_t rkey, uint64_t data, uint64_t tag, struct ff_event *ev, int64_t timeout_us)
 {
@@ -600,22 +765,360 @@ int ff_reply_wait(ff_ep *e, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t pe
     return wait_event(e, 0, 0, ev, timeout_us);
 }
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Did a peer read or write this endpoint's memory since the last call? (the
+ * remote-operation counter moved; 0 without a counter) */
+static int used_remotely(ff_ep *e, uint64_t *seen)
+{
+    if (!e->rcntr)
+        return 0;
+    uint64_t c = fi_cntr_read(e->rcntr);
+    if (c == *seen)
+        return 0;
+    *seen = c;
+    return 1;
+}
+
 int ff_progress_loop(ff_ep *e, volatile int *stop, int64_t spin_us, int64_t nap_us)
 {
-    int64_t last = now_us();
-    unsigned spins = 0;
+    int64_t t = now_ns(), until = t + spin_us * 1000, nap = 0; /* busy-poll until `until` */
+    int64_t last_use = t - FF_MAX_SPIN_NS, last_work = t - FF_MAX_SPIN_NS;
+    uint64_t seen = e->rcntr ? fi_cntr_read(e->rcntr) : 0;
     while (!__atomic_load_n(stop, __ATOMIC_ACQUIRE)) {
+        int64_t t0 = now_ns();
         int p = poll_once(e);
         if (p < 0)
             return p;
-        if (p > 0) {
-            last = now_us();
-            continue;
+        int64_t t1 = now_ns(), keep = 0;
+        if (p > 0 || used_remotely(e, &seen)) {
+            /* Spin spin_us, or twice the time since the previous use when that was
+             * longer (up to FF_MAX_SPIN_NS): transfers that each take long (large ones,
+             * or a loaded machine) must not see the loop asleep in the middle of the
+             * next one, which would make them longer still. */
+            int64_t gap = t1 - last_use;
+            last_use = t1;
+            keep = spin_us * 1000;
+            if (gap < FF_MAX_SPIN_NS && 2 * gap > keep)
+                keep = 2 * gap;
+        } else if (t1 - t0 > FF_WORK_POLL_NS) {
+            /* A poll in which the provider did work: it served one-sided traffic (the
+             * only sign of it without a counter; and a counter moves only when an
+             * operation is done, not while a large one is copied). Noise (interrupts,
+             * preemption) looks alike but comes alone: a lone one buys a short spin, a
+             * run of them (a transfer) spin_us. */
+            keep = t1 - last_work < FF_WORK_RUN_NS ? spin_us * 1000 : FF_WORK_SPIN_NS;
+            last_work = t1;
         }
-        if ((++spins & 255) == 0 && nap_us > 0 && now_us() - last > spin_us) {
-            struct timespec ts = {.tv_sec = nap_us / 1000000, .tv_nsec = (nap_us % 1000000) * 1000};
-            nanosleep(&ts, NULL);
+        if (keep) {
+            if (t1 + keep > until)
+                until = t1 + keep;
+            nap = 0;
         }
+        if (nap_us <= 0 || t1 < until)
+            continue; /* busy-poll: recently used, or configured to always spin */
+        /* idle: nap, 20 us doubling up to nap_us, polling in between */
+        nap = nap == 0 ? (nap_us < FF_FIRST_NAP_US ? nap_us : FF_FIRST_NAP_US) : (nap * 2 > nap_us ? nap_us : nap * 2);
+        struct timespec ts = {.tv_sec = nap / 1000000, .tv_nsec = (nap % 1000000) * 1000};
+        nanosleep(&ts, NULL);
     }
     return 0;
+}
+
+/* -- native functions ------------------------------------------------------ */
+
+typedef int (*native_fn)(const void *in, size_t in_len, void *out, size_t out_cap, size_t *out_len);
+
+struct ff_native {
+    void *dl;
+    native_fn fn;
+    pthread_mutex_t lock;
+};
+
+int ff_native_open(const char *path, const char *symbol, ff_native **out, char *err, uint64_t errlen)
+{
+    *out = NULL;
+    if (errlen)
+        err[0] = 0;
+    dlerror();
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        const char *why = dlerror();
+        if (errlen)
+            snprintf(err, errlen, "%s", why ? why : "dlopen failed");
+        return -FI_ENOENT;
+    }
+    dlerror();
+    void *sym = dlsym(dl, symbol);
+    const char *why = dlerror();
+    if (why || !sym) {
+        if (errlen)
+            snprintf(err, errlen, "%s", why ? why : "symbol is NULL");
+        dlclose(dl);
+        return -FI_ENOSYS;
+    }
+    ff_native *nf = calloc(1, sizeof *nf);
+    if (!nf) {
+        dlclose(dl);
+        return -FI_ENOMEM;
+    }
+    nf->dl = dl;
+    *(void **)&nf->fn = sym; /* POSIX: object pointer to function pointer */
+    pthread_mutex_init(&nf->lock, NULL);
+    *out = nf;
+    return 0;
+}
+
+void ff_native_close(ff_native *nf)
+{
+    if (!nf)
+        return;
+    pthread_mutex_destroy(&nf->lock);
+    dlclose(nf->dl);
+    free(nf);
+}
+
+int ff_native_call(ff_native *nf, const void *in, uint64_t in_len, void *out, uint64_t out_cap, uint64_t *out_len)
+{
+    size_t olen = 0;
+    pthread_mutex_lock(&nf->lock);
+    int rc = nf->fn(in, (size_t)in_len, out, (size_t)out_cap, &olen);
+    pthread_mutex_unlock(&nf->lock);
+    *out_len = olen;
+    return rc;
+}
+
+static uint64_t get_le64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | (unsigned char)p[i];
+    return v;
+}
+
+static uint32_t get_le32(const char *p)
+{
+    return (uint32_t)(unsigned char)p[0] | (uint32_t)(unsigned char)p[1] << 8 |
+           (uint32_t)(unsigned char)p[2] << 16 | (uint32_t)(unsigned char)p[3] << 24;
+}
+
+static void put_le(char *p, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++, v >>= 8)
+        p[i] = (char)(v & 0xff);
+}
+
+static int utf8_valid(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k;
+        unsigned min;
+        if ((c & 0xE0) == 0xC0)
+            k = 1, min = 0x80, c &= 0x1F;
+        else if ((c & 0xF0) == 0xE0)
+            k = 2, min = 0x800, c &= 0x0F;
+        else if ((c & 0xF8) == 0xF0)
+            k = 3, min = 0x10000, c &= 0x07;
+        else
+            return 0;
+        if (i + k >= n)
+            return 0;
+        for (size_t j = 1; j <= k; j++) {
+            if ((p[i + j] & 0xC0) != 0x80)
+                return 0;
+            c = c << 6 | (p[i + j] & 0x3F);
+        }
+        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+static const char *j_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static const char *j_lit(const char *p, const char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+    return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0 ? p + n : NULL;
+}
+
+static int is_digit(char c) { return c >= '0' && c <= '9'; }
+static int is_hex(char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+static const char *j_string(const char *p, const char *end)
+{
+    if (p >= end || *p != '"')
+        return NULL;
+    for (p++; p < end; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"')
+            return p + 1;
+        if (c < 0x20)
+            return NULL;
+        if (c == '\\') {
+            if (++p >= end)
+                return NULL;
+            if (*p == 'u') {
+                if (end - p < 5 || !is_hex(p[1]) || !is_hex(p[2]) || !is_hex(p[3]) || !is_hex(p[4]))
+                    return NULL;
+                p += 4;
+            } else if (!strchr("\"\\/bfnrt", *p) || *p == 0) {
+                return NULL;
+            }
+        }
+    }
+    return NULL;
+}
+
+static const char *j_number(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == 'I')
+        return j_lit(p, end, "Infinity");
+    if (p >= end || !is_digit(*p))
+        return NULL;
+    if (*p == '0')
+        p++;
+    else
+        while (p < end && is_digit(*p))
+            p++;
+    if (p < end && *p == '.') {
+        if (++p >= end || !is_digit(*p))
+            return NULL;
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        if (++p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= end || !is_digit(*p))
+            return NULL;
+        while (p < end && is_digit(*p))
+            p++;
+    }
+    return p;
+}
+
+static const char *j_value(const char *p, const char *end, int depth)
+{
+    if (p >= end || depth > 512)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return j_string(p, end);
+    case 't':
+        return j_lit(p, end, "true");
+    case 'f':
+        return j_lit(p, end, "false");
+    case 'n':
+        return j_lit(p, end, "null");
+    case 'N':
+        return j_lit(p, end, "NaN");
+    case '[':
+    case '{': {
+        char close = *p == '[' ? ']' : '}';
+        int obj = *p == '{';
+        p = j_ws(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (obj) {
+                if (!(p = j_string(p, end)))
+                    return NULL;
+                p = j_ws(p, end);
+                if (p >= end || *p != ':')
+                    return NULL;
+                p = j_ws(p + 1, end);
+            }
+            if (!(p = j_value(p, end, depth + 1)))
+                return NULL;
+            p = j_ws(p, end);
+            if (p < end && *p == ',') {
+                p = j_ws(p + 1, end);
+                continue;
+            }
+            return p < end && *p == close ? p + 1 : NULL;
+        }
+    }
+    default:
+        return j_number(p, end);
+    }
+}
+
+int ff_json_valid(const char *p, uint64_t n)
+{
+    if (!utf8_valid((const unsigned char *)p, (size_t)n))
+        return 0;
+    const char *end = p + n, *q = j_value(j_ws(p, end), end, 0);
+    return q && j_ws(q, end) == end;
+}
+
+int ff_serve_native(ff_ep *e, ff_native *nf, ff_mr *ring, ff_mr *out, uint64_t slot_size, struct ff_slot *slots,
+                    uint64_t nslots, int check_json, volatile int *attention, struct ff_event *ev,
+                    int64_t timeout_us, uint64_t *served)
+{
+    int64_t deadline = deadline_of(timeout_us);
+    for (unsigned n = 1;; n++) {
+        if (__atomic_load_n(attention, __ATOMIC_ACQUIRE) || ((n & 63) == 0 && expired(deadline))) {
+            memset(ev, 0, sizeof *ev);
+            ev->kind = FF_EV_NONE;
+            return 0;
+        }
+        int rc = wait_event_until(e, 0, 0, ev, deadline);
+        if (rc || ev->kind != FF_EV_DATA)
+            return rc;
+        uint64_t slot = ev->data >> 16;
+        if (slot >= nslots || !slots[slot].fast || __atomic_load_n(attention, __ATOMIC_ACQUIRE))
+            return 0;
+        struct ff_slot *s = &slots[slot];
+        const char *req = ring->buf + slot * slot_size;
+        uint64_t length = get_le64(req);
+        uint32_t flags = get_le32(req + 24), seq = get_le32(req + 28);
+        if ((flags & FF_RING_BULK) || length > slot_size - FF_RING_HSIZE)
+            return 0;
+        uint64_t cap = (s->rsize < slot_size ? s->rsize : slot_size) - FF_RING_HSIZE;
+        char *rep = out->buf + slot * slot_size;
+        uint64_t olen = 0;
+        int frc = ff_native_call(nf, req + FF_RING_HSIZE, length, rep + FF_RING_HSIZE, cap, &olen);
+        if (frc != 0 || olen > cap || (check_json && !ff_json_valid(rep + FF_RING_HSIZE, olen))) {
+            ev->kind = FF_EV_NATIVE;
+            ev->err = frc != 0 ? frc : olen > cap ? -1 : FF_NATIVE_NOT_JSON;
+            ev->tag = olen;
+            return 0;
+        }
+        put_le(rep, olen, 8);
+        memset(rep + 8, 0, 16);
+        put_le(rep + 24, 0, 4);
+        put_le(rep + 28, seq, 4);
+        (*served)++;
+        int prc = ff_post_write(e, out, slot * slot_size, FF_RING_HSIZE + olen, s->peer, s->raddr, s->rkey,
+                                ev->data, slot, 1000000);
+        if (prc) { /* this client's problem: Python drops its lease */
+            uint64_t data = ev->data;
+            memset(ev, 0, sizeof *ev);
+            ev->kind = FF_EV_TX_ERROR;
+            ev->err = -prc;
+            ev->tag = slot;
+            ev->data = data;
+            return 0;
+        }
+    }
 }

@@ -33,7 +33,10 @@ struct ff_desc {
     int use_cqdata;        /* 1: fi_writedata; 0: fi_write + an 8-byte send */
     int virt_addr;         /* 1: remote addresses are virtual addresses */
     uint64_t addrlen;      /* bytes of ff_ep_name() */
+    int activity;          /* FF_OPEN_SERVE: how ff_progress_loop sees remote use (FF_ACTIVITY_*) */
 };
+#define FF_ACTIVITY_POLL_TIME 0 /* guessed from polls in which the provider did work (tcp;ofi_rxm) */
+#define FF_ACTIVITY_COUNTER 1   /* a counter of remote reads/writes (FI_RMA_EVENT; shm) */
 
 /* An event returned by ff_wait/ff_wait_match. */
 #define FF_EV_NONE 0      /* timeout */
@@ -54,8 +57,13 @@ struct ff_event {
 /* Open fabric, domain, address vector, completion queue and an RDM endpoint.
  * provider: libfabric provider name ("tcp" means "tcp;ofi_rxm", "shm", ...);
  * domain: an interface/domain name ("lo", "eth0") or NULL for the first one;
- * no_cqdata: 1 forces the write + send signalling even when cq_data works. */
-int ff_ep_open(const char *provider, const char *domain, int no_cqdata, ff_ep **out);
+ * flags: FF_OPEN_NO_CQDATA forces the write + send signalling even when cq_data
+ * works; FF_OPEN_SERVE (a memory server, driven by ff_progress_loop) also asks
+ * for a way to see one-sided use: a remote-operation counter (FI_RMA_EVENT)
+ * where the provider has it (else ff_progress_loop guesses from poll times). */
+#define FF_OPEN_NO_CQDATA 1
+#define FF_OPEN_SERVE 2
+int ff_ep_open(const char *provider, const char *domain, int flags, ff_ep **out);
 /* Close the endpoint alone (cancels operations in flight); the caller then
  * closes its memory registrations, then ff_ep_close frees the rest. */
 void ff_ep_shutdown(ff_ep *ep);
@@ -85,6 +93,20 @@ int ff_write(ff_ep *ep, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
 int ff_read(ff_ep *ep, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
             uint64_t raddr, uint64_t rkey, int64_t timeout_us);
 
+/* A one-sided transfer in flight, for callers that wait in slices and check
+ * something between them (is the peer still alive?). ff_post_rma posts the
+ * read or write (in chunks, retrying -FI_EAGAIN while driving progress up to
+ * timeout_us) and returns it in *out. ff_op_wait busy-polls up to timeout_us:
+ * 0 = done, -FI_EAGAIN = not yet (the caller still owns op: wait again or
+ * abandon it), anything else = failed; after 0 or a failure op is gone.
+ * ff_op_abandon gives op up (freed when its completions arrive or with the
+ * endpoint; close the endpoint before the local buffer is released). */
+typedef struct ff_op ff_op;
+int ff_post_rma(ff_ep *ep, int is_read, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
+                uint64_t raddr, uint64_t rkey, int64_t timeout_us, ff_op **out);
+int ff_op_wait(ff_ep *ep, ff_op *op, int64_t timeout_us);
+void ff_op_abandon(ff_ep *ep, ff_op *op);
+
 /* Post a write (+ completion data) and return at once; completion is reaped by
  * later polling, a failure comes back as an FF_EV_TX_ERROR event with tag. */
 int ff_post_write(ff_ep *ep, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
@@ -101,16 +123,97 @@ int ff_call(ff_ep *ep, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
             uint64_t raddr, uint64_t rkey, uint64_t data, uint64_t reply,
             struct ff_event *ev, int64_t timeout_us);
 
+/* The client's hot path with the ring header (faas_runtime.rma.HEADER) done in C,
+ * for one leased ring slot: ff_invoke writes header(len, seq) + payload into
+ * lmr at 0, writes it into the executor's slot with the data slot_bits | seq
+ * (seq counts up, 16 bits), and waits up to iv->wait_us for that DATA event.
+ * Returns the result's length (>= 0) when the result came inline and without
+ * error flags (it lies in res at FF_RING_HSIZE); FF_INVOKE_MORE when Python must
+ * look: ev.kind FF_EV_NONE = not yet (keep waiting for `data` with
+ * ff_wait_match, then read the header), FF_EV_DATA = a bulk or error result
+ * (read the header), an error kind = the executor is lost; or a negative
+ * libfabric error. Set up once per client; the fields are the Python layer's. */
+struct ff_invoker {
+    ff_ep *ep;
+    ff_mr *lmr; /* request staging (local) */
+    ff_mr *res; /* result buffer (the executor writes it) */
+    uint64_t peer, raddr, rkey;
+    uint64_t slot_bits; /* slot << 16 */
+    uint64_t seq;
+    uint64_t data;      /* the last request's immediate data */
+    int64_t timeout_us; /* for posting the write (-1: none) */
+    int64_t wait_us;    /* for the reply (-1: forever) */
+    struct ff_event ev;
+};
+#define FF_INVOKE_MORE (-1000000)
+int64_t ff_invoke(struct ff_invoker *iv, const char *payload, uint64_t len);
+
 /* The executor's hot path in one call: post the reply (as ff_post_write) and
  * wait for the next event. */
 int ff_reply_wait(ff_ep *ep, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
                   uint64_t raddr, uint64_t rkey, uint64_t data, uint64_t tag,
                   struct ff_event *ev, int64_t timeout_us);
 
-/* Drive progress until *stop becomes non-zero: busy-polls while work arrives,
- * then naps nap_us between polls once idle for spin_us. Events are queued for
- * ff_wait. Returns 0 when stopped, <0 on a fatal queue error. */
+/* Drive progress until *stop becomes non-zero (a memory server's loop). It
+ * busy-polls while the endpoint is used and backs off when idle, so that an
+ * idle server does not burn its core: after spin_us without use it sleeps
+ * 20 us, doubling up to nap_us, with a poll between sleeps; use ends the
+ * back-off. Use = a completion, or the remote-operation counter moved
+ * (FF_OPEN_SERVE where the provider has FI_RMA_EVENT); and, as a guess, a poll
+ * in which the provider did work (it served one-sided traffic, which leaves
+ * nothing in the queue, or copied part of a large transfer) buys 200 us of
+ * spinning. nap_us <= 0:
+ * busy-poll always. Events are queued for ff_wait. Returns 0 when stopped, <0
+ * on a fatal queue error. */
 int ff_progress_loop(ff_ep *ep, volatile int *stop, int64_t spin_us, int64_t nap_us);
+
+/* Native functions (C, in a shared object; see csrc/faas_native.h for the
+ * contract function authors build against). ff_native_open dlopens `path`
+ * (RTLD_NOW | RTLD_LOCAL) and looks up `symbol`; on failure it returns
+ * -FI_ENOENT (library) or -FI_ENOSYS (symbol) and writes dlerror() text into
+ * err. ff_native_call runs the function under the handle's mutex, so calls
+ * from any thread (the ZeroMQ path) and from ff_serve_native (the RMA path)
+ * run one at a time. */
+typedef struct ff_native ff_native;
+#define FF_NATIVE_TOO_SMALL 1 /* the function's "out_cap too small, *out_len = needed" */
+int ff_native_open(const char *path, const char *symbol, ff_native **out, char *err, uint64_t errlen);
+void ff_native_close(ff_native *nf);
+int ff_native_call(ff_native *nf, const void *in, uint64_t in_len, void *out, uint64_t out_cap,
+                   uint64_t *out_len);
+
+/* One leased slot of an RMA request ring, as ff_serve_native sees it. The
+ * owner (faas_runtime.rma) sets fast = 0 where Python must handle the next
+ * request (lease ended, a staged bulk result to release, no lease). */
+struct ff_slot {
+    uint64_t peer;  /* the client's address */
+    uint64_t raddr; /* the client's result buffer */
+    uint64_t rkey;
+    uint64_t rsize; /* its size in bytes */
+    int fast;
+};
+
+/* The ring header (faas_runtime.rma.HEADER): 32 bytes, little endian. */
+#define FF_RING_HSIZE 32
+#define FF_RING_BULK 1
+#define FF_EV_NATIVE 4 /* the native function did not succeed on a fast-path request:
+                          err = its return code (or -1: *out_len > out_cap), tag = its *out_len,
+                          data = the request's immediate data; the reply is not yet sent */
+
+/* The executor's hot path for a native function, in C: wait for requests and
+ * answer every one of a `fast` slot (inline payload, result fits the client's
+ * buffer, function returned 0) by calling the function straight on the ring
+ * slot and writing header + result into the client's buffer (fi_writedata).
+ * Returns 0 with *ev set for anything else (the event to handle in Python), or
+ * with ev->kind FF_EV_NONE once timeout_us passed or *attention became
+ * non-zero; <0 on a fatal queue error. *served counts the requests answered. */
+int ff_serve_native(ff_ep *ep, ff_native *nf, ff_mr *ring, ff_mr *out, uint64_t slot_size,
+                    struct ff_slot *slots, uint64_t nslots, int check_json, volatile int *attention,
+                    struct ff_event *ev, int64_t timeout_us, uint64_t *served);
+/* With check_json, a result that is not JSON text (UTF-8, RFC 8259 plus Python's
+ * NaN/Infinity) comes back as FF_EV_NATIVE with err FF_NATIVE_NOT_JSON. */
+#define FF_NATIVE_NOT_JSON (-2)
+/* 1 if p[0, n) is one JSON value (surrounded by optional white space) in valid UTF-8. */
+int ff_json_valid(const char *p, uint64_t n);
 
 /* Atomic 64-bit load/store on shared memory (epoch words). */
 uint64_t ff_load64(const void *p);

@@ -63,7 +63,7 @@ ffibuilder.set_source(
     '#include "fabric.h"\n',
     sources=[str(SOURCE)],
     include_dirs=[str(CSRC)],
-    libraries=["fabric"],
+    libraries=["fabric", "dl", "pthread"],
     extra_compile_args=CFLAGS,
     extra_link_args=LDFLAGS,
 )

@@ -26,6 +26,17 @@ at a time. LEASE_END and SIGTERM end the token's RMA slots too (later requests g
 token), get LEASE_ENDED. If libfabric or the provider is missing, the reply has no
 ``rma`` and clients stay on ZeroMQ.
 
+Native functions (docs/functions.md, ``csrc/faas_native.h``): an entrypoint
+``path/libfn.so:symbol`` (the library inside the code dir) is loaded with dlopen instead
+of imported. Over ZeroMQ (CALL) the executor calls it through the binding (cffi; ctypes
+where the binding is absent, e.g. in a container without cffi) with the payload's JSON
+text and takes its output as the value's JSON text (checked: not JSON is an error). On
+an RMA lease the C completion loop calls it straight on the request ring, with no Python
+per call. Its failures (a non-zero return, a result larger than its room, not JSON) are
+``NativeFunctionError: <entrypoint> returned <code>: <message>`` results, like a raising
+Python function; a library or symbol that cannot be loaded fails every call with the
+reason, like a module that cannot be imported.
+
 SIGTERM (eviction): a call in progress is interrupted, its caller gets an ``evicted``
 error, hot clients get LEASE_ENDED, and the process exits; the agent SIGKILLs the
 cgroup after its grace. Runs with the image's interpreter and only the standard
@@ -50,6 +61,7 @@ from typing import Any, Optional
 import zmq
 
 from . import protocol as P
+from .fabric import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, is_native_entrypoint, json_valid
 
 log = logging.getLogger("faas.executor")
 
@@ -78,6 +90,10 @@ class Executor:
         self.in_call = False
         self.tokens: dict[str, list[int]] = {}  # lease token -> its CPUs
         self.hot_peers: dict[bytes, str] = {}  # client identity -> the token it used
+        # Tokens whose lease ended -> why (the latest few): a hot client whose first message
+        # arrives after the LEASE_END (the hot socket is read after the control socket)
+        # still hears LEASE_ENDED with the reason.
+        self.ended_tokens: dict[str, str] = {}
         self.load_error: Optional[str] = None
         self.hot_host = hot_host
         self.fn_lock = threading.Lock()  # one call at a time, ZeroMQ or RMA
@@ -85,8 +101,13 @@ class Executor:
         self.rma_failed: dict[str, str] = {}  # provider -> why it could not open
         self.rma_threads: dict[str, threading.Thread] = {}
         self._rma_cpus: Optional[list[int]] = None  # the RMA thread's affinity
+        self.native: Optional[NativeFunction] = None  # a C function (path/lib.so:symbol)
         try:
-            self.fn = load_callable(entrypoint, code_dir)
+            if is_native_entrypoint(entrypoint):
+                self.native = NativeFunction(entrypoint, code_dir)
+                self.fn = self.native
+            else:
+                self.fn = load_callable(entrypoint, code_dir)
         except BaseException as exc:  # reported on every call: the agent turns it into FAILED
             self.fn = None
             self.load_error = f"cannot load {entrypoint}: {type(exc).__name__}: {exc}"
@@ -116,16 +137,29 @@ class Executor:
         self.in_call = True  # before the lock: SIGTERM interrupts a wait for an RMA call too
         try:
             with self.fn_lock:
-                value = self.fn(json.loads(payload_json))
-                value_json = json.dumps(value)
+                if self.native is not None:
+                    value_json = self._native_json(payload_json.encode())
+                else:
+                    value = self.fn(json.loads(payload_json))
+                    value_json = json.dumps(value)
         except Evicted:
             raise
+        except NativeFunctionError as exc:  # no Python traceback: the function is C
+            return {"outcome": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": None,
+                    "cpus": sorted(os.sched_getaffinity(0))}
         except BaseException as exc:  # the function's failure is a result, not a crash
             return {"outcome": "error", "error": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc(limit=20), "cpus": sorted(os.sched_getaffinity(0))}
         finally:
             self.in_call = False
         return {"outcome": "ok", "value_json": value_json, "cpus": sorted(os.sched_getaffinity(0))}
+
+    def _native_json(self, payload: bytes) -> str:
+        """The native function on JSON text: its output, checked to be JSON text."""
+        out = self.native(payload)
+        if not json_valid(out):
+            raise self.native.error(NATIVE_NOT_JSON, b"", len(out))
+        return out.decode("utf-8")
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -188,7 +222,12 @@ class Executor:
                 config = FabricConfig(provider, str(fabric.get("domain") or ""), bool(fabric.get("no_cqdata")))
                 if not config.enabled:
                     return None
-                r = RmaExecutor(self._rma_handler, f"tcp://{self.hot_host}:0", config, ctx=zmq.Context(),
+                handler: Any = self._rma_handler
+                if self.native is not None:  # answered by the C loop (no Python per call)
+                    from .rma import NativeHandler
+
+                    handler = NativeHandler(self.native, error_text=_native_error_doc, check_json=True)
+                r = RmaExecutor(handler, f"tcp://{self.hot_host}:0", config, ctx=zmq.Context(),
                                 authorize=self._rma_authorize)
             except Exception as exc:  # FabricUnavailable, FabricError, ImportError: ZeroMQ alone
                 self.rma_failed[provider] = f"{type(exc).__name__}: {exc}"
@@ -235,6 +274,9 @@ class Executor:
 
     def _rma_serve(self, provider: str, r: Any) -> None:
         try:
+            if self._rma_cpus:  # this thread's affinity (a native function never returns to Python)
+                os.sched_setaffinity(0, self._rma_cpus)
+                threading.current_thread().faas_cpus = self._rma_cpus
             r.serve(poll=0.01, until_idle=True)
         except Exception:
             log.exception("RMA serving loop (%s) failed; hot calls use ZeroMQ", provider)
@@ -281,6 +323,8 @@ class Executor:
             if not trusted:
                 token = msg.get("token")
                 if token not in self.tokens:
+                    if isinstance(token, str) and token in self.ended_tokens:
+                        raise P.ProtocolError(P.E_LEASE, self.ended_tokens[token])  # the reason
                     raise P.ProtocolError(P.E_LEASE, "no valid lease for this executor (ended or never granted)")
                 self.hot_peers[identity] = token
                 cpus = self.tokens[token]
@@ -297,6 +341,10 @@ class Executor:
         elif kind == P.LEASE_END and trusted:
             token = msg.get("token")
             self.tokens.pop(token, None)
+            if isinstance(token, str):
+                self.ended_tokens[token] = str(msg.get("reason", "lease ended"))
+                while len(self.ended_tokens) > 64:
+                    self.ended_tokens.pop(next(iter(self.ended_tokens)))
             self._rma_end(token, str(msg.get("reason", "lease ended")))
             for peer, t in list(self.hot_peers.items()):
                 if t == token:
@@ -304,8 +352,11 @@ class Executor:
                     del self.hot_peers[peer]
             self._reply(sock, identity, P.OK, rid=msg.get("rid"))
         elif kind == P.PING:
-            if not trusted and msg.get("token") in self.tokens:
-                self.hot_peers[identity] = msg["token"]  # an RMA client: it gets LEASE_ENDED here
+            token = msg.get("token")
+            if not trusted and token in self.tokens:
+                self.hot_peers[identity] = token  # an RMA client: it gets LEASE_ENDED here
+            elif not trusted and isinstance(token, str) and token in self.ended_tokens:
+                self._reply(sock, identity, P.LEASE_ENDED, reason=self.ended_tokens[token])  # ended before it came
             self._reply(sock, identity, P.OK, rid=msg.get("rid"), pong=True)
         else:
             raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"an executor does not take {kind!r}")
@@ -314,6 +365,11 @@ class Executor:
         for peer in self.hot_peers:
             self._reply(self.hot, peer, P.LEASE_ENDED, reason=reason)
         self.hot_peers.clear()
+
+
+def _native_error_doc(exc: NativeFunctionError) -> str:
+    """An RMA error result of a native function: the document _rma_handler sends."""
+    return json.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": None})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ The built-in memory-serving function (the paper's remote memory) is
 :class:`MemoryServer`: it maps ``size`` bytes, registers them for remote reads and
 writes, answers ``fabric-attach`` on a ZeroMQ ROUTER with the endpoint name, the
 address, key, size and the current epoch, and keeps libfabric's progress engine
-running in a C loop on a thread (tcp and shm only move data while the target polls).
+running in a C loop on a thread (tcp and shm only move data while the target polls;
+the loop backs off when idle, see :class:`MemoryServer`).
 
 :class:`RemoteMemory` is the client: ``read(offset, n)``, ``read_into(offset, buf)``,
 ``write(offset, data)``, ``size``. Transfers are one-sided RMA; the server's CPU
@@ -51,15 +52,28 @@ class RemoteMemoryRevoked(RuntimeError):
     code = protocol.E_REVOKED
 
 
+class RemoteMemoryLost(RemoteMemoryRevoked):
+    """The memory server is gone (killed, or unreachable): the buffer is lost as with a
+    revoke (a subclass, so code that handles revokes handles this too)."""
+
+
+SPIN_US = 2_000  # busy-poll this long after the last use
+NAP_US = 500  # then back off: sleeps from 20 us doubling up to this
+
+
 class MemoryServer:
-    """Serves ``size`` bytes. ``spin_us``/``nap_us`` shape the progress loop:
-    busy-poll while transfers run, nap between polls after ``spin_us`` idle
-    (``nap_us=0``: spin always, the lowest latency)."""
+    """Serves ``size`` bytes. ``spin_us``/``nap_us`` shape the progress loop (C,
+    ``ff_progress_loop``): it busy-polls while clients use the memory (one-sided
+    transfers are seen by a counter of remote operations where the provider has one,
+    shm, else by the work the provider does in a poll, tcp), and after
+    ``spin_us`` without use backs off with sleeps growing from 20 us to ``nap_us``,
+    so an idle server does not burn its core; the first access after idle waits at
+    most ``nap_us`` longer. ``nap_us=0``: busy-poll always (the lowest latency)."""
 
     def __init__(self, size: int, control: str = "tcp://127.0.0.1:0", config: Optional[FabricConfig] = None,
-                 spin_us: int = 200_000, nap_us: int = 50, ctx: Optional[zmq.Context] = None):
+                 spin_us: int = SPIN_US, nap_us: int = NAP_US, ctx: Optional[zmq.Context] = None):
         self.ffi, self.lib = load()
-        self.ep = Endpoint(config or FabricConfig.from_env())
+        self.ep = Endpoint(config or FabricConfig.from_env(), serve=True)
         self.size = size
         self._map: Optional[mmap.mmap] = mmap.mmap(-1, CONTROL + size)
         self.region: Optional[MemoryRegion] = self.ep.register(self._map)
@@ -166,15 +180,24 @@ class MemoryServer:
 
 
 class RemoteMemory:
-    """A client of a :class:`MemoryServer` at ZeroMQ address ``control``."""
+    """A client of a :class:`MemoryServer` at ZeroMQ address ``control``.
+
+    Every access raises :class:`RemoteMemoryRevoked` once the lend is revoked, and
+    :class:`RemoteMemoryLost` (a subclass) once the server is gone: a transfer that does
+    not complete within ``slice_s`` makes the client ask the server over its control
+    channel (PING, answered within ``ping_timeout``) whether it still serves; no answer =
+    lost, "revoked" = revoked. So a killed server costs about ``slice_s + ping_timeout``,
+    not the operation ``timeout`` (on shm nothing else tells the client)."""
 
     def __init__(self, control: str, config: Optional[FabricConfig] = None, timeout: float = 30.0,
-                 ctx: Optional[zmq.Context] = None):
+                 ctx: Optional[zmq.Context] = None, slice_s: float = 0.25, ping_timeout: float = 2.0):
         self.timeout = timeout
+        self.control, self.slice_s, self.ping_timeout = control, slice_s, ping_timeout
+        self._ctx = ctx or zmq.Context.instance()
         self.ffi, self.lib = load()
         self.ep = Endpoint(config or FabricConfig.from_env())
         try:
-            sock = protocol.configure((ctx or zmq.Context.instance()).socket(zmq.DEALER))
+            sock = protocol.configure(self._ctx.socket(zmq.DEALER))
             try:
                 sock.connect(control)
                 sock.send(protocol.encode(protocol.FABRIC_ATTACH, rid="a", provider=self.ep.provider,
@@ -197,6 +220,7 @@ class RemoteMemory:
             self.ep.close()
             raise
         self.revoked = False
+        self.lost = False
 
     def buffer(self, size: int) -> MemoryRegion:
         """A registered local buffer for zero-copy :meth:`read_into` / :meth:`write`."""
@@ -206,32 +230,74 @@ class RemoteMemory:
         if offset < 0 or n < 0 or offset + n > self.size:
             raise IndexError(f"[{offset}, {offset + n}) is outside the remote memory of {self.size} bytes")
 
+    def _still_served(self) -> None:
+        """Between slices of a slow transfer: is the server alive and the lend not revoked?"""
+        state = self._ping()
+        if state is None:
+            self._lost(f"no answer from the memory server at {self.control} within {self.ping_timeout:g} s")
+        if state.get("revoked"):
+            self._revoked("the server says so")
+
+    def _ping(self) -> Optional[dict]:
+        sock = protocol.configure(self._ctx.socket(zmq.DEALER))
+        try:
+            sock.connect(self.control)
+            sock.send(protocol.encode(protocol.PING, rid="p"))
+            if not sock.poll(int(self.ping_timeout * 1000)):
+                return None
+            return protocol.decode(sock.recv())
+        except (zmq.ZMQError, protocol.ProtocolError):
+            return None
+        finally:
+            sock.close(0)
+
+    def _move(self, is_read: bool, region: MemoryRegion, offset: int, n: int, raddr: int) -> None:
+        self.ep.transfer(is_read, region, offset, n, self.peer, raddr, self._key, timeout=self.timeout,
+                         check=self._still_served, slice_s=self.slice_s)
+
     def _check_epoch(self) -> None:
         try:
-            self.ep.read(self._epoch_buf, 0, 8, self.peer, self._addr, self._key, timeout=self.timeout)
+            self._move(True, self._epoch_buf, 0, 8, self._addr)
         except FabricError as exc:
-            self._revoked(f"epoch read failed: {exc}")
+            self._failed(f"epoch read failed: {exc}")
         if struct.unpack_from("<Q", self._epoch_buf.view, 0)[0] != self.epoch:
             self._revoked("epoch changed")
+
+    def _failed(self, why: str) -> None:
+        """A transfer failed: lost if the server does not answer, else revoked."""
+        state = self._ping()
+        if state is None:
+            self._lost(why)
+        self._revoked(why)
 
     def _revoked(self, why: str) -> None:
         self.revoked = True
         raise RemoteMemoryRevoked(f"the remote memory was revoked ({why})")
 
+    def _lost(self, why: str) -> None:
+        self.revoked = self.lost = True
+        raise RemoteMemoryLost(f"the memory server is gone ({why})")
+
     def _transfer(self, is_read: bool, offset: int, buf: Any) -> None:
+        if self.lost:
+            raise RemoteMemoryLost("the memory server is gone")
         if self.revoked:
             raise RemoteMemoryRevoked("the remote memory was revoked")
         region = buf if isinstance(buf, MemoryRegion) else self.ep.register(buf, remote=False)
         try:
             n = region.size
             self._bounds(offset, n)
-            op = self.ep.read if is_read else self.ep.write
             try:
-                op(region, 0, n, self.peer, self._addr + CONTROL + offset, self._key, timeout=self.timeout)
+                self._move(is_read, region, 0, n, self._addr + CONTROL + offset)
             except FabricError as exc:
-                self._check_epoch()  # raises RemoteMemoryRevoked when that is why
+                self._check_epoch()  # raises RemoteMemoryRevoked/Lost when that is why
                 raise exc
             self._check_epoch()
+        except RemoteMemoryRevoked:
+            # A transfer given up on may still be in flight: close the endpoint (cancels it)
+            # before any buffer is released. This client is done anyway.
+            self.ep.close()
+            raise
         finally:
             if region is not buf:
                 region.close()
@@ -270,8 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="faas-remote-memory")
     ap.add_argument("--size", type=_size, required=True)
     ap.add_argument("--control", default="tcp://127.0.0.1:0")
-    ap.add_argument("--spin-us", type=int, default=200_000)
-    ap.add_argument("--nap-us", type=int, default=50)
+    ap.add_argument("--spin-us", type=int, default=SPIN_US, help="busy-poll this long after the last use")
+    ap.add_argument("--nap-us", type=int, default=NAP_US, help="longest back-off sleep when idle (0: always spin)")
     ap.add_argument("--ready-file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

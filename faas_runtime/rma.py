@@ -26,6 +26,14 @@ flags u32, seq u32. Flags: 1 = bulk (payload/result lies at address/key),
 2 = error (the result is the error text, UTF-8), 4 = ended (with 2: the lease of this
 slot ended; the text says why).
 
+Native functions (``csrc/faas_native.h``): when the handler is a :class:`NativeHandler`
+whose function the binding loaded, the executor's loop is ``ff_serve_native`` (C): it
+calls the function straight on the ring slot, writes the result into the reply buffer and
+posts it, with no Python per request. Python sees only what C does not handle: control
+messages (between polls), bulk payloads, results larger than the client's buffer, a
+function that failed (its code and message come back as an ``FF_EV_NATIVE`` event and
+become the same error text the Python call gives), ended leases and errors.
+
 Leases (the warm executor, ``faas_runtime.executor``): ``authorize(attach_msg)`` checks
 each FABRIC_ATTACH (the lease token) and returns the lease's tag, or raises
 ``ProtocolError`` to refuse it; :meth:`RmaExecutor.end` (any thread) ends every slot of a
@@ -48,7 +56,9 @@ from typing import Any, Callable, Optional
 import zmq
 
 from faas_runtime import protocol
-from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, MemoryRegion, load)
+from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, MemoryRegion, NativeFunction,
+                                 NativeFunctionError, NATIVE_NOT_JSON, NATIVE_TOO_SMALL, _check,
+                                 is_native_entrypoint, json_valid, load)
 
 log = logging.getLogger("faas.rma")
 
@@ -59,7 +69,8 @@ F_ERROR = 2
 F_ENDED = 4
 DEFAULT_SLOT_SIZE = 64 * 1024
 DEFAULT_SLOTS = 16
-EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR = 0, 1, 2, 3
+EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR, EV_NATIVE = 0, 1, 2, 3, 4
+FF_INVOKE_MORE = -1000000  # csrc/fabric.h
 
 Handler = Callable[[memoryview], Any]
 
@@ -134,6 +145,28 @@ class RmaExecutor:
         self.served = 0
         self.authorize = authorize
         self._ends: list[tuple[Any, str]] = []  # (tag, reason) from other threads; list ops are atomic
+        # The C loop of a native function: the slot table it reads and a flag that sends it
+        # back to Python (an end or a stop from another thread).
+        native = getattr(handler, "native", None)
+        self._native = native.handle if isinstance(native, NativeFunction) and native.handle is not None else None
+        self._cslots = self.ffi.new("struct ff_slot[]", slots)
+        self._attention = self.ffi.new("int *")
+        self._cserved = self.ffi.new("uint64_t *")
+
+    @property
+    def native_fast_path(self) -> bool:
+        """True when requests are answered by the C loop (a native function)."""
+        return self._native is not None
+
+    def _sync_slot(self, slot: int) -> None:
+        """Mirror a lease into the C slot table (only this executor's serving thread calls it)."""
+        c = self._cslots[slot]
+        lease = self._leases.get(slot)
+        if lease is None:
+            c.fast = 0
+            return
+        c.peer, c.raddr, c.rkey, c.rsize = lease.peer, lease.result_addr, lease.result_key, lease.result_size
+        c.fast = int(lease.ended is None and lease.staged is None and min(lease.result_size, self.slot_size) > HSIZE)
 
     # -- control channel ------------------------------------------------------
     def _control(self) -> None:
@@ -154,6 +187,7 @@ class RmaExecutor:
             peer = self.ep.insert(msg["name"])
             res = msg["result"]
             self._leases[free] = _Slot(peer, res["addr"], res["key"], res["size"], ident, tag=tag)
+            self._sync_slot(free)
             return protocol.encode(protocol.OK, rid=rid, name=self.ep.name, slot=free,
                                    slot_size=self.slot_size,
                                    ring={"addr": self.ring.base + free * self.slot_size, "key": self.ring.key})
@@ -169,13 +203,16 @@ class RmaExecutor:
         """End every slot leased under ``tag`` (thread-safe; applied by the serving loop,
         or by the next :meth:`apply_ends` of the thread that owns this executor)."""
         self._ends.append((tag, reason))
+        self._attention[0] = 1
 
     def apply_ends(self) -> None:
+        self._attention[0] = 0  # before the pops: an end appended meanwhile raises it again
         while self._ends:
             tag, reason = self._ends.pop(0)
-            for lease in self._leases.values():
+            for slot, lease in self._leases.items():
                 if lease.tag == tag and lease.ended is None:
                     lease.ended = reason
+                    self._sync_slot(slot)
 
     @property
     def leased(self) -> int:
@@ -186,17 +223,28 @@ class RmaExecutor:
         lease = self._leases.pop(slot, None)
         if lease is None:
             return
+        self._sync_slot(slot)
         if lease.staged is not None:
             lease.staged.close()
         self.ep.remove(lease.peer)
 
     # -- data path --------------------------------------------------------------
-    def _run(self, slot: int, imm: int) -> Optional[tuple[int, int]]:
-        """Handle the request in ``slot``; returns (offset, length) of the reply in ``out``."""
+    def _run(self, slot: int, imm: int, native_failed: Optional[tuple[int, int]] = None
+             ) -> Optional[tuple[int, int]]:
+        """Handle the request in ``slot``; returns (offset, length) of the reply in ``out``.
+        ``native_failed``: (code, out_len) of the native function the C loop already called
+        on this request (its message lies in ``out``)."""
         lease = self._leases.get(slot)
         if lease is None:
             log.warning("request in unleased slot %d ignored", slot)
             return None
+        try:
+            return self._run_leased(slot, lease, native_failed)
+        finally:
+            self._sync_slot(slot)
+
+    def _run_leased(self, slot: int, lease: _Slot, native_failed: Optional[tuple[int, int]]
+                    ) -> Optional[tuple[int, int]]:
         if lease.staged is not None:  # the client read its previous bulk result
             lease.staged.close()
             lease.staged = None
@@ -211,7 +259,12 @@ class RmaExecutor:
                 payload = self._read_bulk(lease, length, baddr, bkey)
             else:
                 payload = self._ring_view[base + HSIZE: base + HSIZE + length]
-            result = self.handler(payload)
+            if native_failed is not None and native_failed[0] != NATIVE_TOO_SMALL:
+                code, out_len = native_failed
+                cap = min(lease.result_size, self.slot_size) - HSIZE
+                message = bytes(self._out_view[base + HSIZE: base + HSIZE + min(out_len, cap)])
+                raise self.handler.failed(code, message, out_len)
+            result = self.handler(payload)  # (a native one that needs more room: called again here)
             if result is None:
                 result = b""
             rflags = 0
@@ -253,7 +306,21 @@ class RmaExecutor:
         reply: Optional[tuple[int, int, int, _Slot, int]] = None
         last_control = time.monotonic()
         while not self._stop:
-            if reply is not None:
+            if self._native is not None:  # C answers the requests; Python gets the rest
+                if reply is not None:
+                    slot, off, ln, lease, imm = reply
+                    reply = None
+                    rc = lib.ff_post_write(h, self.out._h, off, ln, lease.peer, lease.result_addr,
+                                           lease.result_key, imm, slot, poll_us)
+                    if rc != 0:
+                        log.warning("slot %d: reply failed (%s); lease dropped", slot, self.ep.strerror(-rc))
+                        self._release(slot)
+                rc = lib.ff_serve_native(h, self._native, self.ring._h, self.out._h, self.slot_size, self._cslots,
+                                         self.slots, int(self.handler.check_json), self._attention, ev, poll_us,
+                                         self._cserved)
+                self.served += int(self._cserved[0])
+                self._cserved[0] = 0
+            elif reply is not None:
                 slot, off, ln, lease, imm = reply
                 reply = None
                 rc = lib.ff_reply_wait(h, self.out._h, off, ln, lease.peer, lease.result_addr,
@@ -261,14 +328,13 @@ class RmaExecutor:
             else:
                 rc = lib.ff_wait(h, ev, poll_us)
             if rc != 0:
-                from faas_runtime.fabric import _check
                 _check(rc, h)
             kind = ev.kind
-            if kind == EV_DATA:
+            if kind in (EV_DATA, EV_NATIVE):
                 imm = int(ev.data)
                 slot = imm >> 16
                 try:
-                    done = self._run(slot, imm)
+                    done = self._run(slot, imm, (int(ev.err), int(ev.tag)) if kind == EV_NATIVE else None)
                 except FabricError as exc:  # the client vanished while we read its payload
                     log.warning("slot %d: %s; lease dropped", slot, exc)
                     self._release(slot)
@@ -291,6 +357,7 @@ class RmaExecutor:
 
     def stop(self) -> None:
         self._stop = True
+        self._attention[0] = 1
 
     def close(self) -> None:
         self.sock.close(0)
@@ -316,6 +383,33 @@ class HandlerError(Exception):
     def __init__(self, text: str):
         super().__init__(text)
         self.text = text
+
+
+class NativeHandler:
+    """A native function as an RMA handler: the C loop calls ``native`` directly; Python
+    calls it for what C hands back. ``error_text(exc)`` is the error text a failed call
+    returns (default ``NativeFunctionError: <entrypoint> returned <code>: <message>``).
+    ``check_json``: a result that is not JSON text fails the call (the executor's
+    function model); off, results are raw bytes (the stand-alone executor)."""
+
+    def __init__(self, native: NativeFunction, error_text: Optional[Callable[[NativeFunctionError], str]] = None,
+                 check_json: bool = False):
+        self.native = native
+        self.error_text = error_text or (lambda exc: f"{type(exc).__name__}: {exc}")
+        self.check_json = check_json
+
+    def __call__(self, payload: memoryview) -> bytes:
+        try:
+            out = self.native(payload)
+            if self.check_json and not json_valid(out):
+                raise self.native.error(NATIVE_NOT_JSON, b"", len(out))
+            return out
+        except NativeFunctionError as exc:
+            raise HandlerError(self.error_text(exc)) from None
+
+    def failed(self, code: int, message: bytes, out_len: int) -> "HandlerError":
+        """The error of a call the C loop made that returned ``code``."""
+        return HandlerError(self.error_text(self.native.error(code, message, out_len)))
 
 
 class RmaClient:
@@ -351,8 +445,20 @@ class RmaClient:
         self.peer = self.ep.insert(rep["name"])
         self.req = self.ep.register(size=self.slot_size, remote=False)
         self._qview = self.req.view
-        self._seq = 0
         self.broken: Optional[Exception] = None
+        # what the one-call fast path (ff_invoke) needs, looked up once
+        self._h, self._req_h, self._res_h = self.ep._h, self.req._h, self.result._h
+        self._slot_bits = self.slot << 16
+        self._inline_max = self.slot_size - HSIZE
+        self._rptr = self.ffi.cast("char *", self.result._cdata) + HSIZE
+        self._inv = self.ffi.new("struct ff_invoker *")
+        self._inv.ep, self._inv.lmr, self._inv.res = self._h, self._req_h, self._res_h
+        self._inv.peer, self._inv.raddr, self._inv.rkey = self.peer, self.ring_addr, self.ring_key
+        self._inv.slot_bits = self._slot_bits
+        self._ev = self.ffi.addressof(self._inv, "ev")  # one event for every path (_raise_on reads it)
+        self._ff_invoke, self._unpack = self.lib.ff_invoke, self.ffi.unpack
+        self._inv.timeout_us = self._inv.wait_us = self._timeout_us
+        self._fast = (self._ff_invoke, self._inv, self._unpack, self._rptr, self._inline_max)
 
     def _request(self, msg_type: str, **fields: Any) -> dict:
         rid = os.urandom(4).hex()
@@ -371,37 +477,86 @@ class RmaClient:
         may raise to abandon the call; the client is then broken)."""
         if self.broken is not None:
             raise ExecutorLost(107, "this client lost its executor", str(self.broken))
+        if type(payload) is bytes and timeout is None and check is None:
+            ff_invoke, inv, unpack, rptr, inline_max = self._fast
+            n = len(payload)
+            if n <= inline_max:  # the common case in one C call (copy, write, wait)
+                n = ff_invoke(inv, payload, n)
+                if n >= 0:
+                    return unpack(rptr, n)
+                return self._invoke_more(n, self.timeout, None, slice_s)
+        if timeout is None:
+            timeout = self.timeout
+        if type(payload) is bytes and len(payload) <= self._inline_max:
+            inv = self._inv
+            us = int(timeout * 1e6)
+            inv.timeout_us, inv.wait_us = us, us if check is None else int(min(slice_s, timeout) * 1e6)
+            try:
+                n = self._ff_invoke(inv, payload, len(payload))
+            finally:
+                inv.timeout_us = inv.wait_us = self._timeout_us
+            if n >= 0:
+                return self._unpack(self._rptr, n)
+            return self._invoke_more(n, timeout, check, slice_s)
+        self._inv.seq = seq = (self._inv.seq + 1) & 0xFFFF
+        imm = self._slot_bits | seq
         pview = memoryview(payload).cast("B")
         n = pview.nbytes
-        self._seq = (self._seq + 1) & 0xFFFF
-        imm = (self.slot << 16) | self._seq
         bulk = None
         if HSIZE + n <= self.slot_size:
-            HEADER.pack_into(self._qview, 0, n, 0, 0, 0, self._seq)
+            HEADER.pack_into(self._qview, 0, n, 0, 0, 0, seq)
             self._qview[HSIZE: HSIZE + n] = pview
             length = HSIZE + n
         else:
             bulk = self.ep.register(payload)  # no copy: the executor reads it in place
-            HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, self._seq)
+            HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, seq)
             length = HSIZE
-        timeout = self.timeout if timeout is None else timeout
         try:
             if check is None:
-                rc = self.lib.ff_call(self.ep._h, self.req._h, 0, length, self.peer, self.ring_addr,
+                rc = self.lib.ff_call(self._h, self._req_h, 0, length, self.peer, self.ring_addr,
                                       self.ring_key, imm, imm, self._ev, int(timeout * 1e6))
+                self._raise_on(rc, timeout)
             else:
-                rc = self._call_sliced(length, imm, timeout, check, slice_s)
-            self._raise_on(rc, timeout)
-            rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
-            if flags & F_BULK:
-                out = bytearray(rlen)
-                with self.ep.register(out, remote=False) as region:
-                    self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
-            else:
-                out = bytes(self._rview[HSIZE: HSIZE + rlen])
+                rc = self.lib.ff_write(self._h, self._req_h, 0, length, self.peer, self.ring_addr, self.ring_key,
+                                       1, imm, int(timeout * 1e6))
+                if rc != 0:
+                    self._raise_on(rc, timeout)
+                self._wait_sliced(imm, timeout, check, slice_s)
+            return self._finish(bulk)
         finally:
             if bulk is not None:
                 bulk.close()
+
+    def _invoke_more(self, n: int, timeout: float, check: Optional[Callable[[], None]], slice_s: float) -> Any:
+        """After ``ff_invoke`` said FF_INVOKE_MORE or failed: the rest of the call."""
+        iv = self._inv
+        if n == FF_INVOKE_MORE and iv.ev.kind == EV_DATA:
+            return self._finish(None)
+        if n != FF_INVOKE_MORE or check is None or iv.ev.kind != EV_NONE:
+            self._raise_on(n if n != FF_INVOKE_MORE else 0, timeout)
+        self._wait_sliced(int(iv.data), timeout - slice_s, check, slice_s)
+        return self._finish(None)
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        self._timeout_us = int(seconds * 1e6)
+        if hasattr(self, "_inv"):
+            self._inv.timeout_us = self._inv.wait_us = self._timeout_us
+
+    def _finish(self, bulk: Optional[MemoryRegion]) -> Any:
+        """The result whose header lies in the result buffer (the DATA event came)."""
+        rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
+        if flags & F_BULK:
+            out: Any = bytearray(rlen)
+            with self.ep.register(out, remote=False) as region:
+                self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
+        else:
+            out = bytes(self._rview[HSIZE: HSIZE + rlen])
         if flags & F_ERROR:
             text = bytes(out).decode(errors="replace")
             if flags & F_ENDED:
@@ -410,30 +565,27 @@ class RmaClient:
             raise RemoteFunctionError(text)
         return out
 
-    def _call_sliced(self, length: int, imm: int, timeout: float, check: Callable[[], None],
-                     slice_s: float) -> int:
-        lib, h, ev = self.lib, self.ep._h, self._ev
+    def _wait_sliced(self, imm: int, timeout: float, check: Callable[[], None], slice_s: float) -> None:
+        """Wait for the result signal ``imm`` in slices, running ``check()`` between them;
+        raises like :meth:`_raise_on` when it does not come."""
+        lib, h, ev = self.lib, self._h, self._ev
         deadline = time.monotonic() + timeout
-        rc = lib.ff_write(h, self.req._h, 0, length, self.peer, self.ring_addr, self.ring_key, 1, imm,
-                          int(timeout * 1e6))
-        if rc != 0:
-            return rc
         while True:
-            left = deadline - time.monotonic()
-            rc = lib.ff_wait_match(h, imm, ev, int(max(0.0, min(slice_s, left)) * 1e6))
-            if rc != 0 or ev.kind != EV_NONE or left <= 0:
-                return rc
             try:
                 check()
             except BaseException as exc:
                 self.broken = exc  # the reply may still land: this client is done
                 raise
+            left = deadline - time.monotonic()
+            rc = lib.ff_wait_match(h, imm, ev, int(max(0.0, min(slice_s, left)) * 1e6))
+            if rc != 0 or ev.kind != EV_NONE or left <= 0:
+                self._raise_on(rc, timeout)
+                return
 
     def _raise_on(self, rc: int, timeout: Optional[float] = None) -> None:
         ev = self._ev
         if rc == 0 and ev.kind == EV_DATA:
             return
-        from faas_runtime.fabric import _check
         try:
             if rc != 0:
                 _check(rc, self.ep._h)
@@ -458,6 +610,7 @@ class RmaClient:
         self._rview.release()
         self.sock.close(0)
         self.ep.close()
+        self.broken = self.broken or ValueError("the client is closed")  # no call reaches a freed endpoint
 
     def __enter__(self) -> "RmaClient":
         return self
@@ -468,6 +621,8 @@ class RmaClient:
 
 # -- a stand-alone executor process (tests, benchmarks, the agent) ------------------
 def _load_handler(entrypoint: str, code_dir: Optional[str]) -> Handler:
+    if is_native_entrypoint(entrypoint):  # path/lib.so:symbol, raw bytes in and out
+        return NativeHandler(NativeFunction(entrypoint, code_dir or "."))
     module_name, _, attr = entrypoint.partition(":")
     if code_dir:
         sys.path.insert(0, code_dir)

@@ -40,7 +40,7 @@ def _function_options(f, defaults: bool):
     """The options of register (with defaults) and update (only what is given)."""
     d = (lambda v: v) if defaults else (lambda v: None)
     opts = [
-        click.option("--entrypoint", required=defaults, default=None, help="module:function, e.g. mymod:handler"),
+        click.option("--entrypoint", required=defaults, default=None, help="module:function (Python, e.g. mymod:handler) or path/lib.so:symbol (C, docs/functions.md)"),
         click.option("--code", "code_dir", required=defaults, default=None,
                      type=click.Path(exists=True, file_okay=False, path_type=Path),
                      help="directory holding the module, on a filesystem the compute nodes see"),
@@ -71,7 +71,7 @@ def _with_update_options(f):
 
 def _check_entrypoint(entrypoint: Optional[str]) -> None:
     if entrypoint is not None and (":" not in entrypoint or entrypoint.startswith(":") or entrypoint.endswith(":")):
-        raise click.BadParameter("expected module:function", param_hint="--entrypoint")
+        raise click.BadParameter("expected module:function or path/lib.so:symbol", param_hint="--entrypoint")
 
 
 def _print_function(fn: dict) -> None:

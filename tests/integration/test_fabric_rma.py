@@ -123,12 +123,21 @@ def _client_worker(control, provider, index, rounds, out):
 def test_several_concurrent_clients_on_one_executor(provider, executor):
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_client_worker, args=(executor.control, provider, i, 60, out)) for i in range(4)]
-    for p in procs:
-        p.start()
-    results = dict(out.get(timeout=TIMEOUT * 2) for _ in procs)
-    for p in procs:
-        p.join(TIMEOUT)
+    # daemon: a worker stuck in the provider (e.g. spinning on a dead peer's shm lock) must
+    # not keep pytest waiting for it at exit; the finally kills what is left.
+    procs = [ctx.Process(target=_client_worker, args=(executor.control, provider, i, 60, out), daemon=True)
+             for i in range(4)]
+    try:
+        for p in procs:
+            p.start()
+        results = dict(out.get(timeout=TIMEOUT * 2) for _ in procs)
+        for p in procs:
+            p.join(TIMEOUT)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(TIMEOUT)
     assert results == {i: "ok" for i in range(4)}
 
 
@@ -173,7 +182,7 @@ def test_client_killed_mid_call_leaves_executor_serving(provider, tmp_path):
     try:
         ctx = multiprocessing.get_context("spawn")
         started = ctx.Event()
-        doomed = ctx.Process(target=_doomed_client, args=(proc.control, provider, started))
+        doomed = ctx.Process(target=_doomed_client, args=(proc.control, provider, started), daemon=True)
         doomed.start()
         assert started.wait(TIMEOUT)
         time.sleep(0.5)
@@ -227,7 +236,7 @@ def test_remote_memory_revoke_during_transfers(provider):
     assert fabric.registrations() == before + 1
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    reader = ctx.Process(target=_memory_reader, args=(server.control, provider, out, True))
+    reader = ctx.Process(target=_memory_reader, args=(server.control, provider, out, True), daemon=True)
     reader.start()
     def next_message():
         # Keep answering the reader's control requests (attach, epoch checks) while waiting.
@@ -279,6 +288,92 @@ def test_remote_memory_bounds_and_attach_after_revoke(provider):
         t.join()
     finally:
         server.close()
+
+
+def test_remote_memory_after_idle_back_off_is_exact(provider, tmp_path):
+    """The server's progress loop backs off when idle (default options): transfers after
+    idle periods (the server asleep) and bursts of them are byte-exact, small and large."""
+    from faas_runtime.remote_memory import RemoteMemory
+
+    server = Proc(["faas_runtime.remote_memory", "--size", "12M"], provider, tmp_path)
+    try:
+        with RemoteMemory(server.control, config(provider), timeout=TIMEOUT) as rm:
+            for cycle in range(4):
+                time.sleep(0.3)  # idle: past the spin phase, the loop naps
+                block = os.urandom(64 if cycle % 2 else 10 << 20)
+                offset = (cycle * 4099) % 4096
+                rm.write(offset, block)
+                assert hashlib.sha256(rm.read(offset, len(block))).digest() == hashlib.sha256(block).digest()
+                for i in range(50):  # a burst right after
+                    assert rm.read(offset + i, 8) == block[i: i + 8]
+    finally:
+        server.stop()
+
+
+def test_memory_server_endpoint_sees_one_sided_use(provider):
+    """shm counts remote reads and writes (FI_RMA_EVENT); tcp;ofi_rxm has no counter and
+    the loop goes by poll times. Either way a client's transfers are served."""
+    from faas_runtime.remote_memory import MemoryServer, RemoteMemory
+
+    with MemoryServer(1 << 20, config=config(provider)) as server:
+        assert server.ep.activity == ("counter" if provider == "shm" else "poll-time")
+        t = threading.Thread(target=lambda: [server.handle(20) for _ in range(100)], daemon=True)
+        t.start()
+        with RemoteMemory(server.control, config(provider), timeout=TIMEOUT) as rm:
+            rm.write(100, b"counted")
+            assert rm.read(100, 7) == b"counted"
+        t.join()
+
+
+def test_remote_memory_server_killed_gives_lost_not_a_hang_nor_stale_data(provider, tmp_path):
+    """SIGKILL the memory server while a client reads in a loop: every read returns the
+    bytes written or raises RemoteMemoryLost (a RemoteMemoryRevoked), never other data;
+    the client does not wait out its (long) operation timeout, later accesses fail the
+    same way at once, and no registration is left."""
+    from faas_runtime.remote_memory import RemoteMemory, RemoteMemoryLost, RemoteMemoryRevoked
+
+    server = Proc(["faas_runtime.remote_memory", "--size", "8M"], provider, tmp_path)
+    before = fabric.registrations()
+    outcome: dict = {}
+    try:
+        rm = RemoteMemory(server.control, config(provider), timeout=600)  # a hang would be a long one
+        pattern = hashlib.sha256(b"killed").digest() * ((8 << 20) // 32)
+        rm.write(0, pattern)
+        assert rm.read(0, 1 << 20) == pattern[: 1 << 20]
+        reading = threading.Event()
+
+        def reader():
+            reads = 0
+            try:
+                while True:
+                    n = (1 << 20) if reads % 2 else 64
+                    data = rm.read(reads % 4096, n)
+                    if data != pattern[reads % 4096: reads % 4096 + n]:
+                        outcome["stale"] = reads
+                        return
+                    reads += 1
+                    if reads == 20:
+                        reading.set()
+            except Exception as exc:  # the typed error the test expects
+                outcome["error"] = exc
+                outcome["reads"] = reads
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        assert reading.wait(TIMEOUT)
+        os.kill(server.p.pid, signal.SIGKILL)
+        t.join(120)  # the reads' timeout is 600 s: the thread must end long before
+        assert not t.is_alive(), "the client hangs after its server was killed"
+        assert "stale" not in outcome
+        assert isinstance(outcome["error"], RemoteMemoryLost), repr(outcome["error"])
+        assert isinstance(outcome["error"], RemoteMemoryRevoked) and outcome["reads"] >= 20
+        for access in (lambda: rm.read(0, 64), lambda: rm.write(0, b"x"), lambda: rm.read_into(0, bytearray(8))):
+            with pytest.raises(RemoteMemoryLost):
+                access()
+        rm.close()
+        assert fabric.registrations() == before
+    finally:
+        server.stop()
 
 
 # -- ZeroMQ fallback -----------------------------------------------------------------

@@ -2,7 +2,9 @@
 selected by configuration. Against the real cluster: identical results over ZeroMQ and RMA
 (tcp, shm), revoke during RMA calls -> LeaseEnded, fabric off -> ZeroMQ. With an agent driven
 step by step: the RMA attach checks the lease token, the RMA loop runs in the confined
-executor process, LEASE_END ends RMA calls, an agent whose fabric is off offers ZeroMQ alone.
+executor process, LEASE_END ends RMA calls, an agent whose fabric is off offers ZeroMQ alone,
+and a native (C) function gives the same values and errors on every path (cold run, ZeroMQ
+lease, RMA lease answered by the C loop).
 """
 import json
 import os
@@ -13,6 +15,7 @@ import pytest
 from faas_runtime import fabric
 from faas_runtime.client import FunctionError, LeaseEnded, lease
 from tests.conftest import missing
+from tests.functions import native_build
 
 from .helpers import FUNCTIONS, active_slot, lease_for, lease_on_slot, register_runtime_probes, run, sbatch, wait_until
 from .runtime_fixtures import harness  # noqa: F401  (fixture)
@@ -141,7 +144,7 @@ def test_fabric_off_stays_on_zeromq(cluster, rma_functions, jobs):
 
 # -- an agent driven step by step (real executors, real cgroups), no cluster --------------
 
-def _harness_lease(h, slot, entrypoint, fab):
+def _harness_lease(h, slot, entrypoint, fab, code_dir=FUNCTIONS):
     from faas_runtime import protocol as P
     from faas_runtime.client import HotLease
 
@@ -149,7 +152,7 @@ def _harness_lease(h, slot, entrypoint, fab):
     s = h.agent.slots[slot]
     msg = {"v": P.VERSION, "type": P.LEASE_START, "lease_id": lease_id, "token": token, "slot_id": slot,
            "job_id": s.job_id, "os_cpus": sorted(set(s.record["os_cpus"])), "mem_mb": 128, "uid": 0, "gid": 0,
-           "entrypoint": entrypoint, "code_dir": str(FUNCTIONS), "image": None, "runtime": None, "duration_s": 600}
+           "entrypoint": entrypoint, "code_dir": str(code_dir), "image": None, "runtime": None, "duration_s": 600}
     if fab is not None and fab.enabled:
         msg["fabric"] = {"provider": fab.provider, "domain": fab.domain}
     h.agent._dispatch(msg)
@@ -166,8 +169,9 @@ def test_lease_end_ends_rma_calls_and_an_agent_with_fabric_off_offers_zeromq(har
     try:
         assert hot.transport == "rma" and hot.call({"a": 1}) == {"a": 1}
         h.agent._lease_end(lease_id, "released by the client")
-        for _ in range(5):
-            h.step()
+        # Wait for the end to reach the executor: it tells the hot client LEASE_ENDED (also
+        # when the client's first message, its PING, is read after the LEASE_END).
+        wait_until("the executor's LEASE_ENDED", lambda: h.step() or hot._pump(0) or hot.ended, timeout_s=30)
         with pytest.raises(LeaseEnded, match="released by the client"):
             hot.call(1, timeout_s=20)
     finally:
@@ -178,3 +182,87 @@ def test_lease_end_ends_rma_calls_and_an_agent_with_fabric_off_offers_zeromq(har
         assert hot.rma is None and hot.transport == "zmq" and hot.call(json.loads("[2]")) == [2]
     finally:
         hot.release()
+
+
+# -- native (C) functions through the real executor ----------------------------------------
+
+LIB = native_build.LIBRARY
+
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory):
+    try:
+        return native_build.build(tmp_path_factory.mktemp("native"))
+    except RuntimeError as exc:
+        missing(str(exc))
+
+
+def _fnv1a(data: bytes) -> str:
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def _native_session(h, slot, fab, native_dir):
+    """The same calls on leases of native functions; returns what they gave."""
+    out = {}
+    lease_id, echo = _harness_lease(h, slot, f"{LIB}:echo", fab, native_dir)
+    try:
+        out["transport"] = echo.transport
+        out["value"] = echo.call({"a": [1, 2.5, None, True], "s": "é"})
+        out["text"] = echo.call_json('{"k": [true, null, 1.5]}')  # byte for byte, not re-encoded
+        big = "x" * (1 << 20)  # a bulk payload and a bulk result
+        out["big"] = echo.call(big) == big
+        out["many"] = [echo.call(n) for n in range(200)] == list(range(200))
+    finally:
+        echo.release()
+    lease_id, digest = _harness_lease(h, slot, f"{LIB}:digest", fab, native_dir)
+    try:
+        texts = ['"abc"', json.dumps(list(range(1000))), json.dumps({"é": "x" * 70000})]
+        out["digests"] = [digest.call_json(t) for t in texts]
+        assert [json.loads(d) for d in out["digests"]] == [{"len": len(t.encode()), "fnv1a": _fnv1a(t.encode())}
+                                                          for t in texts]
+    finally:
+        digest.release()
+    for symbol in ("fail", "garbage", "liar"):
+        lease_id, bad = _harness_lease(h, slot, f"{LIB}:{symbol}", fab, native_dir)
+        try:
+            errors = []
+            for payload in (1, "y" * 70000):  # inline (the C loop on RMA) and bulk
+                with pytest.raises(FunctionError) as info:
+                    bad.call(payload)
+                errors.append((str(info.value), info.value.remote_traceback))
+            out[symbol] = errors
+        finally:
+            bad.release()
+    return out
+
+
+def test_native_function_same_values_and_errors_on_every_path(harness, provider, native_dir):
+    h = harness(cgroups=False)
+    slot = h.lend(5, [sorted(os.sched_getaffinity(0))[-1]])
+    # a cold/warm run (the agent's CALL over ZeroMQ)
+    inv = h.run(slot, f"{LIB}:digest", '"abc"', code_dir=str(native_dir))
+    kind, f = h.outcome(inv)
+    assert (kind, f["outcome"]) == (h.P.RESULT, "ok")
+    assert json.loads(f["value_json"]) == {"len": 5, "fnv1a": _fnv1a(b'"abc"')}
+    kind, f = h.outcome(h.run(slot, f"{LIB}:fail", "1", code_dir=str(native_dir)))
+    assert f["outcome"] == "error" and f["error"] == f"NativeFunctionError: {LIB}:fail returned 3: bad input (from C)"
+    for entrypoint, text in ((f"{LIB}:no_such_symbol", "has no symbol 'no_such_symbol'"),
+                             ("libnope.so:echo", "'libnope.so' not found in the code dir")):
+        kind, f = h.outcome(h.run(slot, entrypoint, "1", code_dir=str(native_dir)))
+        assert f["outcome"] == "error" and "NativeLoadError" in f["error"] and text in f["error"], f
+
+    over_zmq = _native_session(h, slot, OFF, native_dir)
+    over_rma = _native_session(h, slot, config(provider), native_dir)
+    assert over_zmq.pop("transport") == "zmq"
+    assert over_rma.pop("transport") == "rma"
+    liars = over_rma.pop("liar") + over_zmq.pop("liar")  # the room it was given differs by path
+    assert all("returned -1: claimed a" in e and "more than the room" in e and tb is None for e, tb in liars)
+    assert over_rma == over_zmq
+    assert over_rma["value"] == {"a": [1, 2.5, None, True], "s": "é"}
+    assert over_rma["text"] == '{"k": [true, null, 1.5]}' and over_rma["big"] and over_rma["many"]
+    assert over_rma["fail"] == [(f"NativeFunctionError: {LIB}:fail returned 3: bad input (from C)", None)] * 2
+    assert over_rma["garbage"] == [(f"NativeFunctionError: {LIB}:garbage returned a 10-byte result that is not JSON "
+                                    "text (a result must be the UTF-8 JSON text of a value)", None)] * 2
