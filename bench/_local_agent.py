@@ -31,10 +31,12 @@ class LocalAgent:
                                   "mem_mb": mem_mb, "end_time": 0})
         return f"{job_id}@bench"
 
-    def _fields(self, slot_id: str, entrypoint: str, image=None, runtime=None, mem_mb=256, uid=0, gid=0):
+    def _fields(self, slot_id: str, entrypoint: str, image=None, runtime=None, mem_mb=256, uid=0, gid=0,
+                code_dir=None):
         slot = self.agent.slots[slot_id]
         return {"v": P.VERSION, "slot_id": slot_id, "job_id": slot.job_id, "os_cpus": sorted(set(slot.record["os_cpus"])),
-                "mem_mb": mem_mb, "uid": uid, "gid": gid, "entrypoint": entrypoint, "code_dir": str(FUNCTIONS),
+                "mem_mb": mem_mb, "uid": uid, "gid": gid, "entrypoint": entrypoint,
+                "code_dir": str(code_dir or FUNCTIONS),
                 "image": image, "runtime": runtime, "function_id": hash((entrypoint, image)) & 0xFFFF}
 
     def run(self, slot_id: str, entrypoint: str, payload_json: str = "null", timeout_s: float = 7200,

@@ -11,7 +11,11 @@ recv/send), same payload sizes, same transport (TCP loopback). Median and p99 of
 trips each, after a warm-up; prints the ratio (target: hot <= 1.5x raw at 64 B).
 The RMA hot path (issue 6) is the same HotLease API on a lease whose grant carries the
 executor's RMA endpoint (one per provider, same agent, same run); its ratio is printed
-against the ZeroMQ hot call (target: >= 5x faster at 64 B).
+against the ZeroMQ hot call (target: >= 5x faster at 64 B) and against the raw C
+libfabric round trip of the same size on the same provider (bench/fabric_raw.c).
+Each hot path has two rows: the Python function ``runtime_probe:echo`` and the native C
+function ``libnative_fns.so:echo`` (tests/functions/native_fns.c, compiled here; on RMA
+leases the executor's C completion loop answers it with no Python per call).
 No assertions: numbers to read.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import zmq  # noqa: E402
 
 SIZES = {"64 B": 64, "1 MiB": 1 << 20}
+NATIVE = "libnative_fns.so:echo"
 
 
 def _raw_server(port_q: mp.Queue) -> None:
@@ -97,48 +102,63 @@ def main() -> int:
     from faas_runtime.fabric import FabricConfig
 
     from _local_agent import LocalAgent
+    from bench_fabric import build_native, build_raw, raw
+
+    raw_c = build_raw()
+    native_dir = build_native()
+
+    def leased(slot, entrypoint, **kw):
+        # the compiled native functions live in a code dir of their own
+        return la.lease(slot, entrypoint, code_dir=native_dir if entrypoint == NATIVE else None, **kw)
 
     la = LocalAgent()
     try:
         cpus = sorted(os.sched_getaffinity(0))
         slot = la.lend(1, [cpus[-1]])
         kw = dict(image=args.image, runtime=args.runtime if args.image else None)
-        lease = la.lease(slot, "runtime_probe:echo", **kw)
+        leases = {"python": leased(slot, "runtime_probe:echo", **kw), "native": leased(slot, NATIVE, **kw)}
+        lease = leases["python"]
         print(f"hot executor: runtime {args.runtime}, cgroups {'on' if la.agent.subtree else 'off'}, "
               f"endpoint {lease.endpoint}, CPUs {lease.cpus}")
         providers = [p for p in args.fabric.split(",") if p and p != "off"]
 
-        def rma_lease(provider):
+        def rma_lease(provider, entrypoint):
             # one at a time: an attached RMA executor busy-polls its (here: the only lent) CPU
-            got = la.lease(slot, "runtime_probe:echo", fabric=FabricConfig(provider, "lo" if provider == "tcp" else ""),
-                           **kw)
+            got = leased(slot, entrypoint, fabric=FabricConfig(provider, "lo" if provider == "tcp" else ""), **kw)
             if got.transport != "rma":
                 print(f"RMA {provider}: not available ({got.rma_error or 'the executor offered no RMA'}), row skipped")
                 got.release()
                 return None
             return got
-        print(f"{'payload':<8} {'path':<14} {'median us':>10} {'p99 us':>10} {'n':>6}")
+        print(f"{'payload':<8} {'path':<26} {'median us':>10} {'p99 us':>10} {'n':>6}")
         for label, size in SIZES.items():
             n = args.n if size < 65536 else max(50, args.n // 10)
-            raw = _fmt(raw_round_trips(size, n, warmup=n // 10))
-            hot = _fmt(hot_round_trips(lease, size, n, warmup=n // 10))
-            print(f"{label:<8} {'raw pyzmq':<14} {raw[0]:>10.1f} {raw[1]:>10.1f} {n:>6}")
-            print(f"{label:<8} {'hot call zmq':<14} {hot[0]:>10.1f} {hot[1]:>10.1f} {n:>6}")
+            raw_zmq = _fmt(raw_round_trips(size, n, warmup=n // 10))
+            print(f"{label:<8} {'raw pyzmq':<26} {raw_zmq[0]:>10.1f} {raw_zmq[1]:>10.1f} {n:>6}")
+            hot = {}
+            for fn, fl in leases.items():
+                hot[fn] = _fmt(hot_round_trips(fl, size, n, warmup=n // 10))
+                print(f"{label:<8} {'hot call zmq ' + fn:<26} {hot[fn][0]:>10.1f} {hot[fn][1]:>10.1f} {n:>6}"
+                      f"   hot/raw pyzmq: median {hot[fn][0] / raw_zmq[0]:.2f}x"
+                      + ("   (target <= 1.5x)" if size == 64 else ""))
             for provider in providers:
-                rl = rma_lease(provider)
-                if rl is None:
-                    continue
-                try:
-                    r = _fmt(hot_round_trips(rl, size, n, warmup=n // 10))
-                finally:
-                    rl.release()
-                    for _ in range(20):
-                        la.step(5)
-                print(f"{label:<8} {'hot call rma ' + provider:<14} {r[0]:>10.1f} {r[1]:>10.1f} {n:>6}"
-                      f"   zmq/rma: median {hot[0] / r[0]:.2f}x" + ("   (target >= 5x)" if size == 64 else ""))
-            print(f"{label:<8} ratio hot/raw: median {hot[0] / raw[0]:.2f}x, p99 {hot[1] / raw[1]:.2f}x"
-                  + ("   (target <= 1.5x)" if size == 64 else ""))
-        lease.release()
+                base = raw(raw_c, provider, "pingpong", size, max(n, 200))
+                print(f"{label:<8} {'raw C libfabric ' + provider:<26} {base:>10.1f} {'':>10} {max(n, 200):>6}")
+                for fn, entrypoint in (("python", "runtime_probe:echo"), ("native", NATIVE)):
+                    rl = rma_lease(provider, entrypoint)
+                    if rl is None:
+                        continue
+                    try:
+                        r = _fmt(hot_round_trips(rl, size, n, warmup=n // 10))
+                    finally:
+                        rl.release()
+                        for _ in range(20):
+                            la.step(5)
+                    print(f"{label:<8} {f'hot call rma {provider} {fn}':<26} {r[0]:>10.1f} {r[1]:>10.1f} {n:>6}"
+                          f"   zmq/rma: {hot[fn][0] / r[0]:.1f}x" + (" (target >= 5x)" if size == 64 else "")
+                          + f"   rma/raw C: {r[0] / base:.2f}x")
+        for fl in leases.values():
+            fl.release()
     finally:
         la.close()
     return 0

@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,10 +79,20 @@ static void setup(struct side *s, const char *prov, const char *domain, size_t s
     CHECK(fi_av_open(s->dom, &av, &s->av, NULL));
     struct fi_cq_attr cq = {.format = FI_CQ_FORMAT_DATA, .wait_obj = FI_WAIT_NONE, .size = 1024};
     CHECK(fi_cq_open(s->dom, &cq, &s->cq, NULL));
-    CHECK(fi_endpoint(s->dom, fi, &s->ep, NULL));
-    CHECK(fi_ep_bind(s->ep, &s->av->fid, 0));
-    CHECK(fi_ep_bind(s->ep, &s->cq->fid, FI_TRANSMIT | FI_RECV));
-    CHECK(fi_enable(s->ep));
+    /* shm: a region left by a SIGKILLed process with our pid makes fi_enable fail with
+     * -FI_EBUSY (shm then removes it): retry with a fresh endpoint, as csrc/fabric.c does. */
+    for (int attempt = 0;; attempt++) {
+        CHECK(fi_endpoint(s->dom, fi, &s->ep, NULL));
+        CHECK(fi_ep_bind(s->ep, &s->av->fid, 0));
+        CHECK(fi_ep_bind(s->ep, &s->cq->fid, FI_TRANSMIT | FI_RECV));
+        int rc = fi_enable(s->ep);
+        if (rc == -FI_EBUSY && attempt < 4) {
+            fi_close(&s->ep->fid);
+            continue;
+        }
+        CHECK(rc);
+        break;
+    }
     s->buf = aligned_alloc(4096, (size + 4095) / 4096 * 4096 + 4096);
     memset(s->buf, 1, size + 1);
     CHECK(fi_mr_reg(s->dom, s->buf, size + 1, FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE, 0, 7, 0,
@@ -148,6 +160,8 @@ int main(int argc, char **argv)
     if (pipe(up) || pipe(down))
         return 1;
     pid_t pid = fork();
+    if (pid == 0)
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* the server must not outlive a client that failed */
     struct side s;
     memset(&s, 0, sizeof s);
     setup(&s, prov, domain, size);
