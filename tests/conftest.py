@@ -58,6 +58,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def native_dir(tmp_path_factory):
+    """tests/functions/native_fns.c compiled: the code dir of ``libnative_fns.so:<symbol>``."""
+    from tests.functions import native_build
+
+    try:
+        return native_build.build(tmp_path_factory.mktemp("native"))
+    except RuntimeError as exc:
+        missing(str(exc))
+
+
+@pytest.fixture(scope="session")
 def postgres_url():
     initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdb:

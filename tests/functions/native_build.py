@@ -12,6 +12,14 @@ SOURCE = HERE / "native_fns.c"
 LIBRARY = "libnative_fns.so"
 
 
+def fnv1a(data: bytes) -> str:
+    """The checksum the ``digest`` test function computes (64-bit FNV-1a, hex)."""
+    h = 1469598103934665603
+    for b in data:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
 def build(dest: Path) -> Path:
     """Compile into ``dest`` and return ``dest`` (the code dir); RuntimeError without cc."""
     cc = shutil.which("cc") or shutil.which("gcc")

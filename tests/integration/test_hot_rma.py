@@ -189,21 +189,6 @@ def test_lease_end_ends_rma_calls_and_an_agent_with_fabric_off_offers_zeromq(har
 LIB = native_build.LIBRARY
 
 
-@pytest.fixture(scope="module")
-def native_dir(tmp_path_factory):
-    try:
-        return native_build.build(tmp_path_factory.mktemp("native"))
-    except RuntimeError as exc:
-        missing(str(exc))
-
-
-def _fnv1a(data: bytes) -> str:
-    h = 1469598103934665603
-    for b in data:
-        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
-
-
 def _native_session(h, slot, fab, native_dir):
     """The same calls on leases of native functions; returns what they gave."""
     out = {}
@@ -221,7 +206,7 @@ def _native_session(h, slot, fab, native_dir):
     try:
         texts = ['"abc"', json.dumps(list(range(1000))), json.dumps({"é": "x" * 70000})]
         out["digests"] = [digest.call_json(t) for t in texts]
-        assert [json.loads(d) for d in out["digests"]] == [{"len": len(t.encode()), "fnv1a": _fnv1a(t.encode())}
+        assert [json.loads(d) for d in out["digests"]] == [{"len": len(t.encode()), "fnv1a": native_build.fnv1a(t.encode())}
                                                           for t in texts]
     finally:
         digest.release()
@@ -246,7 +231,7 @@ def test_native_function_same_values_and_errors_on_every_path(harness, provider,
     inv = h.run(slot, f"{LIB}:digest", '"abc"', code_dir=str(native_dir))
     kind, f = h.outcome(inv)
     assert (kind, f["outcome"]) == (h.P.RESULT, "ok")
-    assert json.loads(f["value_json"]) == {"len": 5, "fnv1a": _fnv1a(b'"abc"')}
+    assert json.loads(f["value_json"]) == {"len": 5, "fnv1a": native_build.fnv1a(b'"abc"')}
     kind, f = h.outcome(h.run(slot, f"{LIB}:fail", "1", code_dir=str(native_dir)))
     assert f["outcome"] == "error" and f["error"] == f"NativeFunctionError: {LIB}:fail returned 3: bad input (from C)"
     for entrypoint, text in ((f"{LIB}:no_such_symbol", "has no symbol 'no_such_symbol'"),

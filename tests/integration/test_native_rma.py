@@ -28,21 +28,6 @@ if not fabric.available():
     missing("the libfabric binding is not built (apt-get install libfabric-dev; pip install -e .)")
 
 
-@pytest.fixture(scope="module")
-def native_dir(tmp_path_factory):
-    try:
-        return native_build.build(tmp_path_factory.mktemp("native"))
-    except RuntimeError as exc:
-        missing(str(exc))
-
-
-def fnv1a(data: bytes) -> str:
-    h = 1469598103934665603
-    for b in data:
-        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
-
-
 def native_executor(symbol: str, provider: str, native_dir, tmp_path) -> Proc:
     return Proc(["faas_runtime.rma", "--entrypoint", f"{LIB}:{symbol}", "--code", str(native_dir)], provider, tmp_path)
 
@@ -63,7 +48,7 @@ def test_native_echo_and_digest_are_byte_exact(provider, native_dir, tmp_path):
                 payload = os.urandom(n)
                 out = e.invoke(payload)
                 assert hashlib.sha256(out).digest() == hashlib.sha256(payload).digest(), n
-                assert json.loads(d.invoke(payload)) == {"len": n, "fnv1a": fnv1a(payload)}, n
+                assert json.loads(d.invoke(payload)) == {"len": n, "fnv1a": native_build.fnv1a(payload)}, n
             for i in range(500):  # many calls on the C path, each its own payload
                 payload = f"call {i} ".encode() * (1 + i % 50)
                 assert e.invoke(payload) == payload

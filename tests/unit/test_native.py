@@ -16,26 +16,11 @@ from tests.functions import native_build
 BACKENDS = ["cffi", "ctypes"]
 
 
-@pytest.fixture(scope="module")
-def code_dir(tmp_path_factory):
-    try:
-        return native_build.build(tmp_path_factory.mktemp("native"))
-    except RuntimeError as exc:
-        missing(str(exc))
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     if request.param == "cffi" and not fabric.available():
         missing("the libfabric binding is not built (apt-get install libfabric-dev; pip install -e .)")
     return request.param
-
-
-def fnv1a(data: bytes) -> str:
-    h = 1469598103934665603
-    for b in data:
-        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
 
 
 def test_entrypoint_forms():
@@ -44,15 +29,15 @@ def test_entrypoint_forms():
     assert not is_native_entrypoint("libecho.so")
 
 
-def test_calls_are_byte_exact(code_dir, backend):
-    echo = NativeFunction(f"{native_build.LIBRARY}:echo", str(code_dir), backend=backend)
-    digest = NativeFunction(f"{native_build.LIBRARY}:digest", str(code_dir), backend=backend)
+def test_calls_are_byte_exact(native_dir, backend):
+    echo = NativeFunction(f"{native_build.LIBRARY}:echo", str(native_dir), backend=backend)
+    digest = NativeFunction(f"{native_build.LIBRARY}:digest", str(native_dir), backend=backend)
     try:
         assert echo.backend == backend
         for n in (0, 1, 64, 65536, 65537, 3 << 20):  # above the first 64 KiB of room: called again
             data = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
             assert echo(data) == data
-            assert json.loads(digest(data)) == {"len": n, "fnv1a": fnv1a(data)}
+            assert json.loads(digest(data)) == {"len": n, "fnv1a": native_build.fnv1a(data)}
         assert echo(memoryview(b"abc")) == b"abc"
     finally:
         echo.close()
@@ -64,8 +49,8 @@ def test_calls_are_byte_exact(code_dir, backend):
     ("liar", "returned -1: claimed a 65537-byte result, more than the room it was given (out_cap)"),
     ("greedy", "returned 1: still too small"),
 ])
-def test_failures_are_typed_errors(code_dir, backend, symbol, text):
-    fn = NativeFunction(f"{native_build.LIBRARY}:{symbol}", str(code_dir), backend=backend)
+def test_failures_are_typed_errors(native_dir, backend, symbol, text):
+    fn = NativeFunction(f"{native_build.LIBRARY}:{symbol}", str(native_dir), backend=backend)
     for _ in range(2):  # and the function stays usable
         with pytest.raises(NativeFunctionError) as info:
             fn(b"1")
@@ -80,9 +65,9 @@ def test_failures_are_typed_errors(code_dir, backend, symbol, text):
     ("libnative_fns.so:not-c", "must be 'path/to/lib.so:symbol'"),
     ("/usr/lib/libc.so:puts", "must be relative to the code dir"),
 ])
-def test_load_errors_say_what_is_wrong(code_dir, backend, entrypoint, text):
+def test_load_errors_say_what_is_wrong(native_dir, backend, entrypoint, text):
     with pytest.raises(NativeLoadError, match=None) as info:
-        NativeFunction(entrypoint, str(code_dir), backend=backend)
+        NativeFunction(entrypoint, str(native_dir), backend=backend)
     assert text in str(info.value)
 
 
