@@ -10,7 +10,8 @@ Parts, all in one run:
              invocations queued in batches and taken through the three transitions with
              the co-scheduler's own bulk data functions (claim_queued_rows,
              transition_many), one transaction per step as the daemon does.
-  queue      a second co-scheduler (SQLite file or a private PostgreSQL) with munge from
+  queue      a second co-scheduler (SQLite file or a private PostgreSQL, run with
+             synchronous_commit=off as a throughput-tuned site would) with munge from
              the dev cluster; four agents that answer RUN at once (no process is spawned:
              this is the queue, the database and the protocol), lending 16 cores each for
              real running Slurm jobs; N invocations submitted with invoke --batch
@@ -21,7 +22,8 @@ Parts, all in one run:
              cgroups, pinned to the lent CPUs), with SQLite and with PostgreSQL (a second
              dev cluster): N no-ops on 4 lent cores of one job after a warm-up (so the
              co-scheduler dispatches ahead), sustained = N / (last SUCCEEDED - submit),
-             with the CPU each part spent per invocation; and submit-to-start latency
+             with the CPU each part spent per invocation (the PostgreSQL server's too);
+             and submit-to-start latency
              (QUEUED -> RUNNING in the invocation's history) of 30 invocations submitted
              one at a time on an idle slot.
 """
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -240,10 +243,15 @@ def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: lis
         daemon.wait(20)
 
 
-def _cpu_seconds(root: Path) -> dict[str, float]:
-    """CPU time (user + system) so far of the cluster's co-scheduler, agents and executors."""
+def _cpu_seconds(root: Path, pg_data: Optional[Path] = None) -> dict[str, float]:
+    """CPU time (user + system) so far of the cluster's co-scheduler, agents and executors,
+    and of the PostgreSQL server whose data directory is ``pg_data`` (its postmaster and
+    backends)."""
     out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
+    postmaster = None
+    if pg_data is not None:
+        postmaster = (pg_data / "postmaster.pid").read_text().split()[0]
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -251,16 +259,19 @@ def _cpu_seconds(root: Path) -> dict[str, float]:
             stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if not (str(root) in cmd or cwd.startswith(str(root))):
+        if postmaster is not None and postmaster in (proc.name, stat[1]):  # stat[1]: the parent pid
+            kind = "database server"
+        elif not (str(root) in cmd or cwd.startswith(str(root))):
             continue
-        kind = ("co-scheduler" if "coscheduler.daemon" in cmd else "agents" if "faas_runtime.agent" in cmd else
-                "executors" if "faas_runtime.executor" in cmd else None)
+        else:
+            kind = ("co-scheduler" if "coscheduler.daemon" in cmd else "agents" if "faas_runtime.agent" in cmd
+                    else "executors" if "faas_runtime.executor" in cmd else None)
         if kind:
             out[kind] = out.get(kind, 0.0) + (int(stat[11]) + int(stat[12])) / tick
     return out
 
 
-def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int) -> dict:
+def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int, pg_data: Optional[Path] = None) -> dict:
     """The dev cluster's own co-scheduler, agents and warm executors on ``cores`` lent cores
     of one job: ``n`` no-ops submitted at once, after a warm-up that lets the co-scheduler
     learn the function's run time (dispatch-ahead)."""
@@ -285,11 +296,11 @@ def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int) -> dict:
                 at = {state: dt.datetime.fromisoformat(t) for state, t, _ in st["history"]}
                 lat.append((at["RUNNING"] - at["QUEUED"]).total_seconds())
             c.wait_many(c.invoke_batch("noop", ["null"] * 100), timeout_s=120)  # warm-up
-            cpu0 = _cpu_seconds(cluster.root)
+            cpu0 = _cpu_seconds(cluster.root, pg_data)
             wall0 = D.utcnow()
             ids = c.invoke_batch("noop", ["null"] * n)
             rows = c.wait_many(ids, timeout_s=900, poll_s=0.5)
-            cpu = {k: v - cpu0.get(k, 0.0) for k, v in _cpu_seconds(cluster.root).items()}
+            cpu = {k: v - cpu0.get(k, 0.0) for k, v in _cpu_seconds(cluster.root, pg_data).items()}
             assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
         db = D.Database(cluster.db_url)
         with db.session() as s:
@@ -366,7 +377,7 @@ def main() -> None:
                 pg_cluster = DevCluster(work / "cluster-pg", db_url=url)
                 try:
                     pg_cluster.up(timeout_s=120)
-                    r = real_agent_run(pg_cluster, args.real_n, args.latency_n, args.cores)
+                    r = real_agent_run(pg_cluster, args.real_n, args.latency_n, args.cores, pg_root / "data")
                 finally:
                     pg_cluster.down()
             print_real(name, r, args.cores, args.latency_n)
