@@ -52,12 +52,13 @@ from .auth import AuthError, verify_credential
 from .config import Config, ConfigError, load as load_config
 from .scheduler import Lane, PendingInvocation, Policy, SlotView, place_ahead
 from .slurm import JobInfo, SlurmAccess, SlurmError, make_backend
-from .states import ON_SLOT, TERMINAL, State
+from .states import ALLOWED, ON_SLOT, TERMINAL, State
 
 log = logging.getLogger("faas.coscheduler")
 
 RECEIVE_BATCH = 2000  # messages per receive step, so scheduling is never starved
-REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})  # agents' reports on invocations: handled in bulk
+REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})
+CANCELLABLE = [st.value for st, then in ALLOWED.items() if State.CANCELLED in then]  # QUEUED, on a slot  # agents' reports on invocations: handled in bulk
 SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 # While agents hold work dispatched ahead, the loop runs at most this often: each pass
 # then claims, places and commits many invocations at once (a pass costs a few database
@@ -638,26 +639,28 @@ class Coscheduler:
             raise RequestFailed(P.E_INVALID, f"invocation {inv.id} already ended {inv.state}")
         node, attempt = inv.node, inv.attempts
         if D.cancel(s, inv, reason):
-            agent = self.agents.get(node or "")
-            if agent is not None:
-                self._send(agent.identity, P.CANCEL, invocation_id=inv.id, attempt=attempt, reason=reason)
-            self._dirty = True
+            self._stop_on_agent(node, inv.id, attempt, reason)
         return {"invocation_id": inv.id, "state": inv.state}
 
     def _cancel_function(self, s: Session, fn: D.Function, reason: str = "cancelled by its owner") -> dict:
         """Every unfinished invocation of ``fn``, in bulk (a user's 100,000 queued ones
         take one request); agents stop those on their slots."""
-        unfinished = [st.value for st in State if st not in TERMINAL]
         rows = s.execute(select(D.Invocation.id, D.Invocation.state, D.Invocation.node, D.Invocation.attempts)
-                         .where(D.Invocation.function_id == fn.id, D.Invocation.state.in_(unfinished))).all()
+                         .where(D.Invocation.function_id == fn.id, D.Invocation.state.in_(CANCELLABLE))).all()
         at = D.utcnow()
         D.transition_many(s, [D.Change(r.id, State(r.state), State.CANCELLED, at, reason) for r in rows])
         for r in rows:
-            agent = self.agents.get(r.node or "")
-            if State(r.state) in ON_SLOT and agent is not None:
-                self._send(agent.identity, P.CANCEL, invocation_id=r.id, attempt=r.attempts, reason=reason)
+            if State(r.state) in ON_SLOT:
+                self._stop_on_agent(r.node, r.id, r.attempts, reason)
         self._dirty = True
         return {"cancelled": len(rows)}
+
+    def _stop_on_agent(self, node: Optional[str], inv_id: int, attempt: int, reason: str) -> None:
+        """A cancelled invocation that was on a slot: its agent stops it (sent after commit)."""
+        agent = self.agents.get(node or "")
+        if agent is not None:
+            self._send(agent.identity, P.CANCEL, invocation_id=inv_id, attempt=attempt, reason=reason)
+        self._dirty = True
 
     def _list(self, s: Session, uid: int, msg: dict) -> dict:
         inv_t = D.Invocation  # columns only: a listing never loads payloads or results

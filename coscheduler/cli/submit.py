@@ -11,6 +11,7 @@ import click
 
 from spank_plugin.core import SpecError, parse_size_mb
 
+from ..states import State
 from .common import coscheduler_options, emit_json, friendly_errors, make_client, output_option
 
 
@@ -340,7 +341,7 @@ def cancel(ctx, invocation_ids, function, output):
             click.echo(f"{row['invocation_id']} {row['state']}")
 
 
-STATES = ["QUEUED", "DISPATCHED", "RUNNING", "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED", "EVICTED"]
+STATES = [st.value for st in State]
 
 
 @main.command("list")
