@@ -95,13 +95,24 @@ def zmq_roundtrip(iters: int) -> float:
         dealer.close(0)
 
 
-def serve(argv: list[str], provider: str) -> tuple[subprocess.Popen, str]:
+def fabric_env(provider: str) -> dict[str, str]:
+    """The environment of a benchmark process that uses ``provider`` (tcp on loopback)."""
+    return dict(os.environ, FAAS_FABRIC=provider, FAAS_FABRIC_DOMAIN="lo" if provider == "tcp" else "",
+                PYTHONPATH=str(ROOT))
+
+
+def serve(argv: list[str], provider: str, preexec_fn=None, timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m argv`` (an RMA executor or a memory server) on ``provider`` and
+    wait for the control endpoint it writes to its ready file."""
     ready = Path(tempfile.mktemp(prefix="faas-bench-"))
-    env = dict(os.environ, FAAS_FABRIC=provider, FAAS_FABRIC_DOMAIN="lo" if provider == "tcp" else "",
-               PYTHONPATH=str(ROOT))
-    p = subprocess.Popen([sys.executable, "-m", *argv, "--ready-file", str(ready)], env=env,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([sys.executable, "-m", *argv, "--ready-file", str(ready)], env=fabric_env(provider),
+                         stderr=subprocess.DEVNULL, preexec_fn=preexec_fn)
+    deadline = time.monotonic() + timeout_s
     while not ready.exists():
+        if p.poll() is not None or time.monotonic() > deadline:
+            p.kill()
+            p.wait()
+            raise RuntimeError(f"{argv[0]} did not start")
         time.sleep(0.02)
     control = ready.read_text()
     ready.unlink()

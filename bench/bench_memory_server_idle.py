@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from faas_runtime.fabric import FabricConfig  # noqa: E402
 from faas_runtime.remote_memory import RemoteMemory  # noqa: E402
+from bench_fabric import serve  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -38,21 +38,10 @@ def cpu_s(pid: int) -> float:
 
 
 def start(provider: str, options: dict[str, int]) -> tuple[subprocess.Popen, str]:
-    ready = Path(tempfile.mktemp(prefix="faas-idle-"))
-    argv = [sys.executable, "-m", "faas_runtime.remote_memory", "--size", "16M", "--ready-file", str(ready)]
+    argv = ["faas_runtime.remote_memory", "--size", "16M"]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    env = dict(os.environ, FAAS_FABRIC=provider, FAAS_FABRIC_DOMAIN="lo" if provider == "tcp" else "",
-               PYTHONPATH=str(ROOT))
-    p = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        if p.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("memory server did not start")
-        time.sleep(0.02)
-    control = ready.read_text()
-    ready.unlink()
-    return p, control
+    return serve(argv, provider)
 
 
 def parse(text: str) -> dict[str, int]:

@@ -21,12 +21,13 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_fabric import fabric_env, serve  # noqa: E402
 
 KERNEL_CPU, GUEST_CPU = 0, 1
 
@@ -66,27 +67,14 @@ def kernel(binary: Path, mib: int, seconds: float) -> float:
     return float(re.search(r"median_mbs=([\d.]+)", run.stdout).group(1))
 
 
-def env_for(provider: str) -> dict[str, str]:
-    return dict(os.environ, FAAS_FABRIC=provider, FAAS_FABRIC_DOMAIN="lo" if provider == "tcp" else "",
-                PYTHONPATH=str(ROOT))
-
-
 def with_remote_memory(binary: Path, provider: str, mib: int, seconds: float, block: int) -> tuple[float, float]:
     """The kernel's bandwidth while a client on the guest CPU reads ``block``-byte blocks."""
-    ready = Path(tempfile.mktemp(prefix="faas-rmi-"))
-    server = subprocess.Popen([sys.executable, "-m", "faas_runtime.remote_memory", "--size", str(block + (1 << 20)),
-                               "--ready-file", str(ready)], env=env_for(provider), preexec_fn=pinned(GUEST_CPU),
-                              stderr=subprocess.DEVNULL)
+    server, control = serve(["faas_runtime.remote_memory", "--size", str(block + (1 << 20))], provider,
+                            preexec_fn=pinned(GUEST_CPU))
     client = None
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("memory server did not start")
-            time.sleep(0.02)
-        control = ready.read_text()
         client = subprocess.Popen([sys.executable, "-c", CLIENT, control, provider, str(block), str(seconds + 1.0)],
-                                  env=env_for(provider), preexec_fn=pinned(GUEST_CPU), stdout=subprocess.PIPE,
+                                  env=fabric_env(provider), preexec_fn=pinned(GUEST_CPU), stdout=subprocess.PIPE,
                                   text=True)
         if client.stdout.readline().strip() != "reading":
             raise RuntimeError("remote-memory client failed")
@@ -101,7 +89,6 @@ def with_remote_memory(binary: Path, provider: str, mib: int, seconds: float, bl
             client.wait()
         server.terminate()
         server.wait(30)
-        ready.unlink(missing_ok=True)
 
 
 def main() -> int:
