@@ -57,8 +57,8 @@ from .states import ALLOWED, ON_SLOT, TERMINAL, State
 log = logging.getLogger("faas.coscheduler")
 
 RECEIVE_BATCH = 2000  # messages per receive step, so scheduling is never starved
-REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})
-CANCELLABLE = [st.value for st, then in ALLOWED.items() if State.CANCELLED in then]  # QUEUED, on a slot  # agents' reports on invocations: handled in bulk
+REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})  # agents' reports on invocations: handled in bulk
+CANCELLABLE = [st.value for st, then in ALLOWED.items() if State.CANCELLED in then]  # queued or on a slot
 SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 # While agents hold work dispatched ahead, the loop runs at most this often: each pass
 # then claims, places and commits many invocations at once (a pass costs a few database
@@ -757,8 +757,8 @@ class Coscheduler:
             for sl in slots:
                 slot_lanes = lanes.get(sl.id, {})
                 free_cpus = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
-                # A leased core (busy, no lane) takes no work dispatched ahead.
-                ahead = {c: lane for c, lane in slot_lanes.items() if c in busy[sl.id] and lane.count <= deepest}
+                # Only lanes take work dispatched ahead (a core leased to a hot client has none).
+                ahead = {c: lane for c, lane in slot_lanes.items() if lane.count <= deepest}
                 views.append(SlotView(sl.id, free_cpus, sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end,
                                       self._warm_on(sl.id, mono), ahead))
             free = sum(len(v.free_cpus) for v in views)

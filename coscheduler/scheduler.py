@@ -66,6 +66,9 @@ class Lane(NamedTuple):
     mem_mb: float
 
 
+NO_LANE = Lane(0, 0.0, 0.0)  # a free core
+
+
 @dataclass(frozen=True)
 class PendingInvocation:
     invocation_id: int
@@ -325,12 +328,12 @@ def _place_ahead(pending: list[PendingInvocation], slots: list[SlotView], now: f
 
     def extra_mem(p: Placement) -> float:
         per_core = p.mem_mb / len(p.cpus)
-        return sum(max(0.0, per_core - lanes.get((p.slot_id, c), Lane(0, 0.0, 0.0)).mem_mb) for c in p.cpus)
+        return sum(max(0.0, per_core - lanes.get((p.slot_id, c), NO_LANE).mem_mb) for c in p.cpus)
 
     def account(p: Placement, added_mem: float) -> None:
         inv = pending_by_id[p.invocation_id]
         for c in p.cpus:
-            n, backlog, lane_mem = lanes.get((p.slot_id, c), Lane(0, 0.0, 0.0))
+            n, backlog, lane_mem = lanes.get((p.slot_id, c), NO_LANE)
             if n:
                 levels[n][p.slot_id].discard(c)
             lanes[p.slot_id, c] = Lane(n + 1, backlog + run_time.get(inv.function, inv.timeout_s),

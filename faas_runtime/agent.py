@@ -150,7 +150,7 @@ class Agent:
     fabric: FabricConfig = field(default_factory=FabricConfig.from_env)
     slots: dict[str, Slot] = field(default_factory=dict)
     running: dict[int, Running] = field(default_factory=dict)
-    # RUN messages dispatched ahead (coscheduler config dispatch_ahead), FIFO: each starts
+    # RUN messages dispatched ahead (coscheduler config dispatch_ahead_s), FIFO: each starts
     # as soon as the lent cores it names are free here, without a round trip.
     waiting: dict[int, dict] = field(default_factory=dict)
     executors: dict[str, Executor] = field(default_factory=dict)
