@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from coscheduler.client import Client  # noqa: E402
+from faas_runtime.queue_client import Client  # noqa: E402
 from coscheduler.devcluster import DevCluster  # noqa: E402
 
 FUNCTIONS = ROOT / "tests" / "functions"

@@ -49,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zmq  # noqa: E402
 
 from coscheduler import db as D  # noqa: E402
-from coscheduler.client import Client  # noqa: E402
+from faas_runtime.queue_client import Client  # noqa: E402
 from coscheduler.devcluster import DevCluster  # noqa: E402
-from coscheduler.states import State  # noqa: E402
+from faas_runtime.states import State  # noqa: E402
 from faas_runtime import protocol as P  # noqa: E402
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "tests" / "functions"

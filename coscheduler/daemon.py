@@ -48,11 +48,11 @@ from faas_runtime import protocol as P
 from faas_runtime.logsetup import setup_logging
 
 from . import db as D
-from .auth import AuthError, verify_credential
+from faas_runtime.auth import AuthError, verify_credential
 from .config import Config, ConfigError, load as load_config
 from .scheduler import Lane, PendingInvocation, Policy, SlotView, place_ahead
 from .slurm import JobInfo, SlurmAccess, SlurmError, make_backend
-from .states import ALLOWED, ON_SLOT, TERMINAL, State
+from faas_runtime.states import ALLOWED, ON_SLOT, TERMINAL, State
 
 log = logging.getLogger("faas.coscheduler")
 

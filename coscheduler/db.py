@@ -6,7 +6,7 @@ loop step, one request) owns the transaction (``Database.session()``).
 
 Invocation state changes go through ``transition`` (one ORM object) or ``transition_many``
 (the daemon's hot path: many rows with bulk statements) only; both ask
-``coscheduler.states.check_transition`` and record every change with its time. The schema
+``faas_runtime.states.check_transition`` and record every change with its time. The schema
 repeats the rule with a trigger that refuses any other state change, so no other writer
 can break the lifecycle either.
 """
@@ -52,7 +52,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
-from .states import ALLOWED, ON_SLOT, IllegalTransition, State, check_transition
+from faas_runtime.states import ALLOWED, ON_SLOT, IllegalTransition, State, check_transition
 
 
 def utcnow() -> dt.datetime:
@@ -198,7 +198,7 @@ class InvocationEvent(Base):
 
 
 class StateTransition(Base):
-    """The legal (from, to) pairs, filled from coscheduler.states; read by the guard trigger."""
+    """The legal (from, to) pairs, filled from faas_runtime.states; read by the guard trigger."""
 
     __tablename__ = "state_transitions"
 

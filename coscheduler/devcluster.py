@@ -285,7 +285,7 @@ class DevCluster:
         return dict(line.split() for line in out.stdout.splitlines() if len(line.split()) == 2)
 
     def _wait_ready(self, timeout_s: float) -> None:
-        from .client import Client, Unavailable
+        from faas_runtime.queue_client import Client, Unavailable
 
         def nodes_ready() -> bool:
             states = self.node_states()

@@ -279,7 +279,7 @@ def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Option
 
     ``fabric``: the RMA configuration (default ``FabricConfig.from_env()``, i.e. FAAS_FABRIC);
     disabled (``off``) keeps the calls on ZeroMQ."""
-    from coscheduler.client import Client, RequestError
+    from .queue_client import Client, RequestError  # the user-side queue client, same layer
 
     endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
     munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")

@@ -11,7 +11,7 @@ Co-scheduler -> agent: WELCOME, RUN, CANCEL, REVOKE (a lend Slurm says is over),
 Client -> co-scheduler: REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, PING, AGENTS; reply OK or ERROR.
 
 Clients prove who they are with a munge credential whose payload is the SHA-256 of the
-request body (see ``coscheduler.auth``); agents are trusted by network placement in this
+request body (see ``faas_runtime.auth``); agents are trusted by network placement in this
 version (CurveZMQ is the planned upgrade).
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import click
 
-from ..client import Client, RequestError, Unavailable
-from ..auth import AuthError
+from faas_runtime.queue_client import Client, RequestError, Unavailable
+from faas_runtime.auth import AuthError
 
 
 def coscheduler_options(f: Callable) -> Callable:

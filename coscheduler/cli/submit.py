@@ -11,7 +11,7 @@ import click
 
 from spank_plugin.core import SpecError, parse_size_mb
 
-from ..states import State
+from faas_runtime.states import State
 from .common import coscheduler_options, emit_json, friendly_errors, make_client, output_option
 
 

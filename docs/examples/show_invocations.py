@@ -3,7 +3,7 @@ import json
 import os
 import sys
 
-from coscheduler.client import Client
+from faas_runtime.queue_client import Client
 
 
 def main() -> None:

@@ -2,7 +2,7 @@ import subprocess
 
 import pytest
 
-from coscheduler.client import Client
+from faas_runtime.queue_client import Client
 
 from .helpers import FUNCTIONS
 

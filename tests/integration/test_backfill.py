@@ -3,7 +3,7 @@ import json
 import time
 from datetime import datetime
 
-from coscheduler.states import State
+from faas_runtime.states import State
 
 from .helpers import active_slot, job_state, run, sbatch, wait_until
 

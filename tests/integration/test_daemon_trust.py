@@ -3,7 +3,7 @@ import msgpack
 import pytest
 import zmq
 
-from coscheduler.auth import make_credential
+from faas_runtime.auth import make_credential
 from faas_runtime import protocol as P
 
 

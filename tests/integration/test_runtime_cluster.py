@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from coscheduler.client import Client
-from coscheduler.states import TERMINAL, State
+from faas_runtime.queue_client import Client
+from faas_runtime.states import TERMINAL, State
 
 from .helpers import FUNCTIONS, active_slot, run, sbatch, wait_until
 from .runtime_fixtures import python_image, users  # noqa: F401  (fixtures)

@@ -7,7 +7,7 @@ import pytest
 import zmq
 
 from coscheduler import db as D
-from coscheduler.client import Client
+from faas_runtime.queue_client import Client
 from coscheduler.config import Config
 from coscheduler.daemon import Coscheduler
 from faas_runtime import curve

@@ -14,7 +14,7 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from coscheduler import client as client_mod
+from faas_runtime import queue_client as client_mod
 from coscheduler import db as D
 from coscheduler.config import Config, UserQuota
 from coscheduler.daemon import Coscheduler
@@ -437,7 +437,7 @@ def bare_daemon(database):
 
 def _on_slot(database, n, state, max_attempts=3):
     """``n`` invocations dispatched to 1@n1 (attempt 1), then taken to ``state``."""
-    from coscheduler.states import State
+    from faas_runtime.states import State
 
     with database.session() as s:
         fn = D.Function(name=f"f{state}{s.scalar(D.select(D.func.count(D.Function.id)))}", owner_uid=UID,

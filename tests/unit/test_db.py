@@ -4,7 +4,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from coscheduler import db as D
-from coscheduler.states import IllegalTransition, State
+from faas_runtime.states import IllegalTransition, State
 
 
 def _function(s, **kw):
@@ -82,7 +82,7 @@ def test_migrated_schema_matches_the_models(database):
 
 
 def test_transition_rows_match_states_module(database):
-    from coscheduler.states import allowed_pairs
+    from faas_runtime.states import allowed_pairs
 
     with database.session() as s:
         rows = sorted(tuple(r) for r in s.execute(text("SELECT from_state, to_state FROM state_transitions")))

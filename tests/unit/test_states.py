@@ -1,6 +1,6 @@
 import pytest
 
-from coscheduler.states import ALLOWED, TERMINAL, IllegalTransition, State, check_transition
+from faas_runtime.states import ALLOWED, TERMINAL, IllegalTransition, State, check_transition
 
 
 def test_terminal_states_are_final():

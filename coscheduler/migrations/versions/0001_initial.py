@@ -1,7 +1,7 @@
 """The first schema: functions, slots, invocations, their events, and the state guard.
 
 The legal transitions are written out here, as they were when this revision was made: a
-later change of ``coscheduler.states`` needs a migration of its own (a unit test compares
+later change of ``faas_runtime.states`` needs a migration of its own (a unit test compares
 the two).
 
 Revision ID: 0001
