@@ -23,8 +23,8 @@ deps:
 	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: setup.py pyproject.toml csrc/faas_core.c csrc/faas_core.h spank_plugin/_build_core.py \
-		csrc/fabric.c csrc/fabric.h faas_runtime/_build_fabric.py
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h) spank_plugin/_csrc.py \
+		spank_plugin/_build_core.py faas_runtime/_build_fabric.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q -e '.[test,postgres,analyze]'

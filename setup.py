@@ -4,6 +4,7 @@ The cffi extension (the Slurm-free C core of the SPANK plugin) is declared here,
 with ``cffi_modules``; the SPANK plugin itself is built by ``faas-admin`` against the
 running Slurm's headers (see spank_plugin/plugin_build.py).
 """
+import glob
 import os
 import shutil
 import sysconfig
@@ -28,6 +29,7 @@ def _cffi_modules() -> list:
     installed. Without it the runtime runs on ZeroMQ alone (faas_runtime.fabric says
     so once at run time); ``python3 -m faas_runtime._build_fabric`` builds it later."""
     modules = ["spank_plugin/_build_core.py:ffibuilder"]
+    modules.append("faas_runtime/_build_munge.py:ffibuilder")  # libmunge-dev (Makefile DEB_PACKAGES)
     fabric_h = [os.path.join(d, "rdma", "fabric.h") for d in
                 ("/usr/include", "/usr/local/include", os.environ.get("FAAS_LIBFABRIC_INCLUDE", ""))]
     if any(os.path.exists(p) for p in fabric_h):
@@ -46,8 +48,7 @@ setup(
     packages=find_packages(include=["spank_plugin*", "coscheduler*", "faas_runtime*"]),
     # The C sources travel with the package so that faas-admin can build the
     # SPANK plugin from an installed (non-editable) copy as well.
-    data_files=[("share/slurm-faas/csrc", ["csrc/faas_core.c", "csrc/faas_core.h",
-                                           "csrc/spank_faas.c", "csrc/spank_faas.lds"])],
+    data_files=[("share/slurm-faas/csrc", sorted(glob.glob("csrc/*.[ch]") + glob.glob("csrc/*.lds")))],
     package_data={"coscheduler.migrations": ["script.py.mako"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=_cffi_modules(),

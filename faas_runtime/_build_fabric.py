@@ -1,9 +1,11 @@
 """cffi builder (out-of-line API mode) for ``faas_runtime._fabric``.
 
-The C lives in ``csrc/fabric.{h,c}``; this builder reads the header for the cdef
-and compiles the source against Debian's ``libfabric-dev``. libfabric's data-path
-calls (fi_writemsg, fi_cq_read, ...) are static inline functions of its headers,
-so only a compiled (API-mode) binding can reach them.
+The C lives in ``csrc/fabric.h`` (its API) and ``csrc/fabric_*.c`` (one file
+per concern); this builder reads the header for the cdef and compiles the
+sources (both through spank_plugin/_csrc.py) against Debian's
+``libfabric-dev``. libfabric's data-path calls (fi_writemsg, fi_cq_read, ...)
+are static inline functions of its headers, so only a compiled (API-mode)
+binding can reach them.
 
 The extension is optional: ``setup.py`` lists this builder in ``cffi_modules``
 only when ``rdma/fabric.h`` is present (see :func:`available`), and the runtime
@@ -15,20 +17,21 @@ falls back to ZeroMQ alone without it. After installing libfabric-dev later::
 from __future__ import annotations
 
 import os
-import re
-import shutil
+import sys
 import sysconfig
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-CSRC = HERE.parent / "csrc"
-HEADER = CSRC / "fabric.h"
-SOURCE = CSRC / "fabric.c"
+if str(HERE.parent) not in sys.path:  # cffi executes this file, outside any package, while setup.py runs
+    sys.path.insert(0, str(HERE.parent))
 
-CFLAGS = ["-O2", "-Wall", "-Wextra", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"]
-LDFLAGS = ["-Wl,-z,relro,-z,now"]
+from spank_plugin import _csrc  # noqa: E402
+from spank_plugin._csrc import cdef_from_header  # noqa: E402  (the tests read the cdef through this module)
+
+HEADER = _csrc.CSRC / "fabric.h"
+SOURCES = _csrc.sources(_csrc.FABRIC_SOURCES)
 MISSING = ("libfabric headers (rdma/fabric.h) not found: install the Debian package libfabric-dev "
            "(apt-get install --no-install-recommends libfabric-dev)")
 
@@ -45,27 +48,16 @@ def available() -> bool:
     return any(os.path.exists(os.path.join(d, "rdma", "fabric.h")) for d in include_dirs() if d)
 
 
-def cdef_from_header(text: str) -> str:
-    """The header minus comments and preprocessor lines, plus the FF_* constants
-    (cffi takes ``#define NAME <int>`` lines as integer constants)."""
-    defines = re.findall(r"^#define\s+(FF_\w+)\s+(0x[0-9a-fA-F]+|\d+)", text, flags=re.M)
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r"//[^\n]*", "", text)
-    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
-    lines += [f"#define {name} {value}" for name, value in defines]
-    return "\n".join(lines)
-
-
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
 ffibuilder.set_source(
     "faas_runtime._fabric",
     '#include "fabric.h"\n',
-    sources=[str(SOURCE)],
-    include_dirs=[str(CSRC)],
+    sources=[str(p) for p in SOURCES],
+    include_dirs=[str(_csrc.CSRC)],
     libraries=["fabric", "dl", "pthread"],
-    extra_compile_args=CFLAGS,
-    extra_link_args=LDFLAGS,
+    extra_compile_args=_csrc.CFFI_CFLAGS,
+    extra_link_args=_csrc.CFFI_LDFLAGS,
 )
 
 
@@ -73,12 +65,7 @@ def build_inplace(tmpdir: Path = HERE.parent / "build" / "cffi-fabric") -> Path:
     """Compile under build/ and copy the module next to this file."""
     if not available():
         raise SystemExit(MISSING)
-    built = Path(ffibuilder.compile(tmpdir=str(tmpdir), verbose=False))
-    target = HERE / built.name
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(built, tmp)
-    os.replace(tmp, target)  # never rewrite a loaded .so in place
-    return target
+    return _csrc.build_inplace(ffibuilder, HERE, tmpdir)
 
 
 if __name__ == "__main__":

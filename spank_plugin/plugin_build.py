@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
+from spank_plugin._csrc import HARDENING, LINK_HARDENING, PLUGIN_SOURCES, sources
+
 __all__ = [
     "PluginBuildError",
     "PLUGIN_NAME",
@@ -27,7 +29,6 @@ __all__ = [
 ]
 
 PLUGIN_NAME = "spank_faas.so"
-SOURCES = ("faas_core.c", "spank_faas.c")
 VERSION_SCRIPT = "spank_faas.lds"
 
 CFLAGS = (
@@ -37,9 +38,8 @@ CFLAGS = (
     "-Wall",
     "-Wextra",
     "-Werror",
-    "-fstack-protector-strong",
-    "-D_FORTIFY_SOURCE=2",
-    "-Wl,-z,relro,-z,now",
+    *HARDENING,
+    *LINK_HARDENING,
 )
 
 _LIBSLURM_HINT = "install the Debian package libslurm-dev (apt-get install libslurm-dev)"
@@ -59,7 +59,8 @@ def find_csrc() -> Path:
         Path(sys.base_prefix) / "share" / "slurm-faas" / "csrc",
     ]
     for cand in candidates:
-        if all((cand / name).is_file() for name in SOURCES + (VERSION_SCRIPT, "faas_core.h")):
+        if all((cand / name).is_file() for name in ("faas_core.h", VERSION_SCRIPT)) and \
+                all(any(cand.glob(pattern)) for pattern in PLUGIN_SOURCES):
             return cand
     raise PluginBuildError(
         "cannot find the plugin's C sources (looked in "
@@ -116,8 +117,9 @@ def slurm_header_version(cc: Optional[str] = None) -> str:
 
 
 def build_plugin(out_dir: Path, *, cc: Optional[str] = None, csrc: Optional[Path] = None) -> Path:
-    """Compile csrc/faas_core.c + csrc/spank_faas.c into out_dir/spank_faas.so
-    (hardened, only the SPANK symbols exported) and return its path.
+    """Compile the core and the plugin (spank_plugin._csrc.PLUGIN_SOURCES: csrc/faas_core.c,
+    csrc/core_*.c, csrc/spank_*.c) into out_dir/spank_faas.so (hardened, only the SPANK
+    symbols exported) and return its path.
 
     The result is written under a temporary name and renamed into place: a
     slurmstepd that has the old plugin mapped keeps running on it, where
@@ -137,7 +139,7 @@ def build_plugin(out_dir: Path, *, cc: Optional[str] = None, csrc: Optional[Path
         *CFLAGS,
         f"-Wl,--version-script={src / VERSION_SCRIPT}",
         f"-I{src}",
-        *(str(src / name) for name in SOURCES),
+        *(str(path) for path in sources(PLUGIN_SOURCES, src)),
         "-o",
         str(tmp),
     ]
