@@ -4,10 +4,11 @@
 
 Baselines: bench/fabric_raw.c (raw C libfabric, compiled here) and a raw pyzmq
 DEALER/ROUTER round trip. Load: print ``uptime`` first; other work on the machine moves
-every figure (compare ratios from one run only). Printed: medians, ratios and the issue's targets. The hot
-invocation has two rows: a Python handler (``faas_runtime.rma:echo``) and a native C
-function (``tests/functions/native_fns.c``: ``echo``, compiled here, answered by the C
-completion loop with no Python on the executor side).
+every figure (compare ratios from one run only). Printed: medians, ratios and the targets
+each ratio is held to. The hot invocation has two rows: a Python handler
+(``faas_runtime.rma.testing:echo``) and a native C function (``tests/functions/native_fns.c``:
+``echo``, compiled here, answered by the C completion loop with no Python on the executor
+side).
 """
 from __future__ import annotations
 
@@ -137,7 +138,8 @@ def main() -> None:
         cfg = FabricConfig(provider, "lo" if provider == "tcp" else "")
         print(f"\nprovider {provider}")
         raw64 = raw(binary, provider, "pingpong", 64, args.iters)
-        for label, argv in (("RMA hot invocation 64 B (Python echo)", ["--entrypoint", "faas_runtime.rma:echo"]),
+        for label, argv in (("RMA hot invocation 64 B (Python echo)",
+                             ["--entrypoint", "faas_runtime.rma.testing:echo"]),
                             ("RMA hot invocation 64 B (native C echo)",
                              ["--entrypoint", "libnative_fns.so:echo", "--code", str(native_dir)])):
             p, control = serve(["faas_runtime.rma", *argv], provider)
@@ -155,7 +157,7 @@ def main() -> None:
         raw1m = raw(binary, provider, "write", 1 << 20, 300)
         mib = bytearray(os.urandom(1 << 20))
         for label, slot in (("inline (2 MiB slots)", (2 << 20) + 64), ("bulk (fi_read by executor)", 65536)):
-            for fn, argv in (("Python", ["--entrypoint", "faas_runtime.rma:sink"]),
+            for fn, argv in (("Python", ["--entrypoint", "faas_runtime.rma.testing:sink"]),
                              ("native", ["--entrypoint", "libnative_fns.so:sink", "--code", str(native_dir)])):
                 p, control = serve(["faas_runtime.rma", *argv, "--slot-size", str(slot), "--slots", "2"], provider)
                 try:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-RUNTIMES = ("none", "charliecloud", "apptainer", "singularity", "sarus", "bubblewrap", "bwrap")
 # What each runtime's program is called on the host.
 PROGRAMS = {"charliecloud": "ch-run", "apptainer": "apptainer", "singularity": "singularity",
             "sarus": "sarus", "bubblewrap": "bwrap", "bwrap": "bwrap"}
@@ -63,9 +62,12 @@ def image_kind(image: str) -> str:
         return "sif"
     if image.endswith((".sqfs", ".squashfs", ".sqsh")):
         return "squashfs"
-    try:
-        with open(image, "rb") as fh:
-            magic = fh.read(4)
+    try:  # O_NONBLOCK: a FIFO in the image's place must not hang the check
+        fd = os.open(image, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            magic = os.read(fd, 4)
+        finally:
+            os.close(fd)
     except OSError:
         return "dir"
     return "squashfs" if magic == b"hsqs" else "sif"
@@ -147,6 +149,11 @@ TEMPLATES: dict[str, Callable[..., list[str]]] = {
     "bwrap": argv_bubblewrap,
 }
 
+# The runtimes a user, a function or an agent may name: "none" (no container) and one
+# name per template ("bwrap" is bubblewrap under its program's name). Command lines and
+# request validation take their choices from here.
+RUNTIME_NAMES: tuple[str, ...] = tuple(TEMPLATES)
+
 # Which image kinds each runtime takes (a wrong one is refused before anything starts).
 IMAGE_KINDS = {
     "charliecloud": {"dir", "squashfs"},
@@ -162,7 +169,7 @@ def build_argv(runtime: str, spec: RunSpec, program: Optional[str] = None) -> li
     try:
         template = TEMPLATES[runtime]
     except KeyError:
-        raise ContainerError(f"unknown container runtime {runtime!r}; known: {', '.join(RUNTIMES)}") from None
+        raise ContainerError(f"unknown container runtime {runtime!r}; known: {', '.join(RUNTIME_NAMES)}") from None
     if runtime != "none" and not spec.image:
         raise ContainerError(f"runtime {runtime} needs an image")
     if program is None:
@@ -173,23 +180,38 @@ def build_argv(runtime: str, spec: RunSpec, program: Optional[str] = None) -> li
 def check(runtime: str, image: Optional[str]) -> str:
     """Resolve the runtime's program on this host and check the image; return the program path.
 
-    Raises ContainerError with the reason the invocation fails (never a hang later).
+    Raises ContainerError with the reason the invocation fails (never a hang later). The
+    image is the user's path: a root process checks it with ``check_image`` as the user.
     """
+    found = program(runtime)
+    check_image(runtime, image)
+    return found
+
+
+def program(runtime: str) -> str:
+    """The runtime's program on this host ("" for none)."""
     if runtime not in TEMPLATES:
-        raise ContainerError(f"unknown container runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+        raise ContainerError(f"unknown container runtime {runtime!r}; known: {', '.join(RUNTIME_NAMES)}")
     if runtime == "none":
         return ""
     found = shutil.which(PROGRAMS[runtime])
     if found is None:
         raise ContainerError(f"container runtime {runtime} is not installed on this node "
                              f"({PROGRAMS[runtime]} not found)")
+    return found
+
+
+def check_image(runtime: str, image: Optional[str]) -> None:
+    """That ``image`` exists and is of a kind ``runtime`` runs (reads the image's path: call
+    it as the image's user, faas_runtime.as_user)."""
+    if runtime == "none":
+        return
     if not image:
         raise ContainerError(f"runtime {runtime} needs an image")
     if runtime == "sarus":
-        return found  # Sarus images live in its own repository, named not by path
+        return  # Sarus images live in its own repository, named not by path
     if not Path(image).exists():
         raise ContainerError(f"container image {image} does not exist on this node")
     kind = image_kind(image)
     if kind not in IMAGE_KINDS[runtime]:
         raise ContainerError(f"runtime {runtime} cannot run a {kind} image ({image})")
-    return found

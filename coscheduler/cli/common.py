@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import click
 
@@ -18,6 +18,19 @@ def coscheduler_options(f: Callable) -> Callable:
     f = click.option("--coscheduler", "endpoint", envvar="FAAS_COSCHEDULER", default="tcp://127.0.0.1:7800",
                      show_default=True, help="co-scheduler address  [env: FAAS_COSCHEDULER]")(f)
     return f
+
+
+def coscheduler_group(f: Callable) -> click.Group:
+    """The root group of a command line whose commands talk to the co-scheduler.
+
+    ``f`` gives the name and the help; --coscheduler and --munge-socket land in
+    ``ctx.obj``, where :func:`make_client` finds them."""
+
+    @functools.wraps(f)
+    def group(ctx: click.Context, endpoint: str, munge_socket: Optional[str]) -> None:
+        ctx.obj = {"endpoint": endpoint, "munge_socket": munge_socket}
+
+    return click.group()(coscheduler_options(click.pass_context(group)))
 
 
 def output_option(f: Callable) -> Callable:
@@ -49,3 +62,22 @@ def friendly_errors(f: Callable) -> Callable:
 
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=1, sort_keys=True))
+
+
+def emit_rows(output: str, rows: list, header: str, line: Callable[[dict], str]) -> None:
+    """``rows`` as one JSON document with ``--output json``, else a table: ``header``,
+    then ``line(row)`` for each row."""
+    if output == "json":
+        emit_json(rows)
+        return
+    click.echo(header)
+    for row in rows:
+        click.echo(line(row))
+
+
+def emit(output: str, doc: Any, text: str) -> None:
+    """``doc`` as one JSON document with ``--output json``, else ``text``."""
+    if output == "json":
+        emit_json(doc)
+    else:
+        click.echo(text)

@@ -143,7 +143,8 @@ def test_the_c_loop_answers_without_python(provider, native_dir):
 def test_end_reaches_requests_in_the_c_loop_and_in_python(provider, native_dir, kind):
     """RmaExecutor.end (from another thread, as the executor's main thread calls it) makes
     the next request of that lease's slots fail with the "ended" flag, in both loops."""
-    from faas_runtime.rma import NativeHandler, RmaClient, RmaExecutor, RmaLeaseEnded, echo
+    from faas_runtime.rma import NativeHandler, RmaClient, RmaExecutor, RmaLeaseEnded
+    from faas_runtime.rma.testing import echo
 
     native = fabric.NativeFunction(f"{LIB}:echo", str(native_dir)) if kind == "native" else None
     ex = RmaExecutor(NativeHandler(native) if native else echo, "tcp://127.0.0.1:0", config(provider),

@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from coscheduler.cli.analyze import analyze
+from coscheduler.cli.admin.analyze import analyze_command as analyze
 
 SWF = """\
 ; MaxProcs: 8

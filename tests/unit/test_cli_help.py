@@ -1,4 +1,7 @@
 """Every command's --help renders (click's CliRunner, no services needed)."""
+import importlib
+import pkgutil
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -30,3 +33,25 @@ def test_help_renders(root, path):
 def test_submit_function_commands_exist():
     assert {"register", "invoke", "status", "result", "wait"} <= set(submit.commands)
     assert {"slots", "dev-cluster", "analyze"} <= set(admin.commands)
+
+
+@pytest.mark.parametrize("root,package", [(submit, "coscheduler.cli.submit"), (admin, "coscheduler.cli.admin")],
+                         ids=["submit-function", "faas-admin"])
+def test_every_command_module_is_in_its_root_group(root, package):
+    """One module per command: each module's commands must be reachable from the root
+    group (so that the --help test above renders them too)."""
+    reachable = {id(cmd) for _, cmd in _all_commands(root)}
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        module = importlib.import_module(f"{package}.{info.name}")
+        defined = [v for v in vars(module).values()
+                   if isinstance(v, click.Command) and v.callback.__module__ == module.__name__]
+        assert defined, f"{module.__name__} defines no command"
+        assert all(id(cmd) in reachable for cmd in defined), f"a command of {module.__name__} is not registered"
+
+
+def test_rma_executor_help_renders(capsys):
+    from faas_runtime.rma.__main__ import main as rma_main
+
+    with pytest.raises(SystemExit) as exc:
+        rma_main(["--help"])
+    assert exc.value.code == 0 and "--entrypoint" in capsys.readouterr().out

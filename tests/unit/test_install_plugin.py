@@ -74,7 +74,7 @@ def test_refuses_a_bad_argument(tmp_path):
 
 
 def test_plugin_dir_from_scontrol_show_config(tmp_path, monkeypatch):
-    from coscheduler.cli import plugin
+    from coscheduler.cli.admin import plugin
 
     monkeypatch.setattr(plugin, "_run", lambda argv: "Foo = 1\nPluginDir               = /opt/slurm/lib:/x\n")
     assert plugin.find_plugin_dir()[0] == Path("/opt/slurm/lib")

@@ -8,11 +8,11 @@ import click
 from faas_runtime.curve import generate
 
 
-@click.command()
+@click.command("keygen")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--agent", "agents", multiple=True, metavar="NODE", help="a node whose agent gets a key pair (repeat)")
 @click.option("--force", is_flag=True, help="replace existing keys (every holder of the old ones must get the new)")
-def keygen(directory: Path, agents: tuple[str, ...], force: bool) -> None:
+def keygen_command(directory: Path, agents: tuple[str, ...], force: bool) -> None:
     """Generate CurveZMQ keys for the co-scheduler and the agents of NODEs into DIRECTORY.
 
     Copy coscheduler.key (public) to every node and login node, coscheduler.key_secret

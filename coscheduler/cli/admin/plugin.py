@@ -88,8 +88,8 @@ def _write_text(dst: Path, text: str) -> bool:
 @click.option("--ignore-version-mismatch", is_flag=True,
               help="install even when the headers' Slurm version differs from the running one (not advised)")
 @click.argument("args", nargs=-1)
-def install_plugin(plugin_dir: Optional[Path], plugstack_dir: Path, ignore_version_mismatch: bool,
-                   args: tuple[str, ...]) -> None:
+def install_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path, ignore_version_mismatch: bool,
+                           args: tuple[str, ...]) -> None:
     """Build and install the SPANK plugin. ARGS are its plugstack.conf arguments, e.g.
     spool=/var/spool/slurm-faas reserve_cores=1 (see `man`-style docs/spank_faas.8.md)."""
     from spank_plugin.core import ConfigError, parse_config
@@ -142,7 +142,7 @@ def install_plugin(plugin_dir: Optional[Path], plugstack_dir: Path, ignore_versi
               help="[default: as install-plugin finds it]")
 @click.option("--plugstack-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_PLUGSTACK_DIR,
               show_default=True)
-def uninstall_plugin(plugin_dir: Optional[Path], plugstack_dir: Path) -> None:
+def uninstall_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path) -> None:
     """Remove the plugstack snippet first (so nothing loads the plugin), then the .so."""
     from spank_plugin.plugin_build import PLUGIN_NAME
 

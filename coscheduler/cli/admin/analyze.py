@@ -10,12 +10,12 @@ from typing import Callable, Iterable, Optional
 
 import click
 
-from ..analysis import report
-from ..analysis.records import JobRecord, open_text
-from ..analysis.sacct import JobcompReader, SacctReader
-from ..analysis.simulate import PRESETS, FunctionMix, SimConfig, simulate
-from ..analysis.stats import Analysis
-from ..analysis.swf import SWFReader
+from ...analysis import report
+from ...analysis.records import JobRecord, open_text
+from ...analysis.sacct import JobcompReader, SacctReader
+from ...analysis.simulate import PRESETS, FunctionMix, SimConfig, simulate
+from ...analysis.stats import Analysis
+from ...analysis.swf import SWFReader
 
 SACCT_FIELDS = ("JobID,Submit,Start,End,ElapsedRaw,NNodes,NCPUS,TotalCPU,ReqMem,ReqTRES,"
                 "MaxRSS,NTasks,State,TimelimitRaw")
@@ -83,10 +83,10 @@ def _run_sacct(since: str, dest: Path) -> None:
               help="Functions to simulate per scenario (jobs are sampled to fit; totals scaled).")
 @click.option("--assume-cpu-share", type=click.FloatRange(0.0, 1.0), default=None,
               help="CPU used share for jobs without CPU time (e.g. KTH, jobcomp) in --simulate.")
-def analyze(input_path: Optional[Path], use_sacct: bool, since: str, fmt: str,
-            capacity: Optional[int], as_json: bool, plots_dir: Optional[Path],
-            html_file: Optional[Path], do_simulate: bool, mix: str, opt_in: float, seed: int,
-            budget: int, assume_cpu_share: Optional[float]) -> None:
+def analyze_command(input_path: Optional[Path], use_sacct: bool, since: str, fmt: str,
+                    capacity: Optional[int], as_json: bool, plots_dir: Optional[Path],
+                    html_file: Optional[Path], do_simulate: bool, mix: str, opt_in: float, seed: int,
+                    budget: int, assume_cpu_share: Optional[float]) -> None:
     """Analyse a job trace: how much of its allocations a cluster leaves idle, and (with
     --simulate) how much slurm-faas would recover by lending it to functions.
 

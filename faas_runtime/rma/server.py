@@ -1,30 +1,12 @@
-"""Hot invocations over libfabric RMA: an executor's registered request ring and its client.
+"""The executor's end of the RMA wire: a registered request ring, served by a C loop.
 
-Set-up goes over ZeroMQ (the executor binds a ROUTER; ``fabric-attach`` trades
-endpoint names, addresses and keys and leases one ring slot to the client); after
-that every invocation is one-sided RMA:
-
-1. the client writes ``header + payload`` into its slot of the executor's ring
-   with ``fi_writedata``; the immediate data is ``slot << 16 | seq`` (fits the
-   4 bytes that the smallest providers carry);
-2. the executor, busy-polling its completion queue in C, sees the data, runs
-   the function on a memoryview of the slot (no copy), and writes
-   ``header + result`` into the client's registered result buffer with the
-   same immediate data;
-3. the client, busy-polling in C inside the same call that posted its write,
-   returns the result.
-
-Bulk: a payload larger than the slot is not copied: the client registers it
-where it lies and sends only a header; the executor reads it with ``fi_read``.
-A result larger than the client's result buffer stays registered at the
-executor and the client reads it (released at the slot's next request).
-Providers without remote CQ data signal with write + an 8-byte send (chosen
-in C, see ``csrc/fabric.c``).
-
-Header (32 bytes, little endian): length u64, bulk address u64, bulk key u64,
-flags u32, seq u32. Flags: 1 = bulk (payload/result lies at address/key),
-2 = error (the result is the error text, UTF-8), 4 = ended (with 2: the lease of this
-slot ended; the text says why).
+Set-up goes over ZeroMQ: :class:`RmaExecutor` binds a ROUTER; FABRIC_ATTACH trades
+endpoint names, addresses and keys and leases one ring slot to the client. After that the
+executor busy-polls its completion queue in C; a request's immediate data names its slot,
+the handler runs on a memoryview of the slot (no copy), and ``header + result`` goes into
+the client's registered result buffer with the same immediate data. A bulk payload is
+read with ``fi_read`` into a scratch region; a result larger than the client's buffer
+stays registered here until the slot's next request (the client reads it).
 
 Native functions (``csrc/faas_native.h``): when the handler is a :class:`NativeHandler`
 whose function the binding loaded, the executor's loop is ``ff_serve_native`` (C): it
@@ -41,15 +23,8 @@ tag, and later requests in those slots are answered with the "ended" flag.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
 import logging
-import os
-import signal
-import struct
-import sys
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -57,46 +32,14 @@ import zmq
 
 from faas_runtime import protocol
 from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, MemoryRegion, NativeFunction,
-                                 NativeFunctionError, NATIVE_NOT_JSON, NATIVE_TOO_SMALL, _check,
-                                 is_native_entrypoint, json_valid, load)
+                                 NativeFunctionError, NATIVE_NOT_JSON, NATIVE_TOO_SMALL, _check, json_valid, load)
+
+from .wire import (DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, EV_DATA, EV_NATIVE, EV_NONE, EV_RX_ERROR, EV_TX_ERROR, F_BULK,
+                   F_ENDED, F_ERROR, HEADER, HSIZE)
 
 log = logging.getLogger("faas.rma")
 
-HEADER = struct.Struct("<QQQII")
-HSIZE = HEADER.size  # 32
-F_BULK = 1
-F_ERROR = 2
-F_ENDED = 4
-DEFAULT_SLOT_SIZE = 64 * 1024
-DEFAULT_SLOTS = 16
-EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR, EV_NATIVE = 0, 1, 2, 3, 4
-FF_INVOKE_MORE = -1000000  # csrc/fabric.h
-
 Handler = Callable[[memoryview], Any]
-
-
-class RemoteFunctionError(RuntimeError):
-    """The function raised on the executor; the message is its error text."""
-
-
-class ExecutorLost(FabricError):
-    """The executor did not answer (killed, revoked or unreachable)."""
-
-
-class RmaLeaseEnded(RuntimeError):
-    """The executor ended this client's lease (released, expired or revoked)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class AttachRefused(RuntimeError):
-    """The executor refused FABRIC_ATTACH (e.g. no valid lease token); ``code`` is its error code."""
-
-    def __init__(self, message: str, code: str = ""):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -410,266 +353,3 @@ class NativeHandler:
     def failed(self, code: int, message: bytes, out_len: int) -> "HandlerError":
         """The error of a call the C loop made that returned ``code``."""
         return HandlerError(self.error_text(self.native.error(code, message, out_len)))
-
-
-class RmaClient:
-    """Invoke a leased RMA executor: ``invoke(payload) -> bytes-like``.
-
-    ``control`` is the executor's ZeroMQ control address. The client owns its
-    endpoint, its request staging buffer and its result buffer."""
-
-    def __init__(self, control: str, config: Optional[FabricConfig] = None, timeout: float = 30.0,
-                 result_size: int = DEFAULT_SLOT_SIZE, ctx: Optional[zmq.Context] = None,
-                 attach: Optional[dict] = None):
-        """``attach``: extra FABRIC_ATTACH fields (a leased executor wants ``token``)."""
-        self.timeout = timeout
-        self.ep = Endpoint(config or FabricConfig.from_env())
-        self.ffi, self.lib = load()
-        self._ev = self.ffi.new("struct ff_event *")
-        self._ctx = ctx or zmq.Context.instance()
-        self.sock = protocol.configure(self._ctx.socket(zmq.DEALER))
-        self.sock.connect(control)
-        self.result = self.ep.register(size=max(result_size, HSIZE + 64))
-        self._rview = self.result.view
-        try:
-            rep = self._request(protocol.FABRIC_ATTACH, provider=self.ep.provider, name=self.ep.name,
-                                result=self.result.descriptor(), **(attach or {}))
-        except Exception:
-            self._rview.release()
-            self.sock.close(0)
-            self.ep.close()
-            raise
-        self.slot = rep["slot"]
-        self.slot_size = rep["slot_size"]
-        self.ring_addr, self.ring_key = rep["ring"]["addr"], rep["ring"]["key"]
-        self.peer = self.ep.insert(rep["name"])
-        self.req = self.ep.register(size=self.slot_size, remote=False)
-        self._qview = self.req.view
-        self.broken: Optional[Exception] = None
-        # what the one-call fast path (ff_invoke) needs, looked up once
-        self._h, self._req_h, self._res_h = self.ep._h, self.req._h, self.result._h
-        self._slot_bits = self.slot << 16
-        self._inline_max = self.slot_size - HSIZE
-        self._rptr = self.ffi.cast("char *", self.result._cdata) + HSIZE
-        self._inv = self.ffi.new("struct ff_invoker *")
-        self._inv.ep, self._inv.lmr, self._inv.res = self._h, self._req_h, self._res_h
-        self._inv.peer, self._inv.raddr, self._inv.rkey = self.peer, self.ring_addr, self.ring_key
-        self._inv.slot_bits = self._slot_bits
-        self._ev = self.ffi.addressof(self._inv, "ev")  # one event for every path (_raise_on reads it)
-        self._ff_invoke, self._unpack = self.lib.ff_invoke, self.ffi.unpack
-        self._inv.timeout_us = self._inv.wait_us = self._timeout_us
-        self._fast = (self._ff_invoke, self._inv, self._unpack, self._rptr, self._inline_max)
-
-    def _request(self, msg_type: str, **fields: Any) -> dict:
-        rid = os.urandom(4).hex()
-        self.sock.send(protocol.encode(msg_type, rid=rid, **fields))
-        if not self.sock.poll(int(self.timeout * 1000)):
-            raise ExecutorLost(110, "no answer on the control channel", msg_type)
-        msg = protocol.decode(self.sock.recv())
-        if msg["type"] == protocol.ERROR:
-            raise AttachRefused(f"{msg_type}: {msg.get('code')}: {msg.get('message')}", str(msg.get("code")))
-        return msg
-
-    def invoke(self, payload: Any = b"", timeout: Optional[float] = None,
-               check: Optional[Callable[[], None]] = None, slice_s: float = 0.01) -> Any:
-        """One invocation. ``timeout`` overrides the client's. With ``check``, the wait for
-        the result is cut into ``slice_s`` slices and ``check()`` runs between them (it
-        may raise to abandon the call; the client is then broken)."""
-        if self.broken is not None:
-            raise ExecutorLost(107, "this client lost its executor", str(self.broken))
-        if type(payload) is bytes and timeout is None and check is None:
-            ff_invoke, inv, unpack, rptr, inline_max = self._fast
-            n = len(payload)
-            if n <= inline_max:  # the common case in one C call (copy, write, wait)
-                n = ff_invoke(inv, payload, n)
-                if n >= 0:
-                    return unpack(rptr, n)
-                return self._invoke_more(n, self.timeout, None, slice_s)
-        if timeout is None:
-            timeout = self.timeout
-        if type(payload) is bytes and len(payload) <= self._inline_max:
-            inv = self._inv
-            us = int(timeout * 1e6)
-            inv.timeout_us, inv.wait_us = us, us if check is None else int(min(slice_s, timeout) * 1e6)
-            try:
-                n = self._ff_invoke(inv, payload, len(payload))
-            finally:
-                inv.timeout_us = inv.wait_us = self._timeout_us
-            if n >= 0:
-                return self._unpack(self._rptr, n)
-            return self._invoke_more(n, timeout, check, slice_s)
-        self._inv.seq = seq = (self._inv.seq + 1) & 0xFFFF
-        imm = self._slot_bits | seq
-        pview = memoryview(payload).cast("B")
-        n = pview.nbytes
-        bulk = None
-        if HSIZE + n <= self.slot_size:
-            HEADER.pack_into(self._qview, 0, n, 0, 0, 0, seq)
-            self._qview[HSIZE: HSIZE + n] = pview
-            length = HSIZE + n
-        else:
-            bulk = self.ep.register(payload)  # no copy: the executor reads it in place
-            HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, seq)
-            length = HSIZE
-        try:
-            if check is None:
-                rc = self.lib.ff_call(self._h, self._req_h, 0, length, self.peer, self.ring_addr,
-                                      self.ring_key, imm, imm, self._ev, int(timeout * 1e6))
-                self._raise_on(rc, timeout)
-            else:
-                rc = self.lib.ff_write(self._h, self._req_h, 0, length, self.peer, self.ring_addr, self.ring_key,
-                                       1, imm, int(timeout * 1e6))
-                if rc != 0:
-                    self._raise_on(rc, timeout)
-                self._wait_sliced(imm, timeout, check, slice_s)
-            return self._finish(bulk)
-        finally:
-            if bulk is not None:
-                bulk.close()
-
-    def _invoke_more(self, n: int, timeout: float, check: Optional[Callable[[], None]], slice_s: float) -> Any:
-        """After ``ff_invoke`` said FF_INVOKE_MORE or failed: the rest of the call."""
-        iv = self._inv
-        if n == FF_INVOKE_MORE and iv.ev.kind == EV_DATA:
-            return self._finish(None)
-        if n != FF_INVOKE_MORE or check is None or iv.ev.kind != EV_NONE:
-            self._raise_on(n if n != FF_INVOKE_MORE else 0, timeout)
-        self._wait_sliced(int(iv.data), timeout - slice_s, check, slice_s)
-        return self._finish(None)
-
-    @property
-    def timeout(self) -> float:
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, seconds: float) -> None:
-        self._timeout = seconds
-        self._timeout_us = int(seconds * 1e6)
-        if hasattr(self, "_inv"):
-            self._inv.timeout_us = self._inv.wait_us = self._timeout_us
-
-    def _finish(self, bulk: Optional[MemoryRegion]) -> Any:
-        """The result whose header lies in the result buffer (the DATA event came)."""
-        rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
-        if flags & F_BULK:
-            out: Any = bytearray(rlen)
-            with self.ep.register(out, remote=False) as region:
-                self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
-        else:
-            out = bytes(self._rview[HSIZE: HSIZE + rlen])
-        if flags & F_ERROR:
-            text = bytes(out).decode(errors="replace")
-            if flags & F_ENDED:
-                self.broken = RmaLeaseEnded(text)
-                raise RmaLeaseEnded(text)
-            raise RemoteFunctionError(text)
-        return out
-
-    def _wait_sliced(self, imm: int, timeout: float, check: Callable[[], None], slice_s: float) -> None:
-        """Wait for the result signal ``imm`` in slices, running ``check()`` between them;
-        raises like :meth:`_raise_on` when it does not come."""
-        lib, h, ev = self.lib, self._h, self._ev
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                check()
-            except BaseException as exc:
-                self.broken = exc  # the reply may still land: this client is done
-                raise
-            left = deadline - time.monotonic()
-            rc = lib.ff_wait_match(h, imm, ev, int(max(0.0, min(slice_s, left)) * 1e6))
-            if rc != 0 or ev.kind != EV_NONE or left <= 0:
-                self._raise_on(rc, timeout)
-                return
-
-    def _raise_on(self, rc: int, timeout: Optional[float] = None) -> None:
-        ev = self._ev
-        if rc == 0 and ev.kind == EV_DATA:
-            return
-        try:
-            if rc != 0:
-                _check(rc, self.ep._h)
-            if ev.kind == EV_NONE:
-                raise ExecutorLost(110, "no result before the timeout", f"{self.timeout if timeout is None else timeout} s")
-            raise ExecutorLost(int(ev.err), self.ep.strerror(int(ev.err)), "completion error")
-        except FabricError as exc:
-            self.broken = exc
-            if not isinstance(exc, ExecutorLost):
-                raise ExecutorLost(exc.code, exc.strerror, exc.detail) from exc
-            raise
-
-    def close(self) -> None:
-        if self.ep.closed:
-            return
-        if self.broken is None:
-            try:
-                self._request(protocol.FABRIC_DETACH, slot=self.slot)
-            except Exception:
-                pass
-        self._qview.release()
-        self._rview.release()
-        self.sock.close(0)
-        self.ep.close()
-        self.broken = self.broken or ValueError("the client is closed")  # no call reaches a freed endpoint
-
-    def __enter__(self) -> "RmaClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-# -- a stand-alone executor process (tests, benchmarks, the agent) ------------------
-def _load_handler(entrypoint: str, code_dir: Optional[str]) -> Handler:
-    if is_native_entrypoint(entrypoint):  # path/lib.so:symbol, raw bytes in and out
-        return NativeHandler(NativeFunction(entrypoint, code_dir or "."))
-    module_name, _, attr = entrypoint.partition(":")
-    if code_dir:
-        sys.path.insert(0, code_dir)
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def echo(payload: memoryview) -> memoryview:
-    """Built-in: return the payload (benchmarks, tests)."""
-    return payload
-
-
-def sink(payload: memoryview) -> bytes:
-    """Built-in: take the payload, return nothing (bandwidth benchmarks)."""
-    return b""
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="faas-rma-executor")
-    ap.add_argument("--control", default="tcp://127.0.0.1:0", help="ZeroMQ address to bind")
-    ap.add_argument("--entrypoint", default="faas_runtime.rma:echo")
-    ap.add_argument("--code")
-    ap.add_argument("--slots", type=int, default=DEFAULT_SLOTS)
-    ap.add_argument("--slot-size", type=int, default=DEFAULT_SLOT_SIZE)
-    ap.add_argument("--ready-file", help="write the bound control address here once serving")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = _load_handler(args.entrypoint, args.code)
-    ex = RmaExecutor(handler, args.control, slots=args.slots, slot_size=args.slot_size)
-    signal.signal(signal.SIGTERM, lambda *_: ex.stop())
-    if args.ready_file:
-        tmp = args.ready_file + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(ex.control)
-        os.replace(tmp, args.ready_file)
-    log.info("RMA executor on %s (%s) serving %s", ex.control, ex.ep.describe(), args.entrypoint)
-    try:
-        ex.serve()
-    except Exception:
-        log.error("executor failed:\n%s", traceback.format_exc())
-        return 1
-    finally:
-        ex.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,30 @@
+"""The RMA wire: what the client and the executor write into each other's memory.
+
+Every message, request or result, is ``header + body`` in a registered buffer, written
+with ``fi_writedata``; its immediate data is ``slot << 16 | seq`` (fits the 4 bytes that
+the smallest providers carry). Providers without remote CQ data signal with write + an
+8-byte send instead (chosen in C, see ``csrc/fabric.c``).
+
+Header (32 bytes, little endian): length u64, bulk address u64, bulk key u64, flags u32,
+seq u32. Flags:
+
+- ``F_BULK``: the body is not inline; it lies at address/key (registered where it lies)
+  and the other side reads it with ``fi_read``;
+- ``F_ERROR``: the result is the error text, UTF-8;
+- ``F_ENDED`` (with ``F_ERROR``): the lease of this slot ended; the text says why.
+
+The event kinds and ``FF_INVOKE_MORE`` mirror ``csrc/fabric.h``.
+"""
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct("<QQQII")
+HSIZE = HEADER.size  # 32
+F_BULK = 1
+F_ERROR = 2
+F_ENDED = 4
+DEFAULT_SLOT_SIZE = 64 * 1024
+DEFAULT_SLOTS = 16
+EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR, EV_NATIVE = 0, 1, 2, 3, 4
+FF_INVOKE_MORE = -1000000  # ff_invoke: the call needs Python to finish it
