@@ -53,6 +53,7 @@ from faas_runtime.queue_client import Client  # noqa: E402
 from coscheduler.devcluster import DevCluster  # noqa: E402
 from faas_runtime.states import State  # noqa: E402
 from faas_runtime import protocol as P  # noqa: E402
+from _fast_agents import run_fast_agents  # noqa: E402
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "tests" / "functions"
 
@@ -128,52 +129,6 @@ def baseline_db(url: str, n: int) -> float:
     return rate
 
 
-# -- fast agents -----------------------------------------------------------------------------
-
-
-def _fast_agents(endpoint: str, slots: list[tuple[str, int]], cores: int, stop_file: str) -> None:
-    """Agents that answer RUN with STARTED + RESULT at once (no executor process)."""
-    ctx = zmq.Context()
-    socks = {}
-    poller = zmq.Poller()
-    for node, job_id in slots:
-        sock = P.configure(ctx.socket(zmq.DEALER))
-        sock.setsockopt(zmq.IDENTITY, f"agent:{node}".encode())
-        sock.connect(endpoint)
-        sock.send(P.encode(P.HELLO, node=node, running=[]))
-        socks[sock] = (node, job_id)
-        poller.register(sock, zmq.POLLIN)
-    next_beat = time.monotonic() + 1
-    while not os.path.exists(stop_file):
-        for sock, _ in poller.poll(100):
-            node, job_id = socks[sock]
-            while True:
-                try:
-                    msg = P.decode(sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-                kind = msg["type"]
-                if kind == P.WELCOME:
-                    sock.send(P.encode(P.LEND, node=node, record={
-                        "version": 1, "state": "lent", "job_id": job_id, "node": node, "uid": 0, "gid": 0,
-                        "slurm_cpus": list(range(cores)), "os_cpus": [0] * cores, "mem_mb": 64000,
-                        "end_time": 0, "until_min": 0}))
-                elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
-                    sock.send(P.encode(P.HELLO, node=node, running=[]))
-                elif kind == P.RUN:
-                    ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
-                    sock.send(P.encode(P.STARTED, node=node, **ids))
-                    sock.send(P.encode(P.RESULT, node=node, **ids, outcome="ok", value_json="null",
-                                       cpus=msg["os_cpus"]))
-        if time.monotonic() >= next_beat:
-            for sock, (node, _) in socks.items():
-                sock.send(P.encode(P.HEARTBEAT, node=node, running=[]))
-            next_beat = time.monotonic() + 1
-    for sock in socks:
-        sock.close()
-    ctx.term()
-
-
 def start_postgres(root: Path) -> tuple[str, callable]:
     initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdb:
@@ -207,8 +162,8 @@ def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: lis
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop_file = str(workdir / "stop-agents")
     Path(stop_file).unlink(missing_ok=True)
-    agents = mp.Process(target=_fast_agents, args=(endpoint, [(f"q{i}", j) for i, j in enumerate(job_ids)], 16,
-                                                   stop_file))
+    agents = mp.Process(target=run_fast_agents, args=(endpoint, [(f"q{i}", j) for i, j in enumerate(job_ids)], 16,
+                                                      stop_file, str(cluster.munge_socket)))
     agents.start()
     try:
         with Client(endpoint, str(cluster.munge_socket), timeout_s=60) as c:

@@ -11,6 +11,10 @@ Example (``/etc/slurm-faas/coscheduler.toml``; every key is optional)::
     max_payload_bytes = 1048576
     dispatch_ahead_s = 0.1        # seconds of a short function's work waiting per lent core
     dispatch_ahead_max = 32       # invocations waiting per lent core (0: no dispatch-ahead)
+    agent_uids = [0]              # whose munge credential may open an agent session (root)
+    agent_grace_s = 60.0          # an agent silent this long loses its work to the queue
+    max_request_bytes = 16777216  # the largest request frame (larger: the peer is disconnected)
+    check_code = true             # register checks, as the user, that the code can be read
 
     [quotas]
     max_queued = 100000           # per user: queued + dispatched + running
@@ -62,8 +66,15 @@ class Config:
     tick_s: float = 0.05
     reconcile_s: float = 5.0
     dispatch_grace_s: float = 5.0
+    # An agent silent this long is declared dead and its work requeued: long enough that an
+    # agent stalled for seconds (a busy node, a stopped process) does not have its work run twice.
+    agent_grace_s: float = 60.0
+    agent_uids: frozenset[int] = frozenset({0})  # whose munge credential opens an agent session
     max_payload_bytes: int = 1 << 20
+    max_request_bytes: int = 16 << 20  # ZMQ_MAXMSGSIZE of the co-scheduler's socket
     max_batch: int = 10_000  # invocations in one batch request
+    max_user_priority: int = 10  # priority classes above this are root's (operators' urgent work)
+    check_code: bool = True  # register checks, as the user, that the code directory can be read
     queue_window: int = 5_000  # queued invocations claimed per scheduling tick
     user_window: int = 1_000  # of which at most this many per (priority, user)
     # Dispatch-ahead: invocations of short functions wait at the agent behind the one
@@ -72,7 +83,7 @@ class Config:
     # dispatch_ahead_max (0: never). Another user's invocation waits behind at most that.
     dispatch_ahead_s: float = 0.1
     dispatch_ahead_max: int = 32
-    max_queued: Optional[int] = None  # per user: queued + dispatched + running
+    max_queued: Optional[int] = 100_000  # per user: queued + dispatched + running
     max_running: Optional[int] = None  # per user: on slots at once
     user_quotas: dict[int, UserQuota] = field(default_factory=dict)
     shares: dict[int, float] = field(default_factory=dict)
@@ -91,15 +102,17 @@ ENV = {
     "queue_window": "FAAS_QUEUE_WINDOW", "user_window": "FAAS_USER_WINDOW",
     "dispatch_ahead_s": "FAAS_DISPATCH_AHEAD_S", "dispatch_ahead_max": "FAAS_DISPATCH_AHEAD_MAX",
     "max_queued": "FAAS_QUOTA_MAX_QUEUED", "max_running": "FAAS_QUOTA_MAX_RUNNING",
+    "agent_grace_s": "FAAS_AGENT_GRACE_S", "max_request_bytes": "FAAS_MAX_REQUEST_BYTES",
+    "max_user_priority": "FAAS_MAX_USER_PRIORITY",
 }
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name in ENV}
 BACKENDS = ("auto", "cli", "pyslurm")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-_INTS = {"max_payload_bytes", "max_batch", "queue_window", "user_window"}
-_COUNTS = {"max_queued", "max_running", "dispatch_ahead_max"}  # 0 is valid (a quota of nothing; never)
-_FLOATS = {"tick_s", "reconcile_s", "dispatch_grace_s", "dispatch_ahead_s"}
+_INTS = {"max_payload_bytes", "max_batch", "queue_window", "user_window", "max_request_bytes"}
+_COUNTS = {"max_queued", "max_running", "dispatch_ahead_max", "max_user_priority"}  # 0 is valid (a quota of nothing; never)
+_FLOATS = {"tick_s", "reconcile_s", "dispatch_grace_s", "dispatch_ahead_s", "agent_grace_s"}
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
@@ -170,6 +183,15 @@ def _apply_file(cfg: Config, doc: dict, where: str) -> None:
     for key, value in doc.items():
         if key in _SCALARS:
             setattr(cfg, key, _coerce(key, value, where))
+        elif key == "agent_uids":
+            if not isinstance(value, list) or not value or \
+                    not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in value):
+                raise ConfigError(f"{where}: agent_uids must be a non-empty list of uids")
+            cfg.agent_uids = frozenset(value)
+        elif key == "check_code":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: check_code must be true or false")
+            cfg.check_code = value
         elif key == "quotas" and isinstance(value, dict):
             for qk, qv in value.items():
                 if qk in ("max_queued", "max_running"):

@@ -13,6 +13,7 @@ can break the lifecycle either.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, selectinload, sessionmaker
 
 from faas_runtime.states import ALLOWED, ON_SLOT, IllegalTransition, State, check_transition
@@ -284,6 +285,25 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def make_private(url: str) -> None:
+    """An SQLite queue's files (the database, its -wal and -shm) are the service's alone
+    (0600), whoever created them; PostgreSQL keeps its own files private (docs/security.md
+    says how to restrict who may connect)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = parsed.database + suffix
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # not there (yet): created later under the daemon's umask 077
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def _sqlite_connect(dbapi_conn, _record) -> None:
@@ -754,6 +774,7 @@ class ReportRow:
     slot_id: Optional[str]
     function_id: int
     max_attempts: int
+    node: Optional[str] = None
 
 
 def report_rows(s: Session, ids: Iterable[int]) -> dict[int, ReportRow]:
@@ -761,12 +782,12 @@ def report_rows(s: Session, ids: Iterable[int]) -> dict[int, ReportRow]:
     out: dict[int, ReportRow] = {}
     for where in _id_filters(s, Invocation.id, ids):
         q = (select(Invocation.id, Invocation.state, Invocation.attempts, Invocation.slot_id,
-                    Invocation.function_id, Function.max_attempts)
+                    Invocation.function_id, Function.max_attempts, Invocation.node)
              .join(Function, Invocation.function_id == Function.id)
              .where(where)
              .with_for_update(of=Invocation))
         for r in s.execute(q):
-            out[r.id] = ReportRow(r.id, State(r.state), r.attempts, r.slot_id, r.function_id, r.max_attempts)
+            out[r.id] = ReportRow(r.id, State(r.state), r.attempts, r.slot_id, r.function_id, r.max_attempts, r.node)
     return out
 
 
@@ -785,6 +806,14 @@ def eviction_changes(row: ReportRow, reason: str, at: dt.datetime, unstarted: bo
         out.append(Change(row.id, State.EVICTED, State.FAILED, at, error, {"error": error}))
     row.state, row.slot_id = then, None
     return out
+
+
+def repoint(s: Session, inv_id: int, values: dict[str, Any], reason: str) -> None:
+    """Move an invocation on a slot to another copy of it (same state, another node and
+    attempt), with an event saying why: a duplicate whose later copy was stopped."""
+    s.execute(update(Invocation).where(Invocation.id == inv_id).values(**values, updated_at=utcnow()))
+    row = s.execute(select(Invocation.state).where(Invocation.id == inv_id)).scalar_one()
+    s.add(InvocationEvent(invocation_id=inv_id, from_state=row, to_state=row, reason=reason[:1024]))
 
 
 def slot_usage(s: Session, slot_ids: list[str]) -> list:

@@ -173,8 +173,16 @@ class DevCluster:
         for sub in ("state", "slurmd", "spool", "agent", "run", "etc/plugstack.conf.d", "log", "lib"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)
-        # Jobs of every user write nothing here, but the plugin (root) and agents must reach it.
-        self.spool.chmod(0o755)
+        # Private as on a production node: the lend records (spool), the co-scheduler's
+        # database, logs and pid files are root's alone; the agents' work directory is only
+        # traversed by the functions' owners to their own run directories. Users reach
+        # munged's socket, slurm.conf and the plugin (sbatch loads it) and nothing else.
+        for sub in ("spool", "state", "run", "log"):
+            (self.root / sub).chmod(0o700)
+        (self.root / "agent").chmod(0o711)
+        # Batch jobs' output files (sbatch --output): every user's, like /tmp (sticky).
+        (self.root / "jobs").mkdir(exist_ok=True)
+        (self.root / "jobs").chmod(0o1777)
         ports = {"slurmctld": _free_port(), "coscheduler": _free_port(), **{n: _free_port() for n in NODES}}
         self.state_file.unlink(missing_ok=True)
         self.state_file.write_text(json.dumps({"ports": ports, "nodes": list(NODES), "db_url": self.db_url},
@@ -274,7 +282,7 @@ class DevCluster:
         self._spawn_python(f"faas-agent-{node}", [
             "-m", "faas_runtime.agent", "--node", node, "--spool", str(self.spool),
             "--coscheduler", self.coscheduler_endpoint, "--workdir", str(self.root / "agent"),
-            "--log-file", str(self.root / "log" / f"agent-{node}.log"),
+            "--munge-socket", str(self.munge_socket), "--log-file", str(self.root / "log" / f"agent-{node}.log"),
             # The test suite submits as root as well as as an unprivileged user; a site never does.
             "--allow-root-functions", "--keep-warm", "30",
         ])

@@ -17,8 +17,10 @@ LEASE_ENDED here, which frees the reservation.
 Leases live in memory: they last minutes and every party can tell when one is gone (a
 restarted co-scheduler forgets them; the agents end them at their expiry).
 
-Installed into a ``Coscheduler`` with ``install(daemon)``: request handlers for the
-client and agent message types, and ``reserve`` for the scheduling step.
+Installed with ``install(hub, clients, agents, dispatcher)``: request handlers for the
+client and agent message types, ``reserve`` for the scheduling step, and ``slot_revoked``
+for the agents' room. It talks to the rest only through the hub (coscheduler/hub.py).
+LEASE_READY, LEASE_FAILED and LEASE_ENDED count only from the agent of the lease's node.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,6 +37,8 @@ from sqlalchemy.orm import Session
 from faas_runtime import protocol as P
 
 from . import db as D
+from . import fields as F
+from .hub import AgentSession, Hub
 
 log = logging.getLogger("faas.leases")
 
@@ -67,8 +71,8 @@ class Lease:
 
 
 class Leases:
-    def __init__(self, daemon: Any):
-        self.daemon = daemon
+    def __init__(self, hub: Hub):
+        self.hub = hub
         self.leases: dict[str, Lease] = {}
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)  # ids of a restarted co-scheduler never collide
@@ -94,18 +98,15 @@ class Leases:
     # -- client requests ----------------------------------------------------------------
 
     def on_lease(self, s: Session, uid: int, msg: dict) -> dict:
-        name = msg.get("function")
+        name = F.text(msg.get("function"), "function", 128)
         fn = s.scalar(select(D.Function).where(D.Function.owner_uid == uid, D.Function.name == name))
         if fn is None or getattr(fn, "deleted_at", None) is not None:
             raise self._failed(P.E_NOT_FOUND, f"no function named {name!r} of yours (register it first)")
-        try:
-            duration = min(float(msg.get("duration_s", DEFAULT_DURATION_S)), MAX_DURATION_S)
-        except (TypeError, ValueError):
-            raise self._failed(P.E_INVALID, "duration_s must be a number") from None
-        if duration <= 0:
-            raise self._failed(P.E_INVALID, "duration_s must be positive")
+        duration = min(F.number(msg.get("duration_s", DEFAULT_DURATION_S), "duration_s", 0, 1e9, lo_open=True),
+                       MAX_DURATION_S)
         fabric = msg.get("fabric")
-        if fabric is not None and not (isinstance(fabric, dict) and isinstance(fabric.get("provider"), str)):
+        if fabric is not None and not (isinstance(fabric, dict) and isinstance(fabric.get("provider"), str)
+                                       and len(fabric["provider"]) < 64 and len(str(fabric.get("domain") or "")) < 256):
             raise self._failed(P.E_INVALID, "fabric must be a map with a provider name")
         slot, cpus = self._fit(s, fn, duration)
         lease = Lease(lease_id=f"L{self._prefix}-{next(self._ids)}", uid=uid, function_id=fn.id, slot_id=slot.id,
@@ -113,13 +114,13 @@ class Leases:
                       token=secrets.token_urlsafe(24), expires=time.monotonic() + duration,
                       created=time.monotonic())
         self.leases[lease.lease_id] = lease
-        self.daemon._send(self.daemon.agents[slot.node].identity, P.LEASE_START, lease_id=lease.lease_id,
-                          token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
-                          mem_mb=fn.mem_mb, uid=fn.owner_uid, gid=fn.owner_gid, function_id=fn.id,
-                          entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=getattr(fn, "image", None),
-                          runtime=getattr(fn, "runtime", None), duration_s=duration,
-                          **({"fabric": {"provider": fabric["provider"], "domain": str(fabric.get("domain") or "")}}
-                             if fabric else {}))
+        self.hub.send_agent(slot.node, P.LEASE_START, lease_id=lease.lease_id,
+                            token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
+                            mem_mb=fn.mem_mb, uid=fn.owner_uid, function_id=fn.id,
+                            entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
+                            runtime=fn.runtime, duration_s=duration,
+                            **({"fabric": {"provider": fabric["provider"], "domain": str(fabric.get("domain") or "")}}
+                               if fabric else {}))
         log.info("lease %s: function %s of uid %d on %s cores %s", lease.lease_id, fn.name, uid, slot.id, cpus)
         return {"lease_id": lease.lease_id, "state": lease.state}
 
@@ -148,16 +149,14 @@ class Leases:
 
     def _end(self, lease: Lease, reason: str) -> None:
         lease.state, lease.reason = "ended", reason
-        agent = self.daemon.agents.get(lease.node)
-        if agent is not None:
-            self.daemon._send(agent.identity, P.LEASE_END, lease_id=lease.lease_id, reason=reason)
-        self.daemon._dirty = True
+        self.hub.send_agent(lease.node, P.LEASE_END, lease_id=lease.lease_id, reason=reason)
+        self.hub.mark_dirty()
 
     def _fit(self, s: Session, fn: D.Function, duration: float):
         now = time.time()
         busy: dict[str, set[int]] = {}
         used_mem: dict[str, int] = {}
-        slots = [sl for sl in D.active_slots(s) if sl.node in self.daemon.agents]
+        slots = [sl for sl in D.active_slots(s) if sl.node in self.hub.sessions]
         for inv in D.on_slot(s, [sl.id for sl in slots]):
             busy.setdefault(inv.slot_id, set()).update(inv.slurm_cpus or [])
             used_mem[inv.slot_id] = used_mem.get(inv.slot_id, 0) + inv.mem_mb
@@ -178,22 +177,27 @@ class Leases:
 
     # -- agent messages -----------------------------------------------------------------
 
-    def on_agent(self, s: Session, identity: bytes, msg: dict) -> None:
+    def on_agent(self, s: Session, session: AgentSession, msg: dict) -> None:
         lease = self.leases.get(str(msg.get("lease_id")))
         if lease is None:
             return  # a lease this co-scheduler does not know (it restarted): nothing holds it
+        if lease.node != session.node:
+            log.warning("Security violation: the agent of %s sent %s for lease %s on %s", session.node,
+                        msg["type"], lease.lease_id, lease.node)
+            raise self._failed(P.E_AUTH, f"lease {lease.lease_id} is not on node {session.node}")
         kind = msg["type"]
         if kind == P.LEASE_READY and lease.state == "pending":
-            lease.state, lease.endpoint = "ready", str(msg.get("endpoint"))
+            lease.state, lease.endpoint = "ready", F.text(msg.get("endpoint"), "endpoint", 256)
             rma = msg.get("rma")
-            if isinstance(rma, dict) and isinstance(rma.get("control"), str) and isinstance(rma.get("provider"), str):
+            if isinstance(rma, dict) and isinstance(rma.get("control"), str) and isinstance(rma.get("provider"), str) \
+                    and len(rma["control"]) < 256 and len(rma["provider"]) < 64:
                 lease.rma = {"control": rma["control"], "provider": rma["provider"]}
         elif kind == P.LEASE_FAILED:
-            lease.state, lease.reason = "failed", str(msg.get("reason", "the executor could not start"))
-            self.daemon._dirty = True
+            lease.state, lease.reason = "failed", str(msg.get("reason", "the executor could not start"))[:1000]
+            self.hub.mark_dirty()
         elif kind == P.LEASE_ENDED and lease.state in ("pending", "ready"):
-            lease.state, lease.reason = "ended", str(msg.get("reason", "ended"))
-            self.daemon._dirty = True
+            lease.state, lease.reason = "ended", str(msg.get("reason", "ended"))[:1000]
+            self.hub.mark_dirty()
 
     def slot_revoked(self, slot_id: str, reason: str) -> None:
         for lease in self.leases.values():
@@ -201,12 +205,14 @@ class Leases:
                 lease.state, lease.reason = "ended", f"slot {slot_id} revoked: {reason}"
 
 
-def install(daemon: Any) -> Leases:
-    """Attach leasing to a Coscheduler through its extension points."""
-    leases = Leases(daemon)
-    daemon.leases = leases
-    daemon.client_handlers.update({P.LEASE: leases.on_lease, P.LEASE_STATUS: leases.on_status,
-                                   P.LEASE_RELEASE: leases.on_release})
+def install(hub: Hub, clients, agents, dispatcher) -> Leases:
+    """Attach leasing to the rooms through their declared extension points: request and
+    agent-message handlers, a capacity reservation for placement, and revoke notices."""
+    leases = Leases(hub)
+    clients.handlers.update({P.LEASE: leases.on_lease, P.LEASE_STATUS: leases.on_status,
+                             P.LEASE_RELEASE: leases.on_release})
     for kind in P.LEASE_AGENT_TYPES:
-        daemon.agent_handlers[kind] = leases.on_agent
+        agents.handlers[kind] = leases.on_agent
+    dispatcher.reservations.append(leases.reserve)
+    agents.on_revoke.append(leases.slot_revoked)
     return leases

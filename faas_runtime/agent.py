@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import os
 import pwd
@@ -47,17 +48,21 @@ import zmq
 
 from .logsetup import setup_logging
 
-from . import curve
+from . import as_user, curve, munge
 from . import protocol as P
 from .spool import SpoolWatcher
 from .confinement import ConfinementError, ExecutorCgroup, Identity, Limits, Subtree, spawn
-from .containers import Bind, ContainerError, RunSpec, build_argv, check
+from .containers import Bind, ContainerError, RunSpec, build_argv, check_image, program
 from .fabric import FabricConfig
-from .images import CODE_DIR, LIB_DIR, RUN_DIR, RUNTIME_PACKAGES
+from .images import CODE_DIR, CTL_DIR, LIB_DIR, RUN_DIR, RUNTIME_PACKAGES
 
 log = logging.getLogger("faas.agent")
 
 SPOOL_SCAN_S = 0.05
+HELLO_EVERY_S = 1.0  # at most one HELLO (a munge credential) per second while not welcomed
+REPORT_RESEND_S = 10.0  # a final report not acknowledged this long is sent again
+CONTROL_SOCKET = "control.sock"
+READY_RID = "ready"  # the executor's first message on its control socket (with its hot endpoint)
 EXECUTOR_READY_TIMEOUT_S = 30.0
 IMAGE_PYTHON = "/usr/bin/python3"  # the interpreter inside images, by absolute path
 
@@ -80,9 +85,14 @@ class Executor:
     proc: subprocess.Popen
     cgroup: Optional[ExecutorCgroup]
     run_dir: Path
+    ctl_dir: Path  # root's: holds the control socket the agent bound (never a path the owner controls)
     sock: zmq.Socket
+    output_fd: int  # the agent's own descriptor of the executor's output.log (read by fd, never by path)
     mem_mb: int
     started_at: float  # monotonic
+    ready: bool = False  # the executor connected and said so (with its hot endpoint)
+    hot_endpoint: Optional[str] = None
+    pending: list = field(default_factory=list)  # frames for the executor until it is ready
     function_id: Optional[int] = None
     idle_since: float = 0.0
     busy: Optional[int] = None  # invocation id
@@ -145,6 +155,7 @@ class Agent:
     pids_max: int = 512
     cpu_weight: int = 10
     allow_root: bool = False
+    munge_socket: Optional[str] = None  # the HELLO's munge credential (proves root on this node)
     curve_dir: Optional[Path] = None  # CurveZMQ keys (faas_runtime.curve); None: plain TCP
     # libfabric RMA for hot leases (FAAS_FABRIC, FAAS_FABRIC_DOMAIN; "off": ZeroMQ alone)
     fabric: FabricConfig = field(default_factory=FabricConfig.from_env)
@@ -154,15 +165,31 @@ class Agent:
     # as soon as the lent cores it names are free here, without a round trip.
     waiting: dict[int, dict] = field(default_factory=dict)
     executors: dict[str, Executor] = field(default_factory=dict)
+    # Final reports (RESULT, EVICTED) until the co-scheduler acknowledges them (ACK): resent
+    # after a new WELCOME, so a co-scheduler restart or a lost session loses no result and
+    # runs nothing twice. (invocation id, attempt) -> (type, fields, monotonic time sent).
+    unacked: dict[tuple[int, int], tuple[str, dict, float]] = field(default_factory=dict)
+    # Where each invocation this agent took was placed (slot id, lent cores), until its final
+    # report is acknowledged: a HELLO lists reported-but-unacknowledged work as held, so a new
+    # co-scheduler waits for the resent report instead of requeueing finished work.
+    placed: dict[tuple[int, int], tuple[str, list]] = field(default_factory=dict)
     stop_requested: bool = False
     welcomed: bool = False
+    coscheduler_uids: frozenset[int] = frozenset({0})  # whose munge credential a WELCOME may carry
+    _last_hello: float = -1e9  # monotonic
+    _hello_nonce: Optional[str] = None
+    _session_key: Optional[bytes] = None  # from the WELCOME; every later message is MACed with it
+    _spool_watcher: Optional[SpoolWatcher] = None
 
     def __post_init__(self) -> None:
         self.node_spool = self.spool / self.node
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.exec_root = self.workdir / "exec"
-        shutil.rmtree(self.exec_root, ignore_errors=True)  # run dirs of a previous agent
-        self.exec_root.mkdir(mode=0o711)
+        self.workdir.chmod(0o711)  # the executors' owners traverse to their run dirs, nothing more
+        self.exec_root = self.workdir / "exec"  # run dirs: one per executor, its owner's
+        self.ctl_root = self.workdir / "ctl"  # control sockets: root's directories, owner's socket
+        for d in (self.exec_root, self.ctl_root):
+            shutil.rmtree(d, ignore_errors=True)  # what a previous agent left
+            d.mkdir(mode=0o711)
         self._names = itertools.count(1)
         self.packages = runtime_packages()
         self.subtree: Optional[Subtree] = None
@@ -172,8 +199,9 @@ class Agent:
             self.subtree = Subtree(name)
             self.subtree.reap_orphans()
         self.ctx = zmq.Context()
+        # No chosen identity: the co-scheduler's ROUTER names each connection itself, and
+        # binds this node to the connection whose HELLO proved root (docs/security.md).
         self.sock = P.configure(self.ctx.socket(zmq.DEALER))
-        self.sock.setsockopt(zmq.IDENTITY, f"agent:{self.node}".encode())
         if self.curve_dir is not None:
             curve.setup_agent(self.sock, self.curve_dir, self.node)
         self.sock.connect(self.endpoint)
@@ -185,6 +213,20 @@ class Agent:
             self.sock.send(P.encode(msg_type, node=self.node, **fields), flags=zmq.NOBLOCK)
         except zmq.Again:
             log.warning("co-scheduler queue full; dropped %s (the heartbeat repairs it)", msg_type)
+
+    def report(self, msg_type: str, **fields) -> None:
+        """A final report (RESULT or EVICTED): kept until the co-scheduler acknowledges it."""
+        key = (int(fields["invocation_id"]), int(fields["attempt"]))
+        self.unacked[key] = (msg_type, fields, time.monotonic())
+        if self.welcomed:
+            self.send(msg_type, **fields)
+
+    def _resend_reports(self, older_than_s: float = 0.0) -> None:
+        now = time.monotonic()
+        for key, (kind, fields, sent) in list(self.unacked.items()):
+            if now - sent >= older_than_s:
+                self.unacked[key] = (kind, fields, now)
+                self.send(kind, **fields)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -199,7 +241,7 @@ class Agent:
             if len(ready) > (self.sock in ready):
                 self._guarded(self.step_executors)
             now = time.monotonic()
-            watcher = self.__dict__.get("_spool_watcher")
+            watcher = self._spool_watcher
             if now >= next_scan or (watcher is not None and watcher.fileno() in ready):
                 self._guarded(self.step_spool)
                 next_scan = now + SPOOL_SCAN_S
@@ -236,13 +278,15 @@ class Agent:
     def step_receive(self) -> None:
         while True:
             try:
-                frame = self.sock.recv(flags=zmq.NOBLOCK)
+                parts = self.sock.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             rid = None
             try:
-                msg = P.decode(frame)
+                msg = P.decode(parts[0])
                 rid = msg.get("rid")
+                if not self._authentic(msg, parts):
+                    continue
                 self._dispatch(msg)
             except P.ProtocolError as exc:
                 log.warning("refused a bad message from the co-scheduler: %s: %s", exc.code, exc)
@@ -251,6 +295,32 @@ class Agent:
                 log.warning("refused a message with missing or bad fields: %r", exc)
                 self.send(P.ERROR, rid=rid, code=P.E_INVALID, message=f"missing or bad field: {exc!r}")
 
+    def _authentic(self, msg: dict, parts: list[bytes]) -> bool:
+        """Whether a message really comes from the co-scheduler: WELCOME proves it with a
+        munge credential of the co-scheduler's uid that carries this session's key and the
+        nonce of our HELLO; every later message carries that key's MAC. Only an
+        ``unknown-agent`` error (which merely makes us say HELLO again) needs no proof."""
+        kind = msg["type"]
+        if kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
+            return True
+        if kind == P.WELCOME:
+            try:
+                cred = munge.decode(str(msg.get("cred", "")), self.munge_socket)
+                doc = json.loads(cred.payload)
+            except (munge.MungeError, ValueError) as exc:
+                log.warning("refused a WELCOME: %s", exc)
+                return False
+            if cred.uid not in self.coscheduler_uids or not isinstance(doc, dict) \
+                    or doc.get("node") != self.node or doc.get("nonce") != self._hello_nonce:
+                log.warning("refused a WELCOME from uid %d that is not the answer to our HELLO", cred.uid)
+                return False
+            self._session_key = bytes.fromhex(str(doc.get("key", "")))
+            return bool(self._session_key)
+        if self._session_key is None or len(parts) != 2 or not P.mac_ok(self._session_key, parts[0], parts[1]):
+            log.warning("refused a %s message without this session's MAC", kind)
+            return False
+        return True
+
     def _dispatch(self, msg: dict) -> None:
         kind = msg["type"]
         if kind == P.WELCOME:
@@ -258,7 +328,13 @@ class Agent:
             for slot in self.slots.values():  # lends are idempotent: announce them all again
                 if not slot.revoked:
                     self.send(P.LEND, record=slot.record)
+            self._resend_reports()  # what a lost session never acknowledged (duplicates are ignored)
+        elif kind == P.ACK:
+            for inv_id, attempt in msg.get("reports") or ():
+                self.unacked.pop((inv_id, attempt), None)
+                self.placed.pop((inv_id, attempt), None)
         elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
+            # A restarted co-scheduler, or this connection is new to it: prove who we are again.
             self.welcomed = False
             self._hello()
         elif kind == P.ERROR:
@@ -284,20 +360,41 @@ class Agent:
             raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"an agent does not take {kind!r}")
 
     def _hello(self) -> None:
-        self.send(P.HELLO, running=self._held())
+        """HELLO with a munge credential of this agent's uid (root) bound to the message, and
+        everything this agent holds, so a new co-scheduler adopts it instead of running it again."""
+        now = time.monotonic()
+        if now - self._last_hello < HELLO_EVERY_S:
+            return  # one in flight: its WELCOME or error answers
+        self._last_hello = now
+        held = [{"invocation_id": r.invocation_id, "attempt": r.attempt, "slot_id": r.slot_id,
+                 "cpus": sorted(r.cores), "running": True} for r in self.running.values()]
+        held += [{"invocation_id": inv_id, "attempt": int(m["attempt"]), "slot_id": m["slot_id"],
+                  "cpus": list(m.get("cpus") or ()), "running": False} for inv_id, m in self.waiting.items()]
+        held += [{"invocation_id": inv_id, "attempt": attempt, "slot_id": self.placed[(inv_id, attempt)][0],
+                  "cpus": self.placed[(inv_id, attempt)][1], "running": False}
+                 for inv_id, attempt in self.unacked if (inv_id, attempt) in self.placed]
+        self._hello_nonce = secrets.token_hex(16)  # the WELCOME must carry it back
+        body = {"v": P.VERSION, "type": P.HELLO, "node": self.node, "held": held, "nonce": self._hello_nonce}
+        try:
+            cred = munge.encode(P.body_digest(body).encode(), self.munge_socket)
+        except munge.MungeError as exc:
+            log.error("cannot make the HELLO's munge credential: %s", exc)
+            return
+        self.send(P.HELLO, held=held, nonce=body["nonce"], cred=cred)
 
-    def _held(self) -> list[int]:
-        """The invocations this agent holds: running, or waiting for their cores."""
-        return sorted([*self.running, *self.waiting])
+    def _held(self) -> list[list[int]]:
+        """The invocations this agent holds, running or waiting for their cores: [id, attempt]."""
+        return sorted([[r.invocation_id, r.attempt] for r in self.running.values()]
+                      + [[inv_id, int(m["attempt"])] for inv_id, m in self.waiting.items()])
 
     # -- spool --------------------------------------------------------------------------
 
     def step_spool(self) -> None:
         # faas_runtime/spool.py: inotify (its fd sits in the poller, so a revoke wakes the
         # loop at once) with rescans as a backstop; the first call reads the whole spool.
-        watcher = self.__dict__.get("_spool_watcher")
+        watcher = self._spool_watcher
         if watcher is None:
-            watcher = self.__dict__["_spool_watcher"] = SpoolWatcher(self.node_spool)
+            watcher = self._spool_watcher = SpoolWatcher(self.node_spool)
             if watcher.fileno() is not None:
                 self.poller.register(watcher.fileno(), zmq.POLLIN)
         for _path, record in watcher.changes():
@@ -353,7 +450,7 @@ class Agent:
         for inv_id, msg in list(self.waiting.items()):
             if msg["slot_id"] == slot.slot_id:
                 del self.waiting[inv_id]
-                self.send(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]),
+                self.report(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]),
                           reason=f"slot {slot.slot_id} revoked: {reason}")
         for run in self.running.values():
             if run.slot_id == slot.slot_id:
@@ -368,8 +465,8 @@ class Agent:
         """An idle warm executor of this function on this slot, or a new one (cold start)."""
         image = msg.get("image") or None
         runtime = msg.get("runtime") or (self.container_runtime if image else "none")
-        key = (slot.slot_id, int(msg["uid"]), int(msg["gid"]), msg["entrypoint"], msg["code_dir"], image, runtime,
-               int(msg["mem_mb"]))
+        # The group is never the sender's to choose: _spawn_executor takes it from the user database.
+        key = (slot.slot_id, int(msg["uid"]), msg["entrypoint"], msg["code_dir"], image, runtime, int(msg["mem_mb"]))
         for ex in self.executors.values():
             if ex.key == key and ex.idle:
                 return ex
@@ -378,62 +475,87 @@ class Agent:
         return ex
 
     def _spawn_executor(self, key: tuple, slot: Slot) -> Executor:
-        slot_id, uid, gid, entrypoint, code_dir, image, runtime, mem_mb = key
-        program = check(runtime, image)  # ContainerError: missing runtime or image
-        try:
-            account = pwd.getpwuid(uid)
-        except KeyError:
-            raise ConfinementError(f"uid {uid} has no account on node {self.node}") from None
-        identity = Identity(uid, gid, tuple(os.getgrouplist(account.pw_name, gid)))
+        slot_id, uid, entrypoint, code_dir, image, runtime, mem_mb = key
+        found = program(runtime)  # ContainerError: unknown or missing runtime
+        identity, account = user_identity(uid, self.node)  # ConfinementError: no such user here
+        problem = as_user.call_as(uid, check_image, runtime, image) if runtime != "none" else None
+        if problem is not None:  # looked at as the function's owner: root never opens their path
+            raise ContainerError(problem)
+        gid = identity.gid
         name = f"e{next(self._names)}-{secrets.token_hex(3)}"
         run_dir = self.exec_root / name
         run_dir.mkdir(mode=0o700)
+        # Opened by root while the directory is still root's (O_EXCL, O_NOFOLLOW), and later
+        # read through this descriptor only: the function may replace the name with a link.
+        output_fd = os.open(run_dir / "output.log", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            0o600)
+        ctl_dir = self.ctl_root / name
         if uid != os.geteuid():
-            os.chown(run_dir, uid, gid)  # the owner's alone: socket, log, nothing for others
+            os.fchown(output_fd, uid, gid)
+            os.chown(run_dir, uid, gid)  # the owner's alone: cwd and log, nothing for others
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": account.pw_dir, "USER": account.pw_name,
                "LOGNAME": account.pw_name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "SLURM_FAAS_JOB_ID": str(slot.job_id), "SLURM_FAAS_SLOT": slot_id}
         if runtime == "none":
             env["PYTHONPATH"] = ":".join(dict.fromkeys(str(Path(p).parent) for p in self.packages.values()))
-            python, code, rdir, binds = self.host_python, code_dir, str(run_dir), ()
+            python, code, rdir, ctl, binds = self.host_python, code_dir, str(run_dir), str(ctl_dir), ()
         else:
             env["PYTHONPATH"] = LIB_DIR
-            python, code, rdir = IMAGE_PYTHON, CODE_DIR, RUN_DIR
+            python, code, rdir, ctl = IMAGE_PYTHON, CODE_DIR, RUN_DIR, CTL_DIR
             binds = (Bind(code_dir, CODE_DIR), Bind(str(run_dir), RUN_DIR, read_only=False),
+                     Bind(str(ctl_dir), CTL_DIR, read_only=False),
                      *(Bind(src, f"{LIB_DIR}/{pkg}") for pkg, src in self.packages.items()))
         spec = RunSpec(image=image, argv=(python, "-m", "faas_runtime.executor", "--entrypoint", entrypoint,
-                                          "--code", code, "--run-dir", rdir, "--hot-host", self.hot_host),
+                                          "--code", code, "--run-dir", rdir, "--hot-host", self.hot_host,
+                                          "--control", f"ipc://{ctl}/{CONTROL_SOCKET}"),
                        binds=binds, env=env, workdir=rdir, cpus=tuple(slot.record["os_cpus"]), mem_mb=mem_mb)
-        argv = build_argv(runtime, spec, program or None)
+        argv = build_argv(runtime, spec, found or None)
         # The runtime's own process gets a minimal environment; the container gets spec.env.
         host_env = env if runtime == "none" else {k: env[k] for k in ("PATH", "HOME", "USER", "LOGNAME", "LANG")}
-        cgroup = None
+        cgroup = sock = None
         try:
+            sock = self._control_socket(ctl_dir, uid, gid)
             if self.subtree is not None:
                 cgroup = self.subtree.create(name, Limits(tuple(sorted(set(slot.record["os_cpus"]))), mem_mb,
                                                           self.pids_max, self.cpu_weight))
-            with open(run_dir / "output.log", "wb") as out:
-                proc = spawn(argv, env=host_env, cwd=str(run_dir), cgroup=cgroup,
-                             identity=identity if (uid != os.geteuid() or uid == 0) else None,
-                             stdout=out, allow_root=self.allow_root)
+            proc = spawn(argv, env=host_env, cwd=str(run_dir), cgroup=cgroup,
+                         identity=identity if (uid != os.geteuid() or uid == 0) else None,
+                         stdout=output_fd, allow_root=self.allow_root)
         except BaseException:
+            if sock is not None:
+                sock.close()
             if cgroup is not None:
                 cgroup.remove(timeout_s=1)
+            os.close(output_fd)
             shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(ctl_dir, ignore_errors=True)
             raise
-        sock = P.configure(self.ctx.socket(zmq.DEALER))
-        sock.setsockopt(zmq.RECONNECT_IVL, 2)  # ms: the socket appears when the executor is up (cold start)
-        sock.connect(f"ipc://{run_dir}/control.sock")  # queued until the executor binds
         self.poller.register(sock, zmq.POLLIN)
-        ex = Executor(name, key, slot_id, proc, cgroup, run_dir, sock, mem_mb, time.monotonic())
+        ex = Executor(name, key, slot_id, proc, cgroup, run_dir, ctl_dir, sock, output_fd, mem_mb, time.monotonic())
         self.executors[name] = ex
         log.info("executor %s for %s on %s (%s%s, uid %d, pid %d)", name, entrypoint, slot_id, runtime,
                  f" {image}" if image else "", uid, proc.pid)
         return ex
 
+    def _control_socket(self, ctl_dir: Path, uid: int, gid: int) -> zmq.Socket:
+        """Bind the executor's control socket in a directory of root's and give the socket
+        file (only) to the function's owner: root never connects to, follows or reads a
+        path the owner can replace, and no other user can connect."""
+        ctl_dir.mkdir(mode=0o711)
+        sock = P.configure(self.ctx.socket(zmq.DEALER))
+        path = ctl_dir / CONTROL_SOCKET
+        sock.bind(f"ipc://{path}")
+        os.chown(path, uid, gid, follow_symlinks=False)
+        os.chmod(path, 0o600)
+        return sock
+
     def _call(self, ex: Executor, msg_type: str, **fields) -> None:
+        frame = P.encode(msg_type, **fields)
+        if not ex.ready:
+            ex.pending.append(frame)  # sent once the executor has connected (cold start)
+            return
         try:
-            ex.sock.send(P.encode(msg_type, **fields), flags=zmq.NOBLOCK)
+            ex.sock.send(frame, flags=zmq.NOBLOCK)
         except zmq.Again:
             self._stop(ex, "executor does not read its socket")
 
@@ -441,13 +563,14 @@ class Agent:
 
     def _start(self, msg: dict) -> None:
         inv_id, attempt = int(msg["invocation_id"]), int(msg["attempt"])
+        self.placed.setdefault((inv_id, attempt), (str(msg["slot_id"]), list(msg.get("cpus") or ())))
         slot = self.slots.get(msg["slot_id"])
         if slot is None or slot.revoked:
-            self.send(P.EVICTED, invocation_id=inv_id, attempt=attempt, reason=f"slot {msg['slot_id']} is not lent here")
+            self.report(P.EVICTED, invocation_id=inv_id, attempt=attempt, reason=f"slot {msg['slot_id']} is not lent here")
             return
         lent = set(slot.record["os_cpus"])
         if not set(msg["os_cpus"]) <= lent:
-            self.send(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
+            self.report(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
                       error=f"CPUs {msg['os_cpus']} are not lent by job {slot.job_id}")
             return
         if inv_id in self.running or inv_id in self.waiting:
@@ -497,7 +620,7 @@ class Agent:
                 if left < float(msg["timeout_s"]):
                     # It waited; the lend now ends before its timeout could: hand it back
                     # unstarted (the co-scheduler requeues it without using an attempt).
-                    self.send(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]), unstarted=True,
+                    self.report(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]), unstarted=True,
                               reason=f"the lend of {slot_id} ends in {max(left, 0):.0f} s, before its timeout")
                     freed = True
                     continue
@@ -512,7 +635,7 @@ class Agent:
             ex = self._executor_for(msg, slot)
         except (ContainerError, ConfinementError, OSError, KeyError, ValueError) as exc:
             log.warning("invocation %d cannot start: %s", inv_id, exc)
-            self.send(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
+            self.report(P.RESULT, invocation_id=inv_id, attempt=attempt, outcome="error",
                       error=f"could not start the function: {exc}")
             return
         ex.busy = inv_id
@@ -520,7 +643,8 @@ class Agent:
         self.running[inv_id] = Running(inv_id, attempt, slot.slot_id, ex, now + float(msg["timeout_s"]), now, cores)
         self._call(ex, P.CALL, rid=f"{inv_id}.{attempt}", payload_json=msg["payload_json"],
                    cpus=list(msg["os_cpus"]))
-        self.send(P.STARTED, invocation_id=inv_id, attempt=attempt)
+        if self.welcomed:  # else the HELLO lists it as running
+            self.send(P.STARTED, invocation_id=inv_id, attempt=attempt)
 
     def step_executors(self) -> None:
         for ex in list(self.executors.values()):
@@ -539,12 +663,23 @@ class Agent:
             except P.ProtocolError as exc:
                 log.warning("executor %s sent a bad message: %s", ex.name, exc)
                 continue
+            if msg["type"] == P.OK and msg.get("rid") == READY_RID and not ex.ready:
+                endpoint = msg.get("endpoint")
+                ex.hot_endpoint = endpoint if isinstance(endpoint, str) and len(endpoint) < 256 else None
+                ex.ready = True
+                pending, ex.pending = ex.pending, []
+                for frame in pending:
+                    try:
+                        ex.sock.send(frame, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        self._stop(ex, "executor does not read its socket")
+                continue
             if msg["type"] == P.OK and ex.lease_id is not None and msg.get("rid") == f"grant:{ex.lease_id}":
                 # The executor holds the token now: the client may call it.
                 ex.lease_ready = True
                 rma = msg.get("rma") if isinstance(msg.get("rma"), dict) else None
-                self.send(P.LEASE_READY, lease_id=ex.lease_id,
-                          endpoint=(ex.run_dir / "endpoint").read_text().strip(), **({"rma": rma} if rma else {}))
+                self.send(P.LEASE_READY, lease_id=ex.lease_id, endpoint=ex.hot_endpoint,
+                          **({"rma": rma} if rma else {}))
                 continue
             if msg["type"] in (P.RESULT, P.ERROR) and ex.busy is not None:
                 run = self.running.get(ex.busy)
@@ -556,9 +691,9 @@ class Agent:
                 ex.busy, ex.idle_since = None, time.monotonic()
                 ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
                 if msg["type"] == P.ERROR:
-                    self.send(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
+                    self.report(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
                 else:
-                    self.send(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
+                    self.report(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
                               error=msg.get("error"), cpus=msg.get("cpus"), run_s=ex.idle_since - run.started)
                 if ex.cgroup is not None and len(ex.cgroup.pids()) > 1:
                     self._stop(ex, "the function left processes behind")  # a fresh executor next time
@@ -618,19 +753,21 @@ class Agent:
         if run is not None:
             ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
             if run.reason == "timeout":
-                self.send(P.RESULT, **ids, outcome="timeout", error="timed out (killed at the function's timeout)")
+                self.report(P.RESULT, **ids, outcome="timeout", error="timed out (killed at the function's timeout)")
             elif run.reason is not None:
-                self.send(P.EVICTED, **ids, reason=run.reason)
+                self.report(P.EVICTED, **ids, reason=run.reason)
             elif oom:
-                self.send(P.RESULT, **ids, outcome="error",
+                self.report(P.RESULT, **ids, outcome="error",
                           error=f"killed at its memory limit ({ex.mem_mb} MiB): the kernel's OOM killer ended it")
             else:
-                tail = _tail(ex.run_dir / "output.log")
-                self.send(P.RESULT, **ids, outcome="error",
+                tail = _tail(ex.output_fd)
+                self.report(P.RESULT, **ids, outcome="error",
                           error=f"executor exited {exit_code} without a result" + (f": {tail}" if tail else ""))
         elif ex.stop_reason not in (None, "keep-warm timeout", "agent shutting down") or exit_code not in (0, -15, -9):
             log.info("executor %s ended (%s, exit %s)", ex.name, ex.stop_reason, exit_code)
-        shutil.rmtree(ex.run_dir, ignore_errors=True)
+        os.close(ex.output_fd)
+        shutil.rmtree(ex.run_dir, ignore_errors=True)  # fd-based, never follows the owner's links
+        shutil.rmtree(ex.ctl_dir, ignore_errors=True)
         if run is not None:
             self._start_waiting(run.slot_id)
 
@@ -686,6 +823,7 @@ class Agent:
         if not self.welcomed:
             self._hello()
             return
+        self._resend_reports(older_than_s=REPORT_RESEND_S)
         warm: dict[str, list] = {}  # slot -> functions with an idle executor (placement prefers them)
         for ex in self.executors.values():
             if ex.idle and ex.function_id is not None:
@@ -706,11 +844,23 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _tail(path: Path, limit: int = 500) -> str:
+def _tail(fd: int, limit: int = 500) -> str:
+    """The end of an executor's output, read through the agent's own descriptor."""
     try:
-        return path.read_text(errors="replace")[-limit:].strip()
+        size = os.fstat(fd).st_size
+        return os.pread(fd, limit, max(0, size - limit)).decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def user_identity(uid: int, node: str) -> tuple[Identity, pwd.struct_passwd]:
+    """Who a function of ``uid`` runs as: its primary group and supplementary groups from
+    this node's user database (as initgroups does), never what a message claims."""
+    try:
+        account = pwd.getpwuid(uid)
+    except KeyError:
+        raise ConfinementError(f"uid {uid} has no account on node {node}") from None
+    return Identity(uid, account.pw_gid, tuple(os.getgrouplist(account.pw_name, account.pw_gid))), account
 
 
 @click.command()
@@ -732,18 +882,24 @@ def _tail(path: Path, limit: int = 500) -> str:
 @click.option("--pids-max", type=click.IntRange(min=8), default=512, show_default=True, help="processes per executor")
 @click.option("--allow-root-functions", is_flag=True,
               help="run functions that root submitted as root (test clusters only)")
+@click.option("--munge-socket", envvar="FAAS_MUNGE_SOCKET", default=None,
+              help="munged's socket (default: munge's own): the HELLO's credential, and the WELCOME's check")
+@click.option("--coscheduler-uid", "coscheduler_uids", type=int, multiple=True, default=(0,), show_default=True,
+              help="uid the co-scheduler runs as (its WELCOME must carry a munge credential of it); repeatable")
 @click.option("--curve-dir", envvar=curve.ENV, type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CurveZMQ keys from `faas-admin keygen` (this node's secret, the co-scheduler's public key)")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(node: str, spool: Path, endpoint: str, workdir: Path, grace: float, keep_warm_s: float,
          container_runtime: str, hot_host: str, cgroups: bool, pids_max: int, allow_root_functions: bool,
-         curve_dir: Optional[Path], log_file: Optional[str], log_level: str) -> None:
+         munge_socket: Optional[str], coscheduler_uids: tuple[int, ...], curve_dir: Optional[Path],
+         log_file: Optional[str], log_level: str) -> None:
     """Run the slurm-faas node agent in the foreground."""
     setup_logging(log_level, log_file)
     agent = Agent(node=node, spool=spool, endpoint=endpoint, workdir=workdir / node, grace_s=grace,
                   keep_warm_s=keep_warm_s, container_runtime=container_runtime, hot_host=hot_host,
-                  cgroups=cgroups, pids_max=pids_max, allow_root=allow_root_functions, curve_dir=curve_dir)
+                  cgroups=cgroups, pids_max=pids_max, allow_root=allow_root_functions, munge_socket=munge_socket,
+                  coscheduler_uids=frozenset(coscheduler_uids), curve_dir=curve_dir)
 
     def request_stop(signum, _frame):
         agent.stop_requested = True

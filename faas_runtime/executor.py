@@ -5,11 +5,14 @@ inside its own cgroup (cpuset = the lent CPUs), as the function owner
 (``faas_runtime.confinement``), and keeps it warm between invocations until the
 keep-warm timeout. Two ZeroMQ ROUTER sockets:
 
-  control  ``ipc://<run dir>/control.sock``: the agent only (the run dir is the owner's,
-           mode 0700). CALL (an invocation from the queue), GRANT / LEASE_END (hot leases).
+  control  a DEALER connected to the socket the agent bound for this executor (``--control``,
+           in a directory of root's; the socket file is the owner's alone). The first
+           message is OK ``rid=ready`` with the hot endpoint; then CALL (an invocation from
+           the queue), GRANT / LEASE_END (hot leases). Nothing the agent needs is left in
+           files: the agent runs as root and never reads a path the function can replace.
   hot      ``tcp://<host>:<free port>``: clients holding a lease (``faas_runtime.client``)
            call the function directly; every CALL carries the lease token the agent
-           granted. The endpoint is written to ``<run dir>/endpoint`` once bound.
+           granted.
 
 Each CALL sets the CPU affinity to the CPUs of that invocation (a subset of the cgroup's
 cpuset) before the function runs. Replies are RESULT messages (``outcome`` ok/error).
@@ -43,7 +46,7 @@ cgroup after its grace. Runs with the image's interpreter and only the standard
 library plus faas_runtime, zmq and msgpack (bound into the image by the agent).
 
     python3 -m faas_runtime.executor --entrypoint mod:func --code DIR --run-dir DIR \\
-        [--hot-host 127.0.0.1]
+        --control ipc:///var/lib/slurm-faas/agent/NODE/ctl/NAME/control.sock [--hot-host 127.0.0.1]
 """
 from __future__ import annotations
 
@@ -84,7 +87,7 @@ def load_callable(entrypoint: str, code_dir: str):
 
 
 class Executor:
-    def __init__(self, entrypoint: str, code_dir: str, run_dir: str, hot_host: str):
+    def __init__(self, entrypoint: str, code_dir: str, run_dir: str, hot_host: str, control: str):
         self.run_dir = run_dir
         self.stopping = False
         self.in_call = False
@@ -112,15 +115,11 @@ class Executor:
             self.fn = None
             self.load_error = f"cannot load {entrypoint}: {type(exc).__name__}: {exc}"
         self.ctx = zmq.Context(io_threads=1)
-        self.control = P.configure(self.ctx.socket(zmq.ROUTER))
-        self.control.bind(f"ipc://{run_dir}/control.sock")
         self.hot = P.configure(self.ctx.socket(zmq.ROUTER))
         self.hot.bind(f"tcp://{hot_host}:0")
-        endpoint = self.hot.getsockopt_string(zmq.LAST_ENDPOINT)
-        tmp = os.path.join(run_dir, ".endpoint")
-        with open(tmp, "w") as fh:
-            fh.write(endpoint)
-        os.replace(tmp, os.path.join(run_dir, "endpoint"))
+        self.control = P.configure(self.ctx.socket(zmq.DEALER))
+        self.control.connect(control)
+        self._reply(self.control, None, P.OK, rid="ready", endpoint=self.hot.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def on_sigterm(self, _signum, _frame) -> None:
         self.stopping = True
@@ -292,9 +291,12 @@ class Executor:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            if len(frames) < 2:
+            if sock is self.control:  # the agent's DEALER: no routing frame
+                identity, frame = None, frames[-1]
+            elif len(frames) != 2:
                 continue
-            identity, frame = frames[0], frames[-1]
+            else:
+                identity, frame = frames
             rid = None
             try:
                 msg = P.decode(frame)
@@ -310,9 +312,10 @@ class Executor:
             except Exception as exc:  # never die on one bad request
                 self._reply(sock, identity, P.ERROR, rid=rid, code=P.E_INTERNAL, message=str(exc))
 
-    def _reply(self, sock: zmq.Socket, identity: bytes, msg_type: str, **fields: Any) -> None:
+    def _reply(self, sock: zmq.Socket, identity: Optional[bytes], msg_type: str, **fields: Any) -> None:
+        frame = P.encode(msg_type, **fields)
         try:
-            sock.send_multipart([identity, P.encode(msg_type, **fields)], flags=zmq.NOBLOCK)
+            sock.send_multipart([frame] if identity is None else [identity, frame], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer is gone or not reading: its own timeout covers it
 
@@ -378,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", required=True)
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--hot-host", default="127.0.0.1", help="address hot clients reach this node at")
+    ap.add_argument("--control", required=True, help="the agent's control socket (ipc://...) to connect to")
     args = ap.parse_args(argv)
-    ex = Executor(args.entrypoint, args.code, args.run_dir, args.hot_host)
+    ex = Executor(args.entrypoint, args.code, args.run_dir, args.hot_host, args.control)
     signal.signal(signal.SIGTERM, ex.on_sigterm)
     signal.signal(signal.SIGINT, ex.on_sigterm)
     ex.serve()

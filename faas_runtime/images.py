@@ -26,9 +26,10 @@ from pathlib import Path
 # Mount points the agent binds into (see faas_runtime.agent); they must exist in the image.
 CODE_DIR = "/faas/code"
 RUN_DIR = "/faas/run"
+CTL_DIR = "/faas/ctl"  # the executor's control socket (a directory of the agent's, bound in)
 LIB_DIR = "/opt/slurm-faas/lib"
 RUNTIME_PACKAGES = ("faas_runtime", "zmq", "msgpack", "pyzmq.libs")
-MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "home", "mnt", "run", "var/tmp", CODE_DIR[1:], RUN_DIR[1:],
+MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "home", "mnt", "run", "var/tmp", CODE_DIR[1:], RUN_DIR[1:], CTL_DIR[1:],
                 *(f"{LIB_DIR[1:]}/{p}" for p in RUNTIME_PACKAGES))
 BOUND_FILES = ("etc/passwd", "etc/group", "etc/hosts", "etc/resolv.conf", "etc/nsswitch.conf")
 

@@ -5,18 +5,28 @@ DEALER sockets. Each message is one msgpack frame holding a map with at least
 ``v`` (protocol version) and ``type``; requests that want a reply carry ``rid``
 and the reply echoes it.
 
-Agent -> co-scheduler: HELLO (node, version check), LEND (a slot from a lend record),
-REVOKE, HEARTBEAT (running invocation ids), STARTED, RESULT, EVICTED.
-Co-scheduler -> agent: WELCOME, RUN, CANCEL, REVOKE (a lend Slurm says is over), ERROR (e.g. ``unknown-agent``: say HELLO again).
+Agent -> co-scheduler: HELLO (node, what it holds, a nonce, a munge credential),
+LEND (a slot from a lend record), REVOKE, HEARTBEAT (held [invocation id, attempt]),
+STARTED, RESULT, EVICTED.
+Co-scheduler -> agent: WELCOME (a munge credential carrying the session key), RUN, CANCEL,
+REVOKE (a lend Slurm says is over), ACK (final reports it has stored), ERROR (e.g.
+``unknown-agent``: say HELLO again).
 Client -> co-scheduler: REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, PING, AGENTS; reply OK or ERROR.
 
-Clients prove who they are with a munge credential whose payload is the SHA-256 of the
-request body (see ``faas_runtime.auth``); agents are trusted by network placement in this
-version (CurveZMQ is the planned upgrade).
+Who may send what (docs/security.md): a client request carries a munge credential whose
+payload is the SHA-256 of the request body (``faas_runtime.auth``), which proves the
+user's uid. An agent's HELLO carries a munge credential of root (or the configured agent
+uids) bound to the HELLO; the co-scheduler then ties that node to the ZeroMQ connection
+the HELLO came on, and takes agent messages only from it, about that node only. The
+WELCOME proves the co-scheduler to the agent (a munge credential of its uid, carrying the
+HELLO's nonce and a fresh session key), and every later co-scheduler -> agent message
+has a second frame: the HMAC-SHA256 of the first under that key (``mac`` / ``mac_ok``).
+CurveZMQ (``faas_runtime.curve``) adds encryption where the network is not trusted.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import json
 from typing import Any
@@ -38,6 +48,7 @@ EVICTED = "evicted"
 WELCOME = "welcome"
 RUN = "run"
 CANCEL = "cancel"
+ACK = "ack"  # reports: [[invocation id, attempt], ...] the co-scheduler has stored
 # client -> co-scheduler
 REGISTER = "register"
 INVOKE = "invoke"
@@ -118,10 +129,17 @@ E_NO_CAPACITY = "no-capacity"  # no lent capacity fits a lease now
 E_LEASE = "lease"  # a call without a valid lease token, or after the lease ended
 E_EVICTED = "evicted"  # the executor was stopped (revoke) during the call
 E_REVOKED = "revoked"  # remote memory whose lend was revoked
+E_BUSY = "busy"  # the co-scheduler has too many requests waiting for their credential check
+E_TOO_LARGE = "too-large"  # a request, field or batch above its documented bound
 
 HEARTBEAT_INTERVAL_S = 1.0
-AGENT_DEAD_AFTER_S = 5.0
 HIGH_WATER_MARK = 10_000
+# The largest frame any socket of ours accepts (ZMQ_MAXMSGSIZE): a peer that sends more is
+# disconnected by ZeroMQ before the frame is buffered. Requests are bounded further by the
+# co-scheduler's configuration (max_request_bytes, max_payload_bytes, max_batch).
+MAX_FRAME_BYTES = 64 << 20
+MAX_RESULT_BYTES = 8 << 20  # a function's return value (JSON text); larger is an error result
+MAX_ERROR_CHARS = 16 << 10  # of an error message and traceback kept with an invocation
 
 
 class ProtocolError(Exception):
@@ -155,12 +173,22 @@ def body_digest(msg: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def configure(sock: zmq.Socket) -> zmq.Socket:
-    """Every socket: no linger at close, bounded queues."""
+def configure(sock: zmq.Socket, max_frame_bytes: int = MAX_FRAME_BYTES) -> zmq.Socket:
+    """Every socket: no linger at close, bounded queues, bounded frames."""
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
     return sock
+
+
+def mac(key: bytes, frame: bytes) -> bytes:
+    """The second frame of a co-scheduler -> agent message: HMAC-SHA256 under the session key."""
+    return hmac.new(key, frame, hashlib.sha256).digest()
+
+
+def mac_ok(key: bytes, frame: bytes, tag: bytes) -> bool:
+    return hmac.compare_digest(mac(key, frame), tag)
 
 
 def answer_pending(sock: zmq.Socket, answer) -> None:

@@ -16,7 +16,7 @@ eval "$(faas-admin dev-cluster env)"
 faas-admin dev-cluster status
 
 step "submitting the batch job: sbatch --faas-share=cores=4,mem=4G"
-job=$(sbatch --parsable --output="$FAAS_DEV_CLUSTER_DIR/log/demo-job-%j.out" "$here/batch_job.sh")
+job=$(sbatch --parsable --output="$FAAS_DEV_CLUSTER_DIR/jobs/demo-job-%j.out" "$here/batch_job.sh")
 echo "job $job"
 for _ in $(seq 100); do
   faas-admin slots | grep -qE "^\S+ +$job +ACTIVE" && break
@@ -39,5 +39,5 @@ python3 "$here/show_invocations.py" "${ids[0]}" "${ids[-1]}"
 step "the batch job finishes normally"
 while squeue -h -j "$job" 2>/dev/null | grep -q .; do sleep 1; done
 grep -h "JobId=$job " "$FAAS_DEV_CLUSTER_DIR/log/jobcomp.txt" | tr ' ' '\n' | grep -E '^(JobId|JobState|ExitCode|NodeList)='
-cat "$FAAS_DEV_CLUSTER_DIR/log/demo-job-$job.out"
+cat "$FAAS_DEV_CLUSTER_DIR/jobs/demo-job-$job.out"
 faas-admin slots

@@ -30,7 +30,7 @@ def run(cluster, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
 def sbatch(cluster, *args: str) -> int:
     """Submit a job; its output goes to the cluster's log dir unless the test says where."""
     if not any(a.startswith(("-o", "--output")) for a in args):
-        args = (f"--output={cluster.root}/log/job-%j.out", *args)
+        args = (f"--output={cluster.root}/jobs/job-%j.out", *args)
     out = run(cluster, "sbatch", "--parsable", *args)
     return int(out.stdout.strip().split(";")[0])
 

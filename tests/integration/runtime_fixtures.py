@@ -81,6 +81,7 @@ class AgentHarness:
                            **options)
         self.sent: list[tuple[str, dict]] = []
         self.agent.send = lambda kind, **f: self.sent.append((kind, f))
+        self.agent.welcomed = True  # as after a WELCOME: reports go out (to self.sent)
         self.Slot = Slot
         self._ids = iter(range(1, 10_000))
 
@@ -102,7 +103,7 @@ class AgentHarness:
         msg = {"v": 1, "type": "run", "invocation_id": inv, "attempt": 1, "slot_id": slot_id, "job_id": slot.job_id,
                **({"cpus": list(cpus)} if cpus is not None else {}),
                "os_cpus": os_cpus or sorted(set(slot.record["os_cpus"])), "mem_mb": mem_mb, "timeout_s": timeout_s,
-               "uid": user.pw_uid if user else 0, "gid": user.pw_gid if user else 0, "entrypoint": entrypoint,
+               "uid": user.pw_uid if user else 0, "entrypoint": entrypoint,
                "code_dir": code_dir, "payload_json": payload_json, "image": image, "runtime": runtime}
         self.agent._dispatch(msg)
         return inv

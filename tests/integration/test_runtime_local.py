@@ -10,6 +10,7 @@ import time
 from faas_runtime import protocol as P
 
 from .runtime_fixtures import harness, python_image, users  # noqa: F401  (fixtures)
+from .helpers import FUNCTIONS
 
 
 def _value(f):
@@ -147,30 +148,55 @@ def test_missing_image_or_runtime_fails_with_the_reason(harness, users, tmp_path
     assert f["outcome"] == "error" and "cannot load no_such_module:f" in f["error"]
 
 
+def _to_agent(h, ctx, n, parts):
+    """Deliver ``parts`` to the agent's receive step as if the co-scheduler sent them."""
+    import zmq
+
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind(f"inproc://agent-bad-{id(h)}-{n}")
+    b.connect(f"inproc://agent-bad-{id(h)}-{n}")
+    real, h.agent.sock = h.agent.sock, b
+    try:
+        h.sent.clear()
+        a.send_multipart(parts)
+        b.poll(2000)
+        h.agent.step_receive()  # never raises
+    finally:
+        h.agent.sock = real
+        a.close(linger=0)
+        b.close(linger=0)
+
+
 def test_bad_messages_to_the_agent_get_typed_errors(harness):
     import msgpack
     import zmq
 
     h = harness(cgroups=False)
     ctx = zmq.Context.instance()
+    key = h.agent._session_key = b"k" * 32  # as after a WELCOME
     cases = [(b"\xc1junk", P.E_MALFORMED), (P.encode(P.RUN)[:-1], P.E_MALFORMED),
              (msgpack.packb({"v": 1, "type": "bogus"}), P.E_UNKNOWN_TYPE),
              (msgpack.packb({"v": 2, "type": "run"}), P.E_VERSION),
              (msgpack.packb({"v": 1, "type": "run"}), P.E_INVALID)]  # missing fields
-    real = h.agent.sock
     for n, (frame, code) in enumerate(cases):
-        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-        a.bind(f"inproc://agent-bad-{id(h)}-{n}")
-        b.connect(f"inproc://agent-bad-{id(h)}-{n}")
-        h.agent.sock = b
-        h.sent.clear()
-        a.send(frame)
-        b.poll(2000)
-        h.agent.step_receive()  # never raises
+        _to_agent(h, ctx, n, [frame, P.mac(key, frame)])
         assert h.sent and h.sent[0][0] == P.ERROR and h.sent[0][1]["code"] == code, (frame, h.sent)
-        a.close(linger=0)
-        b.close(linger=0)
-    h.agent.sock = real
+
+
+def test_the_agent_takes_orders_only_with_its_sessions_mac(harness, users):
+    """A RUN without the session's MAC, or with another key's, is dropped: nothing starts."""
+    import zmq
+
+    h = harness(cgroups=False)
+    ctx = zmq.Context.instance()
+    h.agent._session_key = b"k" * 32
+    slot = h.lend(11, [0])
+    run = P.encode(P.RUN, invocation_id=99, attempt=1, slot_id=slot, job_id=11, os_cpus=[0], mem_mb=64,
+                   timeout_s=5, uid=users["faas-alice"].pw_uid, entrypoint="runtime_probe:whoami",
+                   code_dir=str(FUNCTIONS), payload_json="null")
+    for n, parts in enumerate([[run], [run, P.mac(b"x" * 32, run)], [run, b"short"]]):
+        _to_agent(h, ctx, 100 + n, parts)
+        assert h.sent == [] and not h.agent.running and not h.agent.executors
 
 
 # -- dispatch-ahead: RUN messages that wait at the agent for their cores ------------------
@@ -187,7 +213,7 @@ def test_invocations_dispatched_ahead_wait_for_their_core_and_start_in_order(har
     a1, a2, a3 = (h.run(slot, "runtime_probe:sleep", "0.3", user=alice, cpus=[0]) for _ in range(3))
     b1 = h.run(slot, "runtime_probe:sleep", "0.3", user=alice, cpus=[1])
     assert sorted(h.agent.running) == [a1, b1] and list(h.agent.waiting) == [a2, a3]
-    assert h.agent._held() == sorted([a1, a2, a3, b1])  # what its heartbeat reports
+    assert h.agent._held() == sorted([i, 1] for i in (a1, a2, a3, b1))  # [id, attempt]: what its heartbeat reports
     for inv in (a1, a2, a3, b1):
         kind, f = h.outcome(inv)
         assert kind == P.RESULT and _value(f)["slept"] == 0.3 and f["run_s"] >= 0.3

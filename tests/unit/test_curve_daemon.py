@@ -39,7 +39,9 @@ def secured(tmp_path, monkeypatch):
     database = D.Database(f"sqlite:///{tmp_path / 'faas.db'}")
     database.create_schema()
     config = Config(db_url=database.url, bind=f"tcp://127.0.0.1:{_port()}", reconcile_s=3600)
-    daemon = Coscheduler(config, database, _NoSlurm(), verify=lambda cred, digest: 1000)
+    # The stub credential's text is the uid it proves: "0" (root) for the agents' HELLOs.
+    daemon = Coscheduler(config, database, _NoSlurm(), verify=lambda cred, digest: int(cred),
+                         issue=lambda payload: "welcome")
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     yield daemon, keys
@@ -57,7 +59,7 @@ def _agent_says_hello(endpoint, keys, key_of, node):
         else:
             curve.setup_client(sock, keys)
         sock.connect(endpoint)
-        sock.send(P.encode(P.HELLO, node=node, running=[]))
+        sock.send(P.encode(P.HELLO, node=node, held=[], nonce="n", cred="0"))
         if not sock.poll(5000):
             return None
         return P.decode(sock.recv())

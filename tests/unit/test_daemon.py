@@ -53,7 +53,6 @@ class FakeAgent:
         self.hold = False  # record RUN messages and answer nothing (work waiting at the agent)
         self.ctx = zmq.Context()
         self.sock = P.configure(self.ctx.socket(zmq.DEALER))
-        self.sock.setsockopt(zmq.IDENTITY, f"agent:{node}".encode())
         self.sock.connect(endpoint)
         self.record = {"version": 1, "state": "lent", "job_id": job_id, "node": node, "uid": 0, "gid": 0,
                        "slurm_cpus": list(range(cores)), "os_cpus": [0] * cores, "mem_mb": 8000,
@@ -62,44 +61,55 @@ class FakeAgent:
         self.cancels: list[dict] = []
         self.revokes: list[dict] = []
         self.beating = True
+        self.finish: list[int] = []  # held invocations the test wants reported done (value: the node)
         self.stop = False
-        self.running: set[int] = set()
+        self.running: dict[int, int] = {}  # invocation id -> attempt
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def send(self, kind, **fields):
         self.sock.send(P.encode(kind, node=self.node, **fields))
 
+    def hello(self):
+        # The harness's verify() takes the credential's text as the uid it proves: root.
+        held = [{"invocation_id": i, "attempt": a, "slot_id": f"{self.job_id}@{self.node}", "cpus": [0],
+                 "running": True} for i, a in sorted(self.running.items())]
+        self.send(P.HELLO, held=held, nonce="n", cred="0")
+
     def _loop(self):
-        self.send(P.HELLO, running=[])
+        self.hello()
         next_beat = time.monotonic() + 0.2
         while not self.stop:
             if self.sock.poll(20):
-                msg = P.decode(self.sock.recv())
+                msg = P.decode(self.sock.recv_multipart()[0])
                 kind = msg["type"]
                 if kind == P.WELCOME:
                     self.send(P.LEND, record=self.record)
                 elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
-                    self.send(P.HELLO, running=sorted(self.running))
+                    self.hello()
                 elif kind == P.RUN:
                     self.runs.append(msg)
                     if self.hold:
-                        self.running.add(msg["invocation_id"])
+                        self.running[msg["invocation_id"]] = msg["attempt"]
                     elif self.answer:
                         ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
                         self.send(P.STARTED, **ids)
                         self.send(P.RESULT, **ids, outcome="ok", value_json=msg["payload_json"],
                                   cpus=msg["os_cpus"], **({} if self.run_s is None else {"run_s": self.run_s}))
                     else:
-                        self.running.add(msg["invocation_id"])
+                        self.running[msg["invocation_id"]] = msg["attempt"]
                         self.send(P.STARTED, invocation_id=msg["invocation_id"], attempt=msg["attempt"])
                 elif kind == P.CANCEL:
                     self.cancels.append(msg)
-                    self.running.discard(msg["invocation_id"])
+                    self.running.pop(msg["invocation_id"], None)
                 elif kind == P.REVOKE:
                     self.revokes.append(msg)
+            while self.finish:
+                inv = self.finish.pop()
+                self.send(P.RESULT, invocation_id=inv, attempt=self.running.pop(inv), outcome="ok",
+                          value_json=json.dumps(self.node))
             if self.beating and time.monotonic() >= next_beat:
-                self.send(P.HEARTBEAT, running=sorted(self.running))
+                self.send(P.HEARTBEAT, running=sorted([i, a] for i, a in self.running.items()))
                 next_beat = time.monotonic() + 0.2
 
     def close(self):
@@ -113,7 +123,8 @@ class Harness:
     def __init__(self, database, config: Config):
         self.endpoint = config.bind
         self.slurm = StubSlurm()
-        self.daemon = Coscheduler(config, database, self.slurm, verify=lambda cred, digest: int(cred))
+        self.daemon = Coscheduler(config, database, self.slurm, verify=lambda cred, digest: int(cred),
+                                  issue=lambda payload: "welcome")
         self.database = database
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
         self.thread.start()
@@ -152,8 +163,10 @@ def harness_factory(database, monkeypatch):
     made: list[Harness] = []
 
     def make(**cfg) -> Harness:
+        # Identities here are stubs (uid 4242 has no account): the check of the code as its
+        # user is exercised with real users in tests/adversarial.
         config = Config(db_url=database.url, bind=f"tcp://127.0.0.1:{_port()}", tick_s=0.01, reconcile_s=0.2,
-                        **cfg)
+                        check_code=False, **cfg)
         h = Harness(database, config)
         made.append(h)
         return h
@@ -286,13 +299,13 @@ def test_cancel_every_unfinished_invocation_of_a_function(client):
     assert out.exit_code == 2 and "give invocation ids, or --function NAME" in out.stderr
 
 
-def test_dead_agent_work_is_requeued_and_runs_elsewhere(client, monkeypatch):
-    monkeypatch.setattr(P, "AGENT_DEAD_AFTER_S", 1.0)
+def test_dead_agent_work_is_requeued_and_runs_elsewhere(client):
+    client.harness.daemon.config.agent_grace_s = 1.0
     silent = client.harness.agent("n1", 1, answer=False)
     inv = client.invoke("echo", "1")
     wait_for(lambda: client.status(inv)["state"] == "RUNNING")
     silent.beating = False
-    silent.stop = True  # no more heartbeats: declared dead after AGENT_DEAD_AFTER_S
+    silent.stop = True  # no more heartbeats: declared dead after agent_grace_s
     wait_for(lambda: "n1" not in client.harness.daemon.agents)
     st = client.status(inv)
     assert st["state"] == "QUEUED" and st["attempts"] == 1
@@ -300,6 +313,47 @@ def test_dead_agent_work_is_requeued_and_runs_elsewhere(client, monkeypatch):
     client.harness.agent("n2", 2)
     final = client.wait(inv, timeout_s=30)
     assert final["state"] == "SUCCEEDED" and final["attempts"] == 2 and final["node"] == "n2"
+
+
+def _silent_then_requeued(client, agent, inv):
+    agent.beating = False
+    wait_for(lambda: client.status(inv)["state"] == "QUEUED")  # silent past its grace: requeued
+    assert client.status(inv)["attempts"] == 1
+
+
+def test_a_silent_agent_that_comes_back_keeps_work_not_yet_dispatched_again(client):
+    client.harness.daemon.config.agent_grace_s = 1.0
+    a1 = client.harness.agent("n1", 1, answer=False)
+    inv = client.invoke("echo", "1")
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
+    _silent_then_requeued(client, a1, inv)
+    a1.beating = True  # its next heartbeat is refused, its HELLO lists what it still runs
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
+    st = client.status(inv)
+    assert (st["node"], st["attempts"]) == ("n1", 1) and "adopted back" in st["history"][-2][2]
+    a1.finish.append(inv)
+    final = client.wait(inv, timeout_s=30)
+    assert (final["state"], final["attempts"]) == ("SUCCEEDED", 1)
+    assert json.loads(client.result_json(inv)) == "n1"
+
+
+def test_a_silent_agent_that_comes_back_stops_the_later_copy_elsewhere(client):
+    client.harness.daemon.config.agent_grace_s = 1.0
+    a1 = client.harness.agent("n1", 1, answer=False)
+    inv = client.invoke("echo", "1")
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
+    _silent_then_requeued(client, a1, inv)
+    a2 = client.harness.agent("n2", 2, answer=False)
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING" and client.status(inv)["node"] == "n2")
+    a1.beating = True
+    wait_for(lambda: [(c["invocation_id"], c["attempt"]) for c in a2.cancels] == [(inv, 2)])  # the later copy
+    st = client.status(inv)
+    assert (st["state"], st["node"], st["attempts"]) == ("RUNNING", "n1", 1)
+    assert "the later copy on n2 (attempt 2) stopped" in st["history"][-1][2]
+    a1.finish.append(inv)
+    final = client.wait(inv, timeout_s=30)
+    assert (final["state"], final["node"]) == ("SUCCEEDED", "n1")
+    assert json.loads(client.result_json(inv)) == "n1"
 
 
 def test_reconcile_revokes_a_job_slurm_no_longer_runs(client):
@@ -425,11 +479,11 @@ def test_cli_register_update_delete(client, tmp_path):
 @pytest.fixture
 def bare_daemon(database):
     """A co-scheduler that is not running its loop: its steps are called by the test."""
-    from coscheduler.daemon import AgentConn
+    from coscheduler.hub import AgentSession
 
     config = Config(db_url=database.url, bind=f"tcp://127.0.0.1:{_port()}")
     d = Coscheduler(config, database, StubSlurm(), verify=lambda cred, digest: int(cred))
-    d.agents["n1"] = AgentConn("n1", b"agent:n1", time.monotonic())
+    d.hub.add_session(AgentSession("n1", b"agent:n1", b"k" * 32, time.monotonic()))
     yield d
     d.sock.close()
     d.ctx.term()
@@ -485,7 +539,7 @@ def test_a_batch_of_reports_gives_exactly_the_right_states_and_events(bare_daemo
         (b"agent:n1", {"v": P.VERSION, "type": P.RESULT, "node": "n1", "invocation_id": "x"}),  # malformed
         (b"agent:n9", {"v": P.VERSION, "type": P.STARTED, "node": "n9", "invocation_id": started, "attempt": 1}),
     ]
-    bare_daemon._agent_batch(batch)
+    bare_daemon.agent_room.batch(batch)
     got = _states_and_history(database, [folded, stale, started, evicted, failed, timed_out, cancelled, running])
     q, d, r = "QUEUED", "DISPATCHED", "RUNNING"
     assert got == {
@@ -507,8 +561,13 @@ def test_a_batch_of_reports_gives_exactly_the_right_states_and_events(bare_daemo
         assert ev.slot_id is None and ev.attempts == 1 and ev.events[-2].reason == "oom"
         at = [e.at for e in inv.events]
         assert at == sorted(at)
-    errors = [P.decode(frame) for _, frame in bare_daemon._outbox]
-    assert sorted(e["code"] for e in errors) == [P.E_MALFORMED, P.E_UNKNOWN_AGENT]
+    sent = [P.decode(frames[0]) for _, frames in bare_daemon.hub.outbox]
+    errors = [m for m in sent if m["type"] == P.ERROR]
+    # attempt 0 and a non-numeric id are refused as invalid; n9 has no session
+    assert sorted(e["code"] for e in errors) == [P.E_INVALID, P.E_INVALID, P.E_INVALID, P.E_UNKNOWN_AGENT]
+    (ack,) = [m for m in sent if m["type"] == P.ACK]  # every final report stored (or stale) is acknowledged
+    assert sorted(map(tuple, ack["reports"])) == sorted(
+        (i, 1) for i in (folded, evicted, evicted, failed, timed_out, cancelled, running, 10**9))
 
 
 def test_reports_around_other_messages_keep_their_order(bare_daemon, database):
@@ -518,7 +577,7 @@ def test_reports_around_other_messages_keep_their_order(bare_daemon, database):
     with database.session() as s:
         s.add(D.Slot(id="1@n1", job_id=1, node="n1", owner_uid=0, slurm_cpus=[0, 1], os_cpus=[0, 1], mem_mb=100))
     ok = {"outcome": "ok", "value_json": "1", "cpus": [0]}
-    bare_daemon._agent_batch([
+    bare_daemon.agent_room.batch([
         _msg(P.RESULT, first, **ok),
         (b"agent:n1", {"v": P.VERSION, "type": P.REVOKE, "node": "n1", "job_id": 1, "reason": "job ended"}),
         _msg(P.RESULT, second, **ok),
@@ -538,6 +597,6 @@ def test_a_failing_bulk_write_falls_back_to_one_report_at_a_time(bare_daemon, da
         real(s, changes)
 
     monkeypatch.setattr(D, "transition_many", only_single)
-    bare_daemon._agent_batch([_msg(P.RESULT, i, outcome="ok", value_json="1", cpus=[0]) for i in ids])
+    bare_daemon.agent_room.batch([_msg(P.RESULT, i, outcome="ok", value_json="1", cpus=[0]) for i in ids])
     assert {st for st, _ in _states_and_history(database, ids).values()} == {"SUCCEEDED"}
-    assert bare_daemon._outbox == []
+    assert [P.decode(frames[0])["type"] for _, frames in bare_daemon.hub.outbox] == [P.ACK]

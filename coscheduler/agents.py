@@ -1,0 +1,397 @@
+"""The agents' room: sessions, lends and revokes, reports on invocations, adoption, liveness.
+
+Owns the agent sessions (``Hub.sessions``): a session starts when a HELLO's munge
+credential proves one of ``config.agent_uids`` (root by default) and binds that node to
+the ZeroMQ connection the HELLO came on. After that, a message is taken only from the
+connection of a session, and only about its node: its lends, its revokes, and reports on
+invocations dispatched to that node with the attempt they carry. Everything sent to an
+agent carries the session key's MAC (``Hub.send_agent``).
+
+No needless second runs: a HELLO lists what the agent holds, and a restarted
+co-scheduler adopts it; an agent silent for ``agent_grace_s`` loses its work to the
+queue, and if it comes back still running some of it, the later copy is stopped. Final
+reports are acknowledged (ACK) after they are stored; the agent resends the others.
+
+May not touch: client requests, placement, Slurm (reconcile.py asks it and calls
+``revoke_slot``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any, Callable, Optional
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from faas_runtime import protocol as P
+from faas_runtime.states import ON_SLOT, State
+
+from . import db as D
+from . import fields as F
+from .hub import AgentSession, Hub, RequestFailed, fn_key
+
+log = logging.getLogger("faas.coscheduler")
+
+REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})  # reports on invocations: handled in bulk
+FINAL_REPORTS = frozenset({P.RESULT, P.EVICTED})  # acknowledged once stored
+ORPHAN_SWEEP_S = 5.0  # how often work on nodes without a session is looked for
+
+
+class AgentRoom:
+    def __init__(self, hub: Hub, issue: Callable[[bytes], str]):
+        self.hub = hub
+        self.issue = issue  # a munge credential of the co-scheduler's uid with this payload (WELCOME)
+        # Other agent message kinds (leases.py): kind -> handler(session, transaction, session, msg).
+        self.handlers: dict[str, Callable[[Session, AgentSession, dict], None]] = {}
+        self.on_revoke: list[Callable[[str, str], None]] = []  # told of every revoked slot (leases.py)
+        self.started = time.monotonic()
+        self._next_orphan_sweep = self.started + hub.config.agent_grace_s
+
+    # -- HELLO: a session ------------------------------------------------------------------
+
+    def hello(self, identity: bytes, msg: dict, uid: int) -> None:
+        """A HELLO whose credential proved ``uid``: open the node's session (replacing an
+        older one: the agent restarted or reconnected), adopt what it holds, WELCOME it."""
+        node = msg.get("node")
+        if uid not in self.hub.config.agent_uids:
+            log.warning("Security violation: HELLO for node %r from uid %d (agents are uids %s)", node, uid,
+                        sorted(self.hub.config.agent_uids))
+            raise RequestFailed(P.E_AUTH, f"uid {uid} may not act as an agent")
+        node = F.text(node, "node", F.MAX_NODE_NAME, F.NODE_RE)
+        held = self._held(msg.get("held", []))
+        nonce = F.text(msg.get("nonce"), "nonce", 64)
+        key = secrets.token_bytes(32)
+        with self.hub.database.session(write=True) as s:
+            self.hub.add_session(AgentSession(node, identity, key, time.monotonic()))
+            self._adopt(s, node, held)
+            self._requeue_unheld(s, node, {h["invocation_id"] for h in held}, self.hub.config.dispatch_grace_s)
+        welcome = json.dumps({"node": node, "nonce": nonce, "key": key.hex()}).encode()
+        # The WELCOME itself is proven by the credential; every later message by the key's MAC.
+        self.hub.send(identity, P.WELCOME, node=node, cred=self.issue(welcome))
+        self.hub.mark_dirty()
+        log.info("agent %s registered (%d held)", node, len(held))
+
+    @staticmethod
+    def _held(value: Any) -> list[dict]:
+        if not isinstance(value, list) or len(value) > F.MAX_IDS:
+            raise F.invalid("held must be a list of the invocations the agent holds")
+        out = []
+        for h in value:
+            if not isinstance(h, dict):
+                raise F.invalid("each held invocation is a map")
+            out.append({"invocation_id": F.whole(h.get("invocation_id"), "invocation_id", 1, F.INT64_MAX),
+                        "attempt": F.whole(h.get("attempt"), "attempt", 1, F.MAX_ATTEMPTS),
+                        "slot_id": F.text(h.get("slot_id"), "slot_id", 300),
+                        "cpus": F.cpu_list(h.get("cpus"), "cpus") if h.get("cpus") else [],
+                        "running": h.get("running") is True})
+        return out
+
+    def _adopt(self, s: Session, node: str, held: list[dict]) -> None:
+        """What a (re)connecting agent still holds, against what the database says:
+        the same attempt on this node: kept; requeued after this agent went silent and not
+        dispatched again: adopted back; dispatched again elsewhere meanwhile: the later copy
+        is stopped and this one kept; anything else (ended, cancelled): stopped here."""
+        if not held:
+            return
+        rows = D.report_rows(s, [h["invocation_id"] for h in held])
+        slots = {sl.id: sl for sl in D.active_slots(s) if sl.node == node}
+        fns = D.functions_by_id(s, {r.function_id for r in rows.values()})
+        at, changes = D.utcnow(), []
+        for h in held:
+            inv_id, attempt, row = h["invocation_id"], h["attempt"], rows.get(h["invocation_id"])
+            slot = slots.get(h["slot_id"])
+            if row is not None and row.state in ON_SLOT and row.node == node and row.attempts == attempt:
+                if h["running"] and row.state is State.DISPATCHED:
+                    changes.append(D.Change(inv_id, State.DISPATCHED, State.RUNNING, at))
+                continue
+            cpus = [c for c in h["cpus"] if slot is not None and c in slot.slurm_cpus]
+            if row is not None and slot is not None and cpus and row.attempts == attempt and \
+                    row.state is State.QUEUED and row.function_id not in self.hub.cancelling:
+                values = {"slot_id": slot.id, "node": node, "job_id": slot.job_id, "slurm_cpus": cpus,
+                          "os_cpus": slot.os_cpus_of(cpus), "mem_mb": fns[row.function_id].mem_mb,
+                          "dispatched_at": at}
+                changes.append(D.Change(inv_id, State.QUEUED, State.DISPATCHED, at,
+                                        f"adopted back from {node}, which still ran it", values))
+                if h["running"]:
+                    changes.append(D.Change(inv_id, State.DISPATCHED, State.RUNNING, at))
+                log.info("invocation %d: adopted back from %s (attempt %d)", inv_id, node, attempt)
+                continue
+            if row is not None and slot is not None and cpus and row.state in ON_SLOT and \
+                    row.node != node and row.attempts > attempt:
+                # Dispatched again while this agent was silent: keep the copy that started
+                # first, stop the later one (its reports carry a later attempt: ignored).
+                self.hub.send_agent(row.node, P.CANCEL, invocation_id=inv_id, attempt=row.attempts,
+                                    reason=f"a duplicate: the earlier copy on {node} still runs")
+                D.repoint(s, inv_id, {"attempts": attempt, "slot_id": slot.id, "node": node, "job_id": slot.job_id,
+                                      "slurm_cpus": cpus, "os_cpus": slot.os_cpus_of(cpus)},
+                          f"the later copy on {row.node} (attempt {row.attempts}) stopped: {node} still runs "
+                          f"attempt {attempt}")
+                log.warning("invocation %d ran twice: attempt %d on %s stopped, attempt %d on %s kept",
+                            inv_id, row.attempts, row.node, attempt, node)
+                continue
+            self.hub.send_agent(node, P.CANCEL, invocation_id=inv_id, attempt=attempt,
+                                reason="the co-scheduler has no such work on this node")
+        D.transition_many(s, changes)
+
+    def _requeue_unheld(self, s: Session, node: str, held: set[int], grace_s: float) -> None:
+        """Requeue work the database places on ``node`` that its agent does not hold. Only
+        work dispatched longer ago than the grace is known lost: a RUN sent a moment ago
+        may cross the agent's message."""
+        now = D.utcnow()
+        for inv in s.scalars(select(D.Invocation).where(
+                D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]))):
+            if inv.id in held:
+                continue
+            age = (now - inv.dispatched_at).total_seconds() if inv.dispatched_at else grace_s
+            if age >= grace_s:
+                D.evict(s, inv, f"agent on {node} does not run it")
+                self.hub.mark_dirty()
+
+    # -- the other messages of a session -----------------------------------------------------
+
+    def session_of(self, identity: bytes, msg: dict) -> Optional[AgentSession]:
+        """The session this connection holds, or None (it is told to say HELLO). A session
+        speaks only for its own node."""
+        session = self.hub.by_identity.get(identity)
+        if session is None:
+            # A restarted co-scheduler, a session lost to liveness, or no agent at all.
+            self.hub.send(identity, P.ERROR, code=P.E_UNKNOWN_AGENT, message="say hello first")
+            return None
+        node = msg.get("node", session.node)
+        if node != session.node:
+            log.warning("Security violation: the agent of %s sent a %s for node %r", session.node, msg.get("type"),
+                        node)
+            raise RequestFailed(P.E_AUTH, f"this connection speaks for node {session.node} only")
+        session.last_seen = time.monotonic()
+        return session
+
+    def batch(self, msgs: list[tuple[bytes, dict]]) -> None:
+        """Agents' messages in one transaction (a burst of results costs one commit), in the
+        order they arrived: each run of reports in bulk, every other message in a
+        savepoint of its own, so that a bad one is refused alone."""
+        acks: dict[str, list[list[int]]] = {}
+        with self.hub.database.session(write=True) as s:
+            run: list[tuple[bytes, dict]] = []
+            for identity, msg in msgs:
+                if msg["type"] in REPORTS:
+                    run.append((identity, msg))
+                    continue
+                if run:
+                    self._reports(s, run, acks)
+                    run = []
+                self._message(s, identity, msg)
+            if run:
+                self._reports(s, run, acks)
+        for node, done in acks.items():  # queued after the commit above (the loop sends them)
+            self.hub.send_agent(node, P.ACK, reports=done)
+
+    def _message(self, s: Session, identity: bytes, msg: dict) -> None:
+        mark = len(self.hub.outbox)
+        try:
+            with s.begin_nested():
+                session = self.session_of(identity, msg)
+                if session is not None:
+                    self._handle(s, session, msg)
+        except (P.ProtocolError, RequestFailed) as exc:
+            del self.hub.outbox[mark:]
+            log.info("refused an agent message: %s: %s", exc.code, exc)
+            self.hub.send(identity, P.ERROR, code=exc.code, message=str(exc))
+        except Exception as exc:
+            del self.hub.outbox[mark:]
+            log.exception("internal error handling a %s message", msg.get("type"))
+            self.hub.send(identity, P.ERROR, code=P.E_INTERNAL, message=f"internal error: {exc}")
+
+    def _handle(self, s: Session, session: AgentSession, msg: dict) -> None:
+        kind, node = msg["type"], session.node
+        if kind in self.handlers:
+            self.handlers[kind](s, session, msg)
+        elif kind == P.HEARTBEAT:
+            held = msg.get("running", [])
+            if not isinstance(held, list) or len(held) > F.MAX_IDS:
+                raise F.invalid("running must be a list of [invocation id, attempt]")
+            self._requeue_unheld(s, node, {h[0] for h in held if isinstance(h, list) and h and isinstance(h[0], int)},
+                                 self.hub.config.dispatch_grace_s)
+            self._note_warm(msg.get("warm"))
+        elif kind == P.LEND:
+            self._lend(s, node, msg.get("record"))
+        elif kind == P.REVOKE:
+            self.revoke_slot(s, _slot_id(msg.get("job_id"), node),
+                             F.text(str(msg.get("reason", "revoked by the batch job")), "reason", 1000))
+        elif kind == P.HELLO:
+            raise RequestFailed(P.E_INVALID, "HELLO is answered once its credential is checked")
+        else:
+            raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown agent message {kind!r}")
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def _reports(self, s: Session, msgs: list[tuple[bytes, dict]], acks: dict[str, list[list[int]]]) -> None:
+        """STARTED, RESULT and EVICTED, in bulk: one read of the invocations they are about,
+        then their state changes in order (``db.transition_many``). A report counts only if
+        the invocation is on a slot of the sender's node with the attempt it names; the
+        others (an earlier attempt, a cancelled one, another node's) are ignored. If the
+        bulk write fails, each report is tried alone, so one bad report is refused alone."""
+        valid: list[tuple[str, int, dict]] = []
+        for identity, msg in msgs:
+            try:
+                session = self.session_of(identity, msg)
+                if session is None:
+                    continue
+                inv_id = F.whole(msg.get("invocation_id"), "invocation_id", 1, F.INT64_MAX)
+                msg["attempt"] = F.whole(msg.get("attempt"), "attempt", 1, F.MAX_ATTEMPTS)
+            except (P.ProtocolError, RequestFailed) as exc:
+                log.info("refused an agent report: %s: %s", exc.code, exc)
+                self.hub.send(identity, P.ERROR, code=exc.code, message=str(exc))
+                continue
+            valid.append((session.node, inv_id, msg))
+        if not valid:
+            return
+        try:
+            with s.begin_nested():
+                self._apply_reports(s, valid)
+        except Exception:
+            if len(valid) > 1:
+                log.exception("a batch of %d reports failed; handling them one by one", len(valid))
+                for node, inv_id, msg in valid:
+                    self._one_report(s, node, inv_id, msg, acks)
+            else:
+                log.exception("internal error handling a %s report", valid[0][2].get("type"))
+            return
+        for node, inv_id, msg in valid:
+            if msg["type"] in FINAL_REPORTS:
+                acks.setdefault(node, []).append([inv_id, msg["attempt"]])
+
+    def _one_report(self, s: Session, node: str, inv_id: int, msg: dict, acks: dict) -> None:
+        try:
+            with s.begin_nested():
+                self._apply_reports(s, [(node, inv_id, msg)])
+        except Exception:
+            log.exception("internal error handling a %s report on invocation %d", msg.get("type"), inv_id)
+            return  # not acknowledged: the agent sends it again
+        if msg["type"] in FINAL_REPORTS:
+            acks.setdefault(node, []).append([inv_id, msg["attempt"]])
+
+    def _apply_reports(self, s: Session, items: list[tuple[str, int, dict]]) -> None:
+        rows = D.report_rows(s, {inv_id for _, inv_id, _ in items})
+        changes: list[D.Change] = []
+        for node, inv_id, msg in items:
+            row = rows.get(inv_id)
+            if row is None or row.state not in ON_SLOT or row.node != node or row.attempts != msg["attempt"]:
+                if row is not None and row.node not in (None, node) and row.state in ON_SLOT:
+                    log.warning("Security violation: the agent of %s reported on invocation %d of %s",
+                                node, inv_id, row.node)
+                continue  # a late message about an earlier attempt, a cancelled one, another node's
+            kind, now = msg["type"], D.utcnow()
+            if kind == P.STARTED:
+                if row.state is State.DISPATCHED:
+                    changes.append(D.Change(inv_id, row.state, State.RUNNING, now))
+                    row.state = State.RUNNING
+            elif kind == P.RESULT:
+                self.hub.mark_dirty()
+                if row.slot_id:
+                    self.hub.stats.note_warm(row.slot_id, fn_key(row.function_id))
+                self.hub.stats.note_run_time(fn_key(row.function_id), msg.get("run_s"))
+                new, values, reason = _outcome(msg)
+                changes.append(D.Change(inv_id, row.state, new, now, reason, values))
+                row.state = new
+            else:  # EVICTED
+                self.hub.mark_dirty()
+                changes.extend(D.eviction_changes(row, str(msg.get("reason", "evicted"))[:1000], now,
+                                                  unstarted=msg.get("unstarted") is True))
+        D.transition_many(s, changes)
+
+    # -- lends -----------------------------------------------------------------------------
+
+    def _lend(self, s: Session, node: str, rec: Any) -> None:
+        if not isinstance(rec, dict):
+            raise F.invalid("a LEND carries a lend record")
+        job_id = F.whole(rec.get("job_id"), "job_id", 1, 2**32)
+        cpus, os_cpus = F.cpu_list(rec.get("slurm_cpus"), "slurm_cpus"), F.cpu_list(rec.get("os_cpus"), "os_cpus")
+        mem_mb = F.whole(rec.get("mem_mb"), "mem_mb", 0, F.MAX_MEM_MB)
+        uid = F.whole(rec.get("uid"), "uid", 0, 2**32 - 1)
+        end_time = F.number(rec.get("end_time") or 0, "end_time", 0, 1e11) or None
+        until = F.whole(rec.get("until_min") or 0, "until_min", 0, 10**7)
+        slot_id = _slot_id(job_id, node)
+        if s.get(D.Slot, slot_id) is not None:
+            return  # lends are idempotent; a revoked lend never comes back
+        if len(cpus) != len(os_cpus):
+            raise F.invalid(f"lend record {slot_id}: slurm_cpus and os_cpus differ in length")
+        s.add(D.Slot(id=slot_id, job_id=job_id, node=node, owner_uid=uid, slurm_cpus=cpus,
+                     os_cpus=os_cpus, mem_mb=mem_mb, end_time=end_time, until_min=until))
+        self.hub.mark_dirty()
+        log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot_id, len(cpus), sorted(set(os_cpus)), mem_mb)
+
+    def revoke_slot(self, s: Session, slot_id: str, reason: str) -> None:
+        """A lend is over (its agent said so, or Slurm did): requeue its work, tell the agent."""
+        slot = s.get(D.Slot, slot_id)
+        if slot is None or slot.state == "REVOKED":
+            return
+        slot.state, slot.revoked_at, slot.revoke_reason = "REVOKED", D.utcnow(), reason[:255]
+        for inv in D.on_slot(s, [slot_id]):
+            D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
+        self.hub.stats.warm.pop(slot_id, None)
+        for on_revoke in self.on_revoke:
+            on_revoke(slot_id, reason)
+        self.hub.mark_dirty()
+        # The agent may not know yet (the revoke came from Slurm, not from its spool): it
+        # stops what still runs there. Harmless when the agent sent the revoke itself.
+        self.hub.send_agent(slot.node, P.REVOKE, job_id=slot.job_id, node=slot.node, reason=reason)
+        log.info("slot %s revoked: %s", slot_id, reason)
+
+    def _note_warm(self, warm: Any) -> None:
+        """Optional heartbeat field ``warm``: {slot_id: [function ids with an idle executor]}."""
+        if not isinstance(warm, dict) or len(warm) > 1024:
+            return
+        for slot_id, fns in warm.items():
+            if isinstance(fns, list):
+                for fn in fns[:1024]:
+                    self.hub.stats.note_warm(str(slot_id)[:300], fn_key(fn))
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def step_liveness(self) -> None:
+        """Agents silent for ``agent_grace_s`` lose their sessions and their work goes back
+        to the queue; so does work on nodes that never said HELLO to this co-scheduler."""
+        now = time.monotonic()
+        grace = self.hub.config.agent_grace_s
+        dead = [n for n, a in self.hub.sessions.items() if now - a.last_seen > grace]
+        sweep = now >= self._next_orphan_sweep
+        if not dead and not sweep:
+            return
+        with self.hub.database.session() as s:
+            for node in dead:
+                log.warning("agent %s silent for %.0f s; requeueing its work", node, grace)
+                self.hub.drop_session(node)
+                for inv in _on_node(s, node):
+                    D.evict(s, inv, f"agent on {node} stopped answering")
+            if sweep:
+                self._next_orphan_sweep = now + ORPHAN_SWEEP_S
+                for inv in s.scalars(select(D.Invocation).where(
+                        D.Invocation.state.in_([st.value for st in ON_SLOT]),
+                        D.Invocation.node.not_in(list(self.hub.sessions) or [""]))):
+                    D.evict(s, inv, f"no agent on {inv.node} since this co-scheduler started")
+        self.hub.mark_dirty()
+
+
+def _on_node(s: Session, node: str):
+    return list(s.scalars(select(D.Invocation).where(
+        D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]))))
+
+
+def _outcome(msg: dict) -> tuple[State, dict, Optional[str]]:
+    """A RESULT's new state, the columns it sets, and the reason recorded with it."""
+    values: dict[str, Any] = {"ran_on_cpus": msg.get("cpus") if isinstance(msg.get("cpus"), list) else None}
+    if msg.get("outcome") == "ok":
+        value = msg.get("value_json")
+        values["result"] = value if isinstance(value, str) else "null"
+        return State.SUCCEEDED, values, None
+    timeout = msg.get("outcome") == "timeout"
+    error = msg.get("error")
+    values["error"] = str(error)[:P.MAX_ERROR_CHARS] if error else ("timed out" if timeout else "failed")
+    return (State.TIMED_OUT if timeout else State.FAILED), values, values["error"][:1000]
+
+
+def _slot_id(job_id: Any, node: str) -> str:
+    return f"{F.whole(job_id, 'job_id', 1, 2**32)}@{node}"

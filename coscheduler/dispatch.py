@@ -1,0 +1,150 @@
+"""The scheduling room: fit queued invocations to lent capacity and send RUN.
+
+One step (``step_schedule``) claims queued invocations (one statement: FOR UPDATE SKIP
+LOCKED on PostgreSQL, BEGIN IMMEDIATE on SQLite), fits them to the free lent cores and
+memory of slots whose agents hold a session (coscheduler.scheduler.place_ahead, a pure
+function), dispatches the placed ones in bulk, and queues RUN for each agent, sent after
+the commit. It runs when something changed (``Hub.dirty``), and every second.
+
+May not touch: agent sessions (read only), client requests, Slurm.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+from faas_runtime import protocol as P
+from faas_runtime.states import State
+
+from . import db as D
+from .hub import Hub, fn_key
+from .scheduler import Lane, PendingInvocation, Policy, SlotView, place_ahead
+
+SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
+# While agents hold work dispatched ahead, the loop runs at most this often: each pass
+# then claims, places and commits many invocations at once (a pass costs a few database
+# round trips whatever it places). Idle slots are scheduled at once, as before.
+PIPELINED_GAP_S = 0.01
+
+
+class Dispatcher:
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        # Capacity held outside the queue (leases.py: cores and memory leased to hot clients):
+        # each adds to the busy cores and used memory of the slots.
+        self.reservations: list[Callable[[dict[str, set[int]], dict[str, int]], None]] = []
+        self.pipelined = False  # the last pass dispatched work ahead
+        self.last_schedule = 0.0
+        self._next_schedule = 0.0
+
+    def policy(self) -> Policy:
+        cfg = self.hub.config
+        return Policy(max_running=cfg.max_running,
+                      user_max_running={u: q.max_running for u, q in cfg.user_quotas.items()
+                                        if q.max_running is not None},
+                      shares=cfg.shares)
+
+    def ahead_depth(self) -> dict[str, int]:
+        """How many invocations of each function may wait per lent core: as many as fit in
+        ``dispatch_ahead_s`` of its recent mean run time, at most ``dispatch_ahead_max``;
+        none for a function never seen or slower than that."""
+        cap, budget = self.hub.config.dispatch_ahead_max, self.hub.config.dispatch_ahead_s
+        if not cap:
+            return {}
+        out = {}
+        for fn, run_s in self.hub.stats.run_time.items():
+            n = min(cap, int(budget / max(run_s, 1e-6)))
+            if n:
+                out[fn] = n
+        return out
+
+    def step_schedule(self) -> None:
+        hub = self.hub
+        mono = time.monotonic()
+        if not hub.dirty and mono < self._next_schedule:
+            return
+        self.last_schedule = mono
+        self.pipelined = False
+        hub.dirty = False
+        self._next_schedule = mono + SCHEDULE_EVERY_S
+        now = time.time()
+        with hub.database.session(write=True) as s:
+            slots = [sl for sl in D.active_slots(s) if sl.node in hub.sessions]
+            if not slots:
+                return
+            # Per lent core in use, its lane (scheduler.Lane): the invocations on it
+            # (running, or dispatched ahead and waiting at the agent), the work expected of
+            # them and the most memory one holds per core. Only one runs on a core at a
+            # time: the slot's memory in use is at most the sum of its lanes' memory.
+            lanes: dict[str, dict[int, Lane]] = {}
+            for slot_id, cpus, mem_mb, function_id, timeout_s in D.slot_usage(s, [sl.id for sl in slots]):
+                slot_lanes = lanes.setdefault(slot_id, {})
+                expected = hub.stats.run_time.get(fn_key(function_id), timeout_s)
+                for c in cpus or ():
+                    n, backlog, lane_mem = slot_lanes.get(c, (0, 0.0, 0.0))
+                    slot_lanes[c] = Lane(n + 1, backlog + expected, max(lane_mem, mem_mb / len(cpus)))
+            busy = {slot_id: set(slot_lanes) for slot_id, slot_lanes in lanes.items()}
+            used_mem = {slot_id: math.ceil(sum(lane.mem_mb for lane in slot_lanes.values()))
+                        for slot_id, slot_lanes in lanes.items()}
+            for reserve in self.reservations:
+                reserve(busy, used_mem)
+            depth = self.ahead_depth()
+            deepest = max(depth.values(), default=0)
+            views = []
+            for sl in slots:
+                slot_lanes = lanes.get(sl.id, {})
+                free_cpus = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
+                # Only lanes take work dispatched ahead (a core leased to a hot client has none).
+                ahead = {c: lane for c, lane in slot_lanes.items() if lane.count <= deepest}
+                views.append(SlotView(sl.id, free_cpus, sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end,
+                                      hub.stats.warm_on(sl.id, mono), ahead))
+            free = sum(len(v.free_cpus) for v in views)
+            # room for invocations: a free core takes one to run and `deepest` to wait
+            room = free * (1 + deepest) + sum(deepest + 1 - lane.count for v in views for lane in v.queued.values())
+            if not room:
+                return
+            # Claim no more of each (priority, user) than the free cores (and the room to
+            # dispatch ahead) could take, and as many again for those that fit nowhere
+            # (passed over): a tick that places 64 does not read a thousand.
+            per_user = min(hub.config.user_window, 2 * room)
+            pending = [r for r in D.claim_queued_rows(s, hub.config.queue_window, per_user)
+                       if r.id > hub.cancelling.get(r.function_id, 0)]  # a bulk cancel is being written
+            if not pending:
+                return
+            fns = D.functions_by_id(s, {r.function_id for r in pending})
+            by_id = {r.id: r for r in pending}
+            requests = [
+                PendingInvocation(r.id, r.owner_uid, fn_key(r.function_id), fns[r.function_id].cores,
+                                  fns[r.function_id].mem_mb, fns[r.function_id].timeout_s, r.priority,
+                                  r.created_at.timestamp())
+                for r in pending
+            ]
+            slot_by_id = {sl.id: sl for sl in slots}
+            placements = place_ahead(requests, views, now, D.on_slot_by_user(s), self.policy(), depth,
+                                     hub.stats.run_time)
+            if not placements:
+                return
+            payload = D.payloads(s, [p.invocation_id for p in placements])
+            at = D.utcnow()
+            changes, runs = [], []
+            for p in placements:
+                row, slot = by_id[p.invocation_id], slot_by_id[p.slot_id]
+                fn, cpus = fns[row.function_id], list(p.cpus)
+                os_cpus = slot.os_cpus_of(cpus)
+                changes.append(D.Change(row.id, State.QUEUED, State.DISPATCHED, at, f"on {slot.id} cores {cpus}", {
+                    "attempts": row.attempts + 1, "slot_id": slot.id, "node": slot.node, "job_id": slot.job_id,
+                    "slurm_cpus": cpus, "os_cpus": os_cpus, "mem_mb": p.mem_mb, "dispatched_at": at}))
+                # No group: the agent takes the owner's groups from its node's user database.
+                runs.append((slot.node, dict(
+                    invocation_id=row.id, attempt=row.attempts + 1, slot_id=slot.id, job_id=slot.job_id,
+                    cpus=cpus, os_cpus=os_cpus, mem_mb=p.mem_mb, timeout_s=fn.timeout_s, uid=fn.owner_uid,
+                    function_id=fn.id, entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
+                    runtime=fn.runtime, payload_json=payload[row.id])))
+            D.transition_many(s, changes)
+            for node, fields in runs:  # sent after this transaction commits (the loop's _guarded)
+                hub.send_agent(node, P.RUN, **fields)
+            free_cores = {(v.slot_id, c) for v in views for c in v.free_cpus}
+            self.pipelined = any((p.slot_id, c) not in free_cores for p in placements for c in p.cpus)
+            if len(placements) == len(pending):
+                hub.mark_dirty()  # the window was used up: there may be more to place now
