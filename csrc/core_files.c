@@ -40,8 +40,9 @@ int node_name_ok(const char *node, char *err, unsigned long errlen)
     return 1;
 }
 
-/* Open <spool>/<node> as a directory fd, creating <node> (0755) if needed.
- * The spool itself must exist. Returns the fd, -1 on error (message set),
+/* Open <spool>/<node> as a directory fd, creating <node> (0700) if needed:
+ * the lend records are root's (slurmstepd writes them, the agent as root reads
+ * them), users need nothing there. The spool itself must exist. Returns the fd, -1 on error (message set),
  * or -2 when create is 0 and something is missing (ENOENT). */
 int open_node_dir(const char *spool_dir, const char *node, int create, char *err, unsigned long errlen)
 {
@@ -64,9 +65,9 @@ int open_node_dir(const char *spool_dir, const char *node, int create, char *err
         errno = e;
         return -1;
     }
-    if (create && mkdirat(sfd, node, 0755) == 0) {
+    if (create && mkdirat(sfd, node, 0700) == 0) {
         /* exact mode whatever the umask */
-        if (fchmodat(sfd, node, 0755, 0) != 0) {
+        if (fchmodat(sfd, node, 0700, 0) != 0) {
             int e = errno;
 
             close(sfd);

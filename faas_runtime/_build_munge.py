@@ -11,14 +11,17 @@ development build without pip::
 from __future__ import annotations
 
 import os
-import shutil
+import sys
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-CFLAGS = ["-O2", "-Wall", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"]
-LDFLAGS = ["-Wl,-z,relro,-z,now"]
+if str(HERE.parent) not in sys.path:  # cffi executes this file, outside any package, while setup.py runs
+    sys.path.insert(0, str(HERE.parent))
+
+from spank_plugin import _csrc  # noqa: E402  (the hardening flags and the in-place build, shared)
+
 HEADER_DIRS = ("/usr/include", "/usr/local/include")
 MISSING = ("libmunge headers (munge.h) not found: install the Debian package libmunge-dev "
            "(apt-get install --no-install-recommends libmunge-dev)")
@@ -67,14 +70,15 @@ ffibuilder.set_source(
     "faas_runtime._munge",
     "#include <stdlib.h>\n#include <netinet/in.h>\n#include <munge.h>\n",
     libraries=["munge"],
-    extra_compile_args=CFLAGS,
-    extra_link_args=LDFLAGS,
+    extra_compile_args=_csrc.CFFI_CFLAGS,
+    extra_link_args=_csrc.CFFI_LDFLAGS,
 )
 
 
+def build_inplace(tmpdir: Path = HERE.parent / "build" / "cffi-munge") -> Path:
+    """Compile under build/ and copy the module next to this file."""
+    return _csrc.build_inplace(ffibuilder, HERE, tmpdir)
+
+
 if __name__ == "__main__":
-    built = Path(ffibuilder.compile(tmpdir=str(HERE.parent / "build" / "cffi-munge")))
-    target = HERE / built.name
-    shutil.copyfile(built, target.with_name(target.name + ".tmp"))
-    os.replace(target.with_name(target.name + ".tmp"), target)  # never rewrite a loaded .so in place
-    print(target)
+    print(build_inplace())

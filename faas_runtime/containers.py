@@ -210,8 +210,12 @@ def check_image(runtime: str, image: Optional[str]) -> None:
         raise ContainerError(f"runtime {runtime} needs an image")
     if runtime == "sarus":
         return  # Sarus images live in its own repository, named not by path
-    if not Path(image).exists():
-        raise ContainerError(f"container image {image} does not exist on this node")
+    try:
+        exists = Path(image).exists()
+    except PermissionError:  # looked at as the function's owner: a directory on the way is not theirs
+        exists = False
+    if not exists:
+        raise ContainerError(f"container image {image} does not exist on this node, or its owner cannot reach it")
     kind = image_kind(image)
     if kind not in IMAGE_KINDS[runtime]:
         raise ContainerError(f"runtime {runtime} cannot run a {kind} image ({image})")

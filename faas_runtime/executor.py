@@ -73,11 +73,14 @@ class Evicted(BaseException):
     """Raised into a running call by SIGTERM: the executor is being stopped."""
 
 
-def load_callable(entrypoint: str, code_dir: str):
+def load_callable(entrypoint: str, code_dir: Optional[str] = None):
+    """The callable ``module:function`` names, with ``code_dir`` first on sys.path (None:
+    sys.path as it is)."""
     module_name, sep, attr = entrypoint.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"entrypoint must be 'module:function', got {entrypoint!r}")
-    sys.path.insert(0, code_dir)
+    if code_dir is not None:
+        sys.path.insert(0, code_dir)
     obj = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)

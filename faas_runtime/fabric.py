@@ -1,9 +1,9 @@
 """libfabric RMA for slurm-faas: a private raw layer and a Pythonic layer on top.
 
 The raw layer is the cffi API-mode module ``faas_runtime._fabric`` built from
-``csrc/fabric.{h,c}`` (endpoint set-up, registration, RMA operations and the
-completion-polling loop, all in C). :func:`load` imports it and is the only
-place that does. The Pythonic layer owns every fabric object: an
+``csrc/fabric.h`` and ``csrc/fabric_*.c`` (endpoint set-up, registration, RMA
+operations and the completion-polling loop, all in C). :func:`load` imports it
+and is the only place that does. The Pythonic layer owns every fabric object: an
 :class:`Endpoint` frees its memory regions and then itself on :meth:`close` (or
 ``with``), a :class:`MemoryRegion` keeps the Python buffer it registered alive
 until it is closed, and every libfabric error becomes a :class:`FabricError`

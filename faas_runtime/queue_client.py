@@ -98,14 +98,21 @@ class Client:
         return self.request(P.INVOKE_BATCH, function=function, check_count=count, priority=priority)
 
     def invoke_batch(self, function: str, payloads: list[str], priority: int = 0, chunk: int = 1000,
-                     progress: Optional[Callable[[int], None]] = None) -> list[int]:
-        """Queue many invocations, ``chunk`` per request (each request all or nothing)."""
+                     progress: Optional[Callable[[int], None]] = None, max_bytes: int = 8 << 20) -> list[int]:
+        """Queue many invocations, at most ``chunk`` and ``max_bytes`` of payload per request
+        (each request all or nothing; the co-scheduler takes frames up to max_request_bytes)."""
         ids: list[int] = []
-        for start in range(0, len(payloads), chunk):
-            part = payloads[start:start + chunk]
+        start = 0
+        while start < len(payloads):
+            end, size = start, 0
+            while end < len(payloads) and end - start < chunk and (end == start or size + len(payloads[end]) <= max_bytes):
+                size += len(payloads[end])
+                end += 1
+            part = payloads[start:end]
             ids += self.request(P.INVOKE_BATCH, function=function, payloads=part, priority=priority)["invocation_ids"]
             if progress is not None:
                 progress(len(part))
+            start = end
         return ids
 
     def cancel(self, invocation_id: int) -> str:

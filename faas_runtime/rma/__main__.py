@@ -31,9 +31,9 @@ def load_handler(entrypoint: str, code_dir: Optional[str]) -> Handler:
         return NativeHandler(NativeFunction(entrypoint, code_dir or "."))
     from faas_runtime.executor import load_callable
 
-    # load_callable puts its directory first on sys.path; without --code the module must
-    # be importable as it is, and `python -m` already searches the working directory first.
-    return load_callable(entrypoint, code_dir or os.getcwd())
+    # Without --code the module must be importable as it is (`python -m` already searches
+    # the working directory first): sys.path is left alone.
+    return load_callable(entrypoint, code_dir)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

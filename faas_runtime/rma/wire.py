@@ -3,7 +3,8 @@
 Every message, request or result, is ``header + body`` in a registered buffer, written
 with ``fi_writedata``; its immediate data is ``slot << 16 | seq`` (fits the 4 bytes that
 the smallest providers carry). Providers without remote CQ data signal with write + an
-8-byte send instead (chosen in C, see ``csrc/fabric.c``).
+8-byte send instead (chosen in C when the endpoint opens, ``csrc/fabric_endpoint.c``;
+sent by ``csrc/fabric_rma.c``).
 
 Header (32 bytes, little endian): length u64, bulk address u64, bulk key u64, flags u32,
 seq u32. Flags:

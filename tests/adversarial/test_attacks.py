@@ -159,7 +159,7 @@ def test_a_bulk_cancel_of_100000_is_written_in_chunks_and_the_loop_keeps_answeri
     # 64 cores: no lend ever fits it, so all 100,000 stay queued until the cancel.
     client.register(name="never-fits", entrypoint="probe:where", code_dir=str(FUNCTIONS), cores=64, mem_mb=64,
                     timeout_s=10)
-    ids = client.invoke_batch("never-fits", ["null"] * 100_000, chunk=10_000)
+    ids = client.invoke_batch("never-fits", ["null"] * 100_000, chunk=1_000)
     pings: list[str] = []
     stop = threading.Event()
 

@@ -1,5 +1,6 @@
-"""Hot invocations over libfabric RMA (issue 6): the same client API as the ZeroMQ hot path,
-selected by configuration. Against the real cluster: identical results over ZeroMQ and RMA
+"""Hot invocations over libfabric RMA (a lease's calls become one-sided writes into the
+executor's memory, polled in C, instead of ZeroMQ messages): the same client API as the
+ZeroMQ hot path, selected by configuration. Against the real cluster: identical results over ZeroMQ and RMA
 (tcp, shm), revoke during RMA calls -> LeaseEnded, fabric off -> ZeroMQ. With an agent driven
 step by step: the RMA attach checks the lease token, the RMA loop runs in the confined
 executor process, LEASE_END ends RMA calls, an agent whose fabric is off offers ZeroMQ alone,

@@ -45,7 +45,7 @@ def test_modes(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o755
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700  # <spool>/<node>: root's alone
 
 
 def test_empty_lend_and_escaping(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from spank_plugin import plugin_build
+from spank_plugin._csrc import CORE_SOURCES, PLUGIN_SOURCES, sources
 from spank_plugin.plugin_build import PluginBuildError, build_plugin, find_csrc, plugstack_line
 
 ALLOWED = re.compile(r"^(slurm_spank_\w+|plugin_name|plugin_type|plugin_version)$")
@@ -62,18 +63,29 @@ def test_rebuild_replaces(plugin):
     assert again == plugin and plugin.stat().st_ino != before  # renamed into place
 
 
+def _core_sources() -> list[Path]:
+    """The Slurm-free core: faas_core.c and its core_*.c files (what spank_plugin/_csrc.py builds)."""
+    found = sources(CORE_SOURCES, find_csrc())
+    assert {p.name for p in found} >= {"faas_core.c", "core_files.c"}
+    return found
+
+
 def test_core_is_strict_c99():
-    csrc = find_csrc()
     cc = plugin_build.find_compiler()
     subprocess.run([cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O2", "-fsyntax-only",
-                    str(csrc / "faas_core.c")], check=True)
-    assert "system(" not in (csrc / "faas_core.c").read_text()
-    assert "system(" not in (csrc / "spank_faas.c").read_text()
+                    *map(str, _core_sources())], check=True)
+
+
+def test_no_system_calls():
+    files = sources(PLUGIN_SOURCES, find_csrc())  # the core and every spank_*.c of the plugin
+    assert {p.name for p in files} >= {"faas_core.c", "spank_faas.c", "spank_stepd.c"}
+    assert [p.name for p in files if "system(" in p.read_text()] == []
 
 
 def test_only_dispatch_file_has_spank_hooks():
-    core = (find_csrc() / "faas_core.c").read_text()
-    assert "slurm_spank_" not in core and "#include <slurm/" not in core
+    for path in _core_sources():
+        core = path.read_text()
+        assert "slurm_spank_" not in core and "#include <slurm/" not in core, path.name
 
 
 def test_find_csrc_in_checkout():
