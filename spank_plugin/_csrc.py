@@ -3,8 +3,9 @@
 Which files make which binary (name patterns, so that a new file of a concern
 is built without touching a list), the hardening flags of every build, and what
 the cffi builders share: a header turned into a cdef, and building a module in
-place. Used by spank_plugin/plugin_build.py (the SPANK plugin) and by the two
-cffi builders, spank_plugin/_build_core.py and faas_runtime/_build_fabric.py.
+place. Used by spank_plugin/plugin_build.py (the SPANK plugin) and by the cffi
+builders: spank_plugin/_build_core.py, faas_runtime/_build_fabric.py and
+faas_runtime/_build_munge.py.
 cffi runs those builders from the source tree while setup.py runs (it executes
 the file rather than importing it), so this module imports nothing of the
 project and nothing beyond the standard library.
