@@ -315,18 +315,20 @@ def test_dead_agent_work_is_requeued_and_runs_elsewhere(client):
     assert final["state"] == "SUCCEEDED" and final["attempts"] == 2 and final["node"] == "n2"
 
 
-def _silent_then_requeued(client, agent, inv):
+def _requeued_from_a_silent_agent(client):
+    """An invocation running on n1's agent, which then falls silent past its grace."""
+    client.harness.daemon.config.agent_grace_s = 1.0
+    agent = client.harness.agent("n1", 1, answer=False)
+    inv = client.invoke("echo", "1")
+    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
     agent.beating = False
-    wait_for(lambda: client.status(inv)["state"] == "QUEUED")  # silent past its grace: requeued
+    wait_for(lambda: client.status(inv)["state"] == "QUEUED")
     assert client.status(inv)["attempts"] == 1
+    return agent, inv
 
 
 def test_a_silent_agent_that_comes_back_keeps_work_not_yet_dispatched_again(client):
-    client.harness.daemon.config.agent_grace_s = 1.0
-    a1 = client.harness.agent("n1", 1, answer=False)
-    inv = client.invoke("echo", "1")
-    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
-    _silent_then_requeued(client, a1, inv)
+    a1, inv = _requeued_from_a_silent_agent(client)
     a1.beating = True  # its next heartbeat is refused, its HELLO lists what it still runs
     wait_for(lambda: client.status(inv)["state"] == "RUNNING")
     st = client.status(inv)
@@ -338,11 +340,7 @@ def test_a_silent_agent_that_comes_back_keeps_work_not_yet_dispatched_again(clie
 
 
 def test_a_silent_agent_that_comes_back_stops_the_later_copy_elsewhere(client):
-    client.harness.daemon.config.agent_grace_s = 1.0
-    a1 = client.harness.agent("n1", 1, answer=False)
-    inv = client.invoke("echo", "1")
-    wait_for(lambda: client.status(inv)["state"] == "RUNNING")
-    _silent_then_requeued(client, a1, inv)
+    a1, inv = _requeued_from_a_silent_agent(client)
     a2 = client.harness.agent("n2", 2, answer=False)
     wait_for(lambda: client.status(inv)["state"] == "RUNNING" and client.status(inv)["node"] == "n2")
     a1.beating = True
