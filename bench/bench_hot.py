@@ -9,7 +9,7 @@ it directly with a lease token: msgpack framing, JSON payload, the function `ech
 The baseline is a raw pyzmq DEALER -> ROUTER echo (a separate process, blocking
 recv/send), same payload sizes, same transport (TCP loopback). Median and p99 of N round
 trips each, after a warm-up; prints the ratio (target: hot <= 1.5x raw at 64 B).
-The RMA hot path (issue 6) is the same HotLease API on a lease whose grant carries the
+The RMA hot path (libfabric, docs/fabric.md) is the same HotLease API on a lease whose grant carries the
 executor's RMA endpoint (one per provider, same agent, same run); its ratio is printed
 against the ZeroMQ hot call (target: >= 5x faster at 64 B) and against the raw C
 libfabric round trip of the same size on the same provider (bench/fabric_raw.c).

@@ -1,4 +1,4 @@
-"""Slowdown of a memory-bound batch kernel while its node serves remote memory (issue 6).
+"""Slowdown of a memory-bound batch kernel while its node serves remote memory.
 
     .venv/bin/python bench/bench_remote_memory_interference.py [--providers tcp,shm]
         [--seconds 5] [--rounds 3] [--mib 256] [--block-mib 10]

@@ -130,13 +130,19 @@ def _run(argv: list[str], timeout_s: float) -> str:
 # -- the CLI backend ---------------------------------------------------------------------
 
 
-def parse_squeue_json(document: str) -> dict[int, JobInfo]:
+def _json_list(document: str, key: str, command: str) -> list:
+    """The list under ``key`` of what ``command --json`` printed; SlurmError if it is not one."""
     try:
-        entries = json.loads(document)["jobs"]
+        entries = json.loads(document)[key]
         if not isinstance(entries, list):
-            raise TypeError("jobs is not a list")
+            raise TypeError(f"{key} is not a list")
     except (ValueError, KeyError, TypeError) as exc:
-        raise SlurmError(f"squeue --json gave unexpected output: {exc}") from None
+        raise SlurmError(f"{command} --json gave unexpected output: {exc}") from None
+    return entries
+
+
+def parse_squeue_json(document: str) -> dict[int, JobInfo]:
+    entries = _json_list(document, "jobs", "squeue")
     jobs: dict[int, JobInfo] = {}
     for entry in entries:
         try:
@@ -155,12 +161,7 @@ def parse_squeue_json(document: str) -> dict[int, JobInfo]:
 
 
 def parse_sinfo_json(document: str) -> dict[str, NodeInfo]:
-    try:
-        entries = json.loads(document)["nodes"]
-        if not isinstance(entries, list):
-            raise TypeError("nodes is not a list")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SlurmError(f"sinfo --json gave unexpected output: {exc}") from None
+    entries = _json_list(document, "nodes", "sinfo")
     nodes: dict[str, NodeInfo] = {}
     for n in entries:
         name = n.get("name")

@@ -35,7 +35,7 @@ class Client:
         self._rids = itertools.count(1)
         self._ctx = zmq.Context.instance()
         self._sock = P.configure(self._ctx.socket(zmq.DEALER))
-        curve.setup_client(self._sock)  # encrypted when FAAS_CURVE_DIR names the keys (issue 5)
+        curve.setup_client(self._sock)  # encrypted when FAAS_CURVE_DIR names the keys
         self._sock.connect(endpoint)
 
     def close(self) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from .stats import Analysis
 
@@ -133,57 +134,48 @@ def write_plots(result: dict, analysis: Analysis, outdir: Path) -> list[Path]:
         if pts:
             ax.step([x for x, _ in pts], [y for _, y in pts], where="post", label=label, **kw)
 
-    if analysis.cpu_job.total > 0 or analysis.mem_job.total > 0:
+    @contextmanager
+    def cdf(name: str, what: str, xlabel: str) -> Iterator:
+        """One CDF figure; the body draws its curves and what is its own on the axes."""
         fig, ax = plt.subplots(figsize=(6, 4))
-        step(ax, analysis.cpu_job, "CPU, per job")
-        step(ax, analysis.cpu_w, "CPU, by core-seconds")
-        step(ax, analysis.mem_job, "memory, per job", linestyle="--")
-        step(ax, analysis.mem_w, "memory, by core-seconds", linestyle="--")
-        ax.set_xlabel("used share of allocation")
+        yield ax
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("CDF")
-        ax.set_xlim(0, 1)
-        ax.set_title(f"{title}: utilisation")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.set_title(f"{title}: {what}")
         ax.grid(alpha=0.3)
-        save(fig, "utilisation_cdf.png")
+        save(fig, name)
+
+    if analysis.cpu_job.total > 0 or analysis.mem_job.total > 0:
+        with cdf("utilisation_cdf.png", "utilisation", "used share of allocation") as ax:
+            step(ax, analysis.cpu_job, "CPU, per job")
+            step(ax, analysis.cpu_w, "CPU, by core-seconds")
+            step(ax, analysis.mem_job, "memory, per job", linestyle="--")
+            step(ax, analysis.mem_w, "memory, by core-seconds", linestyle="--")
+            ax.set_xlim(0, 1)
+            ax.legend(loc="upper left", fontsize=8)
 
     if analysis.durations.total > 0:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        step(ax, analysis.durations, "per job")
-        step(ax, analysis.durations_w, "by core-seconds")
-        ax.set_xscale("log")
-        ax.set_xlabel("job run time (s)")
-        ax.set_ylabel("CDF")
-        ax.set_title(f"{title}: job durations")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        save(fig, "durations_cdf.png")
+        with cdf("durations_cdf.png", "job durations", "job run time (s)") as ax:
+            step(ax, analysis.durations, "per job")
+            step(ax, analysis.durations_w, "by core-seconds")
+            ax.set_xscale("log")
+            ax.legend(fontsize=8)
 
     if analysis.walltime.total > 0:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        step(ax, analysis.walltime, "per job")
-        ax.set_xlabel("run time / requested time")
-        ax.set_ylabel("CDF")
-        ax.set_xscale("log")
-        ax.set_xlim(1e-3, 1e2)
-        ax.axvline(1.0, color="grey", linestyle=":")
-        ax.set_title(f"{title}: run time vs requested")
-        ax.grid(alpha=0.3)
-        save(fig, "runtime_vs_requested_cdf.png")
+        with cdf("runtime_vs_requested_cdf.png", "run time vs requested", "run time / requested time") as ax:
+            step(ax, analysis.walltime, "per job")
+            ax.set_xscale("log")
+            ax.set_xlim(1e-3, 1e2)
+            ax.axvline(1.0, color="grey", linestyle=":")
 
     idle = analysis.idle
     if idle is not None and idle.periods.total > 0:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        step(ax, idle.periods, "per idle period")
-        step(ax, idle.periods_by_time, "by idle processor-seconds")
-        ax.axvline(600, color="grey", linestyle=":", label="10 min")
-        ax.set_xscale("log")
-        ax.set_xlabel("idle period length (s)")
-        ax.set_ylabel("CDF")
-        ax.set_title(f"{title}: idle periods")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        save(fig, "idle_periods_cdf.png")
+        with cdf("idle_periods_cdf.png", "idle periods", "idle period length (s)") as ax:
+            step(ax, idle.periods, "per idle period")
+            step(ax, idle.periods_by_time, "by idle processor-seconds")
+            ax.axvline(600, color="grey", linestyle=":", label="10 min")
+            ax.set_xscale("log")
+            ax.legend(fontsize=8)
 
     sim = result.get("simulation")
     if sim and any(s["series"] for s in sim["scenarios"].values()):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from coscheduler.db import Base
+from coscheduler.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,4 +1,4 @@
-"""Fixtures of the runtime tests (issue 5): unprivileged users, a Python image, an agent
+"""Fixtures of the runtime tests: unprivileged users, a Python image, an agent
 driven step by step without a cluster. Import the fixtures into a test module to use them."""
 from __future__ import annotations
 

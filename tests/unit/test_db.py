@@ -4,6 +4,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from coscheduler import db as D
+from coscheduler.db import bulk
 from faas_runtime.states import IllegalTransition, State
 
 
@@ -444,11 +445,11 @@ def test_the_database_guards_the_bulk_statements_too(database):
     refused by the guard trigger as well (no writer gets round it)."""
     with database.session() as s:
         (a,) = D.add_invocations(s, _function(s), ["1"], 1000)
-    write = D._write_rows_postgresql if database.dialect == "postgresql" else D._write_rows
+    write = bulk.write_rows_postgresql if database.dialect == "postgresql" else bulk.write_rows
     with pytest.raises(DBAPIError, match="illegal invocation state transition"):
         with database.session() as s:
-            write(s, ("state", "updated_at"), [D._RowWrite(a, "QUEUED", {"state": "SUCCEEDED",
-                                                                          "updated_at": D.utcnow()})])
+            write(s, ("state", "updated_at"), [bulk.RowWrite(a, "QUEUED", {"state": "SUCCEEDED",
+                                                                            "updated_at": D.utcnow()})])
     with database.session() as s:
         assert s.get(D.Invocation, a).state == "QUEUED"
 

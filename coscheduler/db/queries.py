@@ -1,0 +1,91 @@
+"""Reads of the queue: invocations on slots or queued, counts by state and by user,
+functions by name or id, payloads, what runs on which slot.
+
+Every function takes the caller's ``Session``; none writes or commits.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Optional
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from faas_runtime.states import ON_SLOT, State
+
+from .bulk import chunks, id_filters
+from .models import Function, Invocation, Slot
+
+
+ACTIVE_STATES = (State.QUEUED.value, State.DISPATCHED.value, State.RUNNING.value)
+
+
+def on_slot(s: Session, slot_ids: Optional[list[str]] = None) -> list[Invocation]:
+    q = select(Invocation).where(Invocation.state.in_([st.value for st in ON_SLOT]))
+    if slot_ids is not None:
+        q = q.where(Invocation.slot_id.in_(slot_ids))
+    return list(s.scalars(q))
+
+
+def active_slots(s: Session) -> list[Slot]:
+    return list(s.scalars(select(Slot).where(Slot.state == "ACTIVE").order_by(Slot.id)))
+
+
+def queued(s: Session, limit: int) -> list[Invocation]:
+    q = (
+        select(Invocation)
+        .where(Invocation.state == State.QUEUED.value)
+        .order_by(Invocation.priority.desc(), Invocation.id)
+        .limit(limit)
+    )
+    return list(s.scalars(q))
+
+
+def count_by_state(s: Session) -> dict[str, int]:
+    return {st: n for st, n in s.execute(select(Invocation.state, func.count()).group_by(Invocation.state))}
+
+
+def user_counts(s: Session, uid: int) -> dict[str, int]:
+    """How many invocations of ``uid`` are queued, dispatched, running."""
+    q = (select(Invocation.state, func.count()).where(Invocation.owner_uid == uid, Invocation.state.in_(ACTIVE_STATES))
+         .group_by(Invocation.state))
+    return {st: n for st, n in s.execute(q)}
+
+
+def on_slot_by_user(s: Session) -> dict[int, int]:
+    q = (select(Invocation.owner_uid, func.count()).where(Invocation.state.in_([st.value for st in ON_SLOT]))
+         .group_by(Invocation.owner_uid))
+    return {uid: n for uid, n in s.execute(q)}
+
+
+def function_named(s: Session, uid: int, name: str) -> Optional[Function]:
+    return s.scalar(select(Function).where(Function.owner_uid == uid, Function.name == name,
+                                           Function.deleted_at.is_(None)))
+
+
+def slot_usage(s: Session, slot_ids: list[str]) -> list:
+    """(slot_id, slurm_cpus, mem_mb, function_id, timeout_s) of each invocation on these slots."""
+    out = []
+    for chunk in chunks(slot_ids):
+        out.extend(s.execute(
+            select(Invocation.slot_id, Invocation.slurm_cpus, Invocation.mem_mb, Invocation.function_id,
+                   Function.timeout_s)
+            .join(Function, Function.id == Invocation.function_id)
+            .where(Invocation.state.in_([st.value for st in ON_SLOT]), Invocation.slot_id.in_(chunk))))
+    return out
+
+
+def payloads(s: Session, ids: Iterable[int]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for where in id_filters(s, Invocation.id, ids):
+        q = select(Invocation.id, Invocation.payload).where(where)
+        out.update((inv_id, payload) for inv_id, payload in s.execute(q))
+    return out
+
+
+def functions_by_id(s: Session, ids: Iterable[int]) -> dict[int, Function]:
+    return {fn.id: fn for where in id_filters(s, Function.id, ids) for fn in s.scalars(select(Function).where(where))}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
