@@ -34,9 +34,9 @@ def child(path: str, mode: str) -> None:
             for _ in fh:
                 n += 1
     else:
-        from coscheduler.analysis.simulate import SimConfig, simulate
-        from coscheduler.analysis.stats import Analysis
-        from coscheduler.analysis.swf import SWFReader
+        from coscheduler.tools.analysis.simulate import SimConfig, simulate
+        from coscheduler.tools.analysis.stats import Analysis
+        from coscheduler.tools.analysis.swf import SWFReader
 
         r = SWFReader(path)
         it = iter(r)

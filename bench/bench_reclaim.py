@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from faas_runtime.queue_client import Client  # noqa: E402
-from coscheduler.devcluster import DevCluster  # noqa: E402
+from coscheduler.tools.devcluster import DevCluster  # noqa: E402
 
 FUNCTIONS = ROOT / "tests" / "functions"
 

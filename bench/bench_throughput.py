@@ -50,7 +50,7 @@ import zmq  # noqa: E402
 
 from coscheduler import db as D  # noqa: E402
 from faas_runtime.queue_client import Client  # noqa: E402
-from coscheduler.devcluster import DevCluster  # noqa: E402
+from coscheduler.tools.devcluster import DevCluster  # noqa: E402
 from faas_runtime.states import State  # noqa: E402
 from faas_runtime import protocol as P  # noqa: E402
 from _fast_agents import run_fast_agents  # noqa: E402

@@ -45,7 +45,7 @@ import zmq  # noqa: E402
 from _fast_agents import run_fast_agents  # noqa: E402
 from bench_throughput import free_port  # noqa: E402
 from coscheduler import db as D  # noqa: E402
-from coscheduler.devcluster import DevCluster  # noqa: E402
+from coscheduler.tools.devcluster import DevCluster  # noqa: E402
 from faas_runtime import munge  # noqa: E402
 from faas_runtime.states import State  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Shared fixtures: real services, started by the tests themselves.
 
-- ``cluster``: a real Slurm cluster with slurm-faas (coscheduler.devcluster), one per session.
+- ``cluster``: a real Slurm cluster with slurm-faas (coscheduler.tools.devcluster), one per session.
 - ``postgres_url``: a private PostgreSQL server in a temporary directory.
 - ``database``: a fresh schema on SQLite and on PostgreSQL (parametrised).
 
@@ -30,7 +30,7 @@ def missing(what: str) -> None:
 
 @pytest.fixture(scope="session")
 def cluster():
-    from coscheduler.devcluster import DevCluster
+    from coscheduler.tools.devcluster import DevCluster
 
     if os.geteuid() != 0:
         missing("the dev cluster runs Slurm daemons and needs root")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from coscheduler.devcluster import Component
+from coscheduler.tools.devcluster import Component
 from faas_runtime.queue_client import Client
 from tests.integration.helpers import FUNCTIONS, active_slot, sbatch, wait_until
 

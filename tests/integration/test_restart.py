@@ -3,7 +3,7 @@ import json
 import os
 import signal
 
-from coscheduler.devcluster import Component
+from coscheduler.tools.devcluster import Component
 
 from .helpers import sbatch, wait_until
 

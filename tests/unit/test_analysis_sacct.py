@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from coscheduler.analysis.sacct import (JobcompReader, SacctReader, parse_duration, parse_mem_kb,
+from coscheduler.tools.analysis.sacct import (JobcompReader, SacctReader, parse_duration, parse_mem_kb,
                                         parse_time)
 
 SACCT = """\

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from coscheduler import scheduler
-from coscheduler.analysis.records import JobRecord
-from coscheduler.analysis.simulate import FunctionClass, FunctionMix, SimConfig, simulate
+from coscheduler.tools.analysis.records import JobRecord
+from coscheduler.tools.analysis.simulate import FunctionClass, FunctionMix, SimConfig, simulate
 
 # One 1-core function that always takes exactly 100 s (sigma 0), timeout 100 s.
 FIXED = FunctionMix("fixed", (FunctionClass("f", 1.0, 1, 100, 100.0, 0.0, 100.0),))

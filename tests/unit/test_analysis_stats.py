@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from coscheduler.analysis.records import JobRecord
-from coscheduler.analysis.stats import PER_DECADE, EventOrder, Histogram, IdleTracker, analyze
+from coscheduler.tools.analysis.records import JobRecord
+from coscheduler.tools.analysis.stats import PER_DECADE, EventOrder, Histogram, IdleTracker, analyze
 
 
 def test_log_histogram_quantiles_within_bin_error():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coscheduler.analysis.stats import analyze
-from coscheduler.analysis.swf import SWFReader
+from coscheduler.tools.analysis.stats import analyze
+from coscheduler.tools.analysis.swf import SWFReader
 
 SWF_DIR = Path("/work/shared/data/swf")
 

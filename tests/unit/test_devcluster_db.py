@@ -1,7 +1,7 @@
 """Which database a dev cluster's co-scheduler uses (no cluster is started here)."""
 import json
 
-from coscheduler.devcluster import DevCluster
+from coscheduler.tools.devcluster import DevCluster
 
 
 def test_default_is_sqlite_in_the_cluster_dir(tmp_path):

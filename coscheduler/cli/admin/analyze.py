@@ -10,12 +10,12 @@ from typing import Callable, Iterable, Optional
 
 import click
 
-from ...analysis import report
-from ...analysis.records import JobRecord, open_text
-from ...analysis.sacct import JobcompReader, SacctReader
-from ...analysis.simulate import PRESETS, FunctionMix, SimConfig, simulate
-from ...analysis.stats import Analysis
-from ...analysis.swf import SWFReader
+from ...tools.analysis import report
+from ...tools.analysis.records import JobRecord, open_text
+from ...tools.analysis.sacct import JobcompReader, SacctReader
+from ...tools.analysis.simulate import PRESETS, FunctionMix, SimConfig, simulate
+from ...tools.analysis.stats import Analysis
+from ...tools.analysis.swf import SWFReader
 
 SACCT_FIELDS = ("JobID,Submit,Start,End,ElapsedRaw,NNodes,NCPUS,TotalCPU,ReqMem,ReqTRES,"
                 "MaxRSS,NTasks,State,TimelimitRaw")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ...devcluster import DEFAULT_DIR, ClusterError, DevCluster
+from ...tools.devcluster import DEFAULT_DIR, ClusterError, DevCluster
 
 
 @click.group("dev-cluster")

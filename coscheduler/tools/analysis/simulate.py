@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from .. import scheduler
-from ..scheduler import PendingInvocation, SlotView
+from ... import scheduler
+from ...scheduler import PendingInvocation, SlotView
 from .records import JobRecord
 from .stats import idle_cores
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 NODES = ("n1", "n2", "n3")
 NODE_CPUS = 8
-TEMPLATES = Path(__file__).resolve().parent.parent / "slurm.conf.d" / "dev-cluster"
+TEMPLATES = Path(__file__).resolve().parents[2] / "slurm.conf.d" / "dev-cluster"
 DEFAULT_DIR = Path(os.environ.get("FAAS_DEV_CLUSTER_DIR", Path.home() / ".local/state/slurm-faas/dev-cluster"))
 
 
