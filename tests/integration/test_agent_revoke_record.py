@@ -1,5 +1,5 @@
-"""Issue 3 leftover: a lend the co-scheduler revoked is marked revoked on disk, so a
-restarted agent does not announce it again."""
+"""A lend the co-scheduler revoked is marked revoked on disk, so a restarted agent does not
+announce it again."""
 import json
 
 from faas_runtime import protocol as P
@@ -26,6 +26,7 @@ def test_a_coscheduler_revoke_marks_the_record_and_a_restart_does_not_reannounce
     restarted = harness(cgroups=False)  # a new agent on the same spool
     restarted.agent.spool = spool
     restarted.agent.node_spool = spool / "t1"
+    restarted.agent.welcomed = False  # a new agent announces its lends once welcomed
     restarted.agent.step_spool()
     restarted.agent._dispatch({"v": P.VERSION, "type": P.WELCOME})
     announced = [f["record"]["job_id"] for kind, f in restarted.sent if kind == P.LEND]
