@@ -111,9 +111,11 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
     socks, node_of, welcomed = {}, {}, set()
     lent: dict[int, dict[int, dict]] = {n: {} for n in nodes}  # node -> job -> record
     events: list[tuple[float, int, str, int]] = []  # (at, node, "lend"|"revoke", job)
+    ends: dict[int, float] = {}  # job -> its end (wall clock): the lend record's end_time
     for n in nodes:
         for start, end, job in timeline[n]:
             events += [(t0 + start, n, "lend", job), (t0 + end, n, "revoke", job)]
+            ends[job] = t0 + end
     heapq.heapify(events)
     running: dict[int, dict[tuple[int, int], str]] = {n: {} for n in nodes}  # node -> (inv, attempt) -> slot
     done: list[tuple[float, int, int, int]] = []  # (at, node, inv, attempt)
@@ -149,7 +151,7 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
                 k = rng.randint(*lend)
                 lent[n][job] = {"version": 1, "state": "lent", "job_id": job, "node": f"s{n}", "uid": 0,
                                 "slurm_cpus": list(range(cores - k, cores)), "os_cpus": list(range(cores - k, cores)),
-                                "mem_mb": 4096 * k, "end_time": 0, "until_min": 0}
+                                "mem_mb": 4096 * k, "end_time": ends[job], "until_min": 0}
                 if n in welcomed:
                     send(n, P.LEND, record=lent[n][job])
             elif lent[n].pop(job, None) is not None:
@@ -228,7 +230,7 @@ def one_scale(args, nodes: int, munge_socket: str, work: Path) -> dict:
     profile = ["-m", "cProfile", "-o", str(args.profile / f"coscheduler-{nodes}.prof")] if args.profile else []
     daemon = subprocess.Popen([sys.executable, *profile, "-m", "coscheduler.daemon", "--foreground", "--db", url, "--bind",
                                endpoint, "--munge-socket", munge_socket, "--log-file", str(work / f"sim-{nodes}.log"),
-                               "--log-level", "WARNING"], env=env, stdout=subprocess.DEVNULL,
+                               "--log-level", "INFO"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, preexec_fn=_raise_nofile)
     timeline = lend_timeline(args.trace, nodes, args.duration, args.speed, args.seed)
     t0 = time.time() + 5 + nodes / 2000  # every agent has said HELLO by then
@@ -251,7 +253,7 @@ def one_scale(args, nodes: int, munge_socket: str, work: Path) -> dict:
                     raise RuntimeError(f"only {len(c.agents())} of {nodes} agents registered")
                 time.sleep(0.5)
             c.register(name="sim", entrypoint="probe:where", code_dir=str(FUNCTIONS), cores=1, mem_mb=64,
-                       timeout_s=120, max_attempts=10)
+                       timeout_s=args.timeout, max_attempts=10)
             time.sleep(max(0.0, t0 - time.time()))
             cpu0, _ = _proc_stats(daemon.pid)
             start = time.time()
@@ -356,13 +358,15 @@ def main() -> None:
                     help="cores a lending node lends, sampled uniformly")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of submission per scale")
     ap.add_argument("--rate", type=float, default=2000.0, help="invocations submitted per second")
-    ap.add_argument("--run-mean", type=float, default=1.0, help="mean run time of an invocation (s)")
-    ap.add_argument("--speed", type=float, default=600.0, help="trace seconds per real second")
+    ap.add_argument("--run-mean", type=float, default=0.5, help="mean run time of an invocation (s)")
+    ap.add_argument("--timeout", type=float, default=10.0, help="the function's timeout (s): a lend must outlast it")
+    ap.add_argument("--speed", type=float, default=60.0, help="trace seconds per real second")
     ap.add_argument("--trace", type=Path, default=SWF / "CTC-SP2-1996-3.1-cln.swf.gz")
     ap.add_argument("--procs", type=int, default=2, help="processes that play the agents")
     ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: a fresh SQLite file per scale)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile of the co-scheduler per scale here")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     args = ap.parse_args()
     from tests.unit.test_munge import private_munged
 
@@ -374,7 +378,10 @@ def main() -> None:
                 rows.append(one_scale(args, nodes, munge_socket, work))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept {work} (logs, databases)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     report(rows)
 
 
