@@ -7,13 +7,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages everything here needs: Slurm + munge (the cluster and the plugin's
 # headers), a compiler, Python's venv/headers (cffi), Charliecloud (containers),
-# PostgreSQL (the production database, tested for real), libfabric (the RMA data path).
+# PostgreSQL (the production database, tested for real), libfabric (the RMA data path),
+# slurmdbd + MariaDB (the dev cluster's real accounting: sacct).
 DEB_PACKAGES := slurm-wlm slurm-client munge libmunge-dev libslurm-dev gcc make \
 	python3 python3-venv python3-dev charliecloud-runtime postgresql \
-	libfabric1 libfabric-dev libfabric-bin
+	libfabric1 libfabric-dev libfabric-bin slurmdbd mariadb-server mariadb-client
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
-.PHONY: deps venv demo test unit clean
+# Mutation testing of the policy code (pyproject.toml [tool.mutmut]), fast unit tests only.
+MUTMUT_VERSION := 3.8.1
+# Killed share (killed + timed out, of all mutants) below which `make mutation` fails.
+MUTATION_MIN_SCORE ?= 0.88
+
+.PHONY: deps venv demo test unit mutation clean
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -37,10 +43,20 @@ demo: venv
 
 test: venv
 	FAAS_TEST_REQUIRE_ALL=1 $(PY) -m pytest -v tests
+	$(MAKE) mutation
 
 unit: venv
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -rs tests/unit
+
+$(VENV)/.mutmut: $(VENV)/.installed
+	$(PY) -m pip install -q 'mutmut==$(MUTMUT_VERSION)'
+	touch $@
+
+mutation: venv $(VENV)/.mutmut
+	rm -rf mutants
+	timeout 900 $(VENV)/bin/mutmut run --max-children 2 > mutants.log 2>&1 || { tail -c 3000 mutants.log; exit 1; }
+	$(PY) -m tests.mutation_score --min $(MUTATION_MIN_SCORE)
 
 clean:
 	rm -rf build *.egg-info spank_plugin/_faas_core*.so spank_plugin/_faas_core.c \
-		faas_runtime/_fabric*.so faas_runtime/_fabric.c $(VENV)
+		faas_runtime/_fabric*.so faas_runtime/_fabric.c $(VENV) mutants mutants.log

@@ -23,9 +23,24 @@ REQUIRE_ALL = os.environ.get("FAAS_TEST_REQUIRE_ALL") == "1"
 
 
 def missing(what: str) -> None:
+    """The one way a test says a service or tool is missing: a failure under
+    FAAS_TEST_REQUIRE_ALL=1 (CI), a skip otherwise. Works in a test, a fixture, and at
+    module level (there the failure is a collection error, which fails the run too)."""
     if REQUIRE_ALL:
-        pytest.fail(f"{what} (FAAS_TEST_REQUIRE_ALL=1: the test setup must provide it)")
-    pytest.skip(what)
+        pytest.fail(f"{what} (FAAS_TEST_REQUIRE_ALL=1: the test setup must provide it)", pytrace=False)
+    pytest.skip(f"missing: {what}", allow_module_level=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say out loud what was not tested (``make unit`` runs without FAAS_TEST_REQUIRE_ALL)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped and not REQUIRE_ALL:
+        reasons = sorted({str(r.longrepr[2]) if isinstance(r.longrepr, tuple) else str(r.longrepr)
+                          for r in skipped})
+        terminalreporter.write_sep("!", f"{len(skipped)} tests NOT run (a service or tool is missing)", yellow=True)
+        for reason in reasons:
+            terminalreporter.write_line(f"  {reason}")
+        terminalreporter.write_line("  FAAS_TEST_REQUIRE_ALL=1 (make test, CI) turns each of these into a failure")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,10 @@
 """A real local Slurm cluster with slurm-faas, for development, the demo and the tests.
 
-munged (own key and socket), slurmctld, three slurmd (``slurmd -N n1..n3`` on
-127.0.0.1, each declaring 8 CPUs and 16 GB), the faas SPANK plugin through
-plugstack.conf.d, one faas-coscheduler (SQLite) and one faas-agent per node. Everything
+munged (own key and socket), MariaDB and slurmdbd (real accounting: ``sacct``; left
+out, with ``accounting_storage/none``, where Debian's mariadb-server or slurmdbd is not
+installed), slurmctld, three slurmd (``slurmd -N n1..n3`` on 127.0.0.1, each declaring
+8 CPUs and 16 GB), the faas SPANK plugin through plugstack.conf.d, one faas-coscheduler
+(SQLite; ``coscheduler_config``: a TOML file it reads) and one faas-agent per node. Everything
 (state, logs, sockets, pid files, the database) lives under one directory, and the ports
 are chosen free at ``up``, so clusters in different directories never collide.
 
@@ -56,13 +58,22 @@ def _wait_for(what: str, check: Callable[[], bool], timeout_s: float, log_hint: 
     raise ClusterError(f"{what} not ready after {timeout_s:g} s; see {log_hint}")
 
 
+def accounting_available() -> bool:
+    """Debian's mariadb-server and slurmdbd are installed (make deps)."""
+    return all(shutil.which(t, path="/usr/sbin:/usr/bin:/sbin:/bin") for t in
+               ("mariadbd", "mariadb-install-db", "slurmdbd", "sacctmgr"))
+
+
 class DevCluster:
-    def __init__(self, root: Path = DEFAULT_DIR, db_url: Optional[str] = None):
+    def __init__(self, root: Path = DEFAULT_DIR, db_url: Optional[str] = None,
+                 accounting: Optional[bool] = None):
         """``db_url``: the co-scheduler's database for a new cluster (default: SQLite in
-        ``root``); a running cluster keeps the one it was started with."""
+        ``root``); a running cluster keeps the one it was started with. ``accounting``:
+        run MariaDB + slurmdbd (default: when installed)."""
         self.root = Path(root).resolve()
         self.state_file = self.root / "cluster.json"
         self._db_url = db_url
+        self._accounting = accounting_available() if accounting is None else accounting
 
     # -- layout -------------------------------------------------------------------------
 
@@ -79,6 +90,20 @@ class DevCluster:
         return self.root / "spool"
 
     @property
+    def coscheduler_config(self) -> Path:
+        """The co-scheduler's TOML configuration (docs/admin.md); empty unless a test or a
+        developer writes one (``restart_coscheduler(config=...)``)."""
+        return self.root / "etc" / "coscheduler.toml"
+
+    @property
+    def accounting(self) -> bool:
+        """This cluster runs slurmdbd (so ``sacct`` works)."""
+        try:
+            return bool(json.loads(self.state_file.read_text()).get("accounting"))
+        except (OSError, ValueError):
+            return self._accounting
+
+    @property
     def db_url(self) -> str:
         try:
             return json.loads(self.state_file.read_text())["db_url"]
@@ -86,8 +111,9 @@ class DevCluster:
             return self._db_url or f"sqlite:///{self.root / 'faas.db'}"
 
     def components(self) -> list[Component]:
+        dbd = [Component("mariadb", "mariadbd"), Component("slurmdbd", "slurmdbd")] if self.accounting else []
         return (
-            [Component("munged", "munged"), Component("slurmctld", "slurmctld")]
+            [Component("munged", "munged"), *dbd, Component("slurmctld", "slurmctld")]
             + [Component(f"slurmd-{n}", "slurmd") for n in NODES]
             + [Component("faas-coscheduler", "coscheduler.daemon")]
             + [Component(f"faas-agent-{n}", "faas_runtime.agent") for n in NODES]
@@ -145,8 +171,10 @@ class DevCluster:
     def up(self, timeout_s: float = 60.0) -> None:
         if not self.running():
             self._prepare_fresh()
+        dbd = [("mariadb", self._start_mariadb), ("slurmdbd", self._start_slurmdbd)] if self.accounting else []
         steps = [
             ("munged", self._start_munged),
+            *dbd,
             ("slurmctld", self._start_slurmctld),
             *[(f"slurmd-{n}", lambda n=n: self._start_slurmd(n)) for n in NODES],
             ("faas-coscheduler", self._start_coscheduler),
@@ -166,7 +194,7 @@ class DevCluster:
                 raise ClusterError(f"munged needs every parent of {self.root} searchable by all users, "
                                    f"and {parent} is not (chmod o+x it, or choose another --dir)")
         # Logs of the previous run stay readable after `down`; a new run starts new ones.
-        for sub in ("state", "slurmd", "spool", "agent", "run", "etc", "lib", "log"):
+        for sub in ("state", "slurmd", "spool", "agent", "run", "etc", "lib", "log", "mariadb"):
             shutil.rmtree(self.root / sub, ignore_errors=True)
         for leftover in self.root.glob("faas.db*"):
             leftover.unlink()
@@ -183,24 +211,37 @@ class DevCluster:
         # Batch jobs' output files (sbatch --output): every user's, like /tmp (sticky).
         (self.root / "jobs").mkdir(exist_ok=True)
         (self.root / "jobs").chmod(0o1777)
-        ports = {"slurmctld": _free_port(), "coscheduler": _free_port(), **{n: _free_port() for n in NODES}}
+        ports = {"slurmctld": _free_port(), "coscheduler": _free_port(), **{n: _free_port() for n in NODES},
+                 "slurmdbd": _free_port(), "mariadb": _free_port()}
+        accounting, db_url = self._accounting, self.db_url
         self.state_file.unlink(missing_ok=True)
-        self.state_file.write_text(json.dumps({"ports": ports, "nodes": list(NODES), "db_url": self.db_url},
-                                              indent=1))
+        self.state_file.write_text(json.dumps({"ports": ports, "nodes": list(NODES), "db_url": db_url,
+                                               "accounting": accounting}, indent=1))
         self._render_configs(ports)
 
     def _render_configs(self, ports: dict) -> None:
         from spank_plugin.plugin_build import build_plugin, plugstack_line
 
+        if self.accounting:
+            # AccountingStoragePass: with munge, the socket the clients and slurmctld use towards slurmdbd
+            accounting = (f"AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=127.0.0.1\n"
+                          f"AccountingStoragePort={ports['slurmdbd']}\nAccountingStoragePass={self.munge_socket}")
+        else:
+            accounting = "AccountingStorageType=accounting_storage/none"
         values = {
             "root": str(self.root), "hostname": socket.gethostname().split(".")[0],
             "slurmctld_port": ports["slurmctld"], "munge_socket": str(self.munge_socket),
-            **{f"{n}_port": ports[n] for n in NODES},
+            **{f"{n}_port": ports[n] for n in NODES}, "accounting": accounting,
+            "slurmdbd_port": ports["slurmdbd"], "mariadb_port": ports["mariadb"],
+            "storage_pass": os.urandom(12).hex(),
         }
         etc = self.root / "etc"
-        for name in ("slurm.conf", "plugstack.conf"):
+        for name in ("slurm.conf", "plugstack.conf", "slurmdbd.conf"):
             text = string.Template((TEMPLATES / f"{name}.in").read_text()).substitute(values)
-            (etc / name).write_text(text)
+            fd = os.open(etc / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if name == "slurmdbd.conf" else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        self.coscheduler_config.write_text("# the dev cluster's co-scheduler configuration (docs/admin.md)\n")
         shutil.copy(TEMPLATES / "cgroup.conf", etc / "cgroup.conf")
         so = build_plugin(self.root / "lib")
         # cgroup_root: an empty tree of the cluster's own (task/none confines nothing); the plugin
@@ -247,6 +288,74 @@ class DevCluster:
         if out.returncode != 0:
             raise ClusterError(f"{what} failed to start ({' '.join(argv)}): {out.stderr.strip() or out.stdout.strip()}")
 
+    # -- accounting: MariaDB (its own data directory, loopback TCP) and slurmdbd ----------
+
+    def _storage(self) -> dict[str, str]:
+        conf = (self.root / "etc" / "slurmdbd.conf").read_text()
+        return dict(line.split("=", 1) for line in conf.splitlines() if line.startswith("Storage"))
+
+    def _mariadb(self, sql: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["mariadb", "--no-defaults", "-S", str(self.root / "mariadb" / "mysqld.sock"),
+                               "-u", "root", "-e", sql], capture_output=True, text=True, timeout=30)
+
+    def _start_mariadb(self) -> None:
+        mdir, data = self.root / "mariadb", self.root / "mariadb" / "data"
+        log = self.root / "log" / "mariadb.log"
+        mdir.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(mdir, "mysql", "mysql")
+        fresh = not data.exists()
+        if fresh:
+            out = subprocess.run(["runuser", "-u", "mysql", "--", "mariadb-install-db", "--no-defaults",
+                                  f"--datadir={data}", "--auth-root-authentication-method=socket",
+                                  "--skip-test-db"], capture_output=True, text=True, timeout=120)
+            if out.returncode != 0:
+                raise ClusterError(f"mariadb-install-db failed: {out.stderr.strip() or out.stdout.strip()}")
+        log.touch()
+        shutil.chown(log, "mysql")
+        pid_file = mdir / "mysqld.pid"
+        pid_file.unlink(missing_ok=True)
+        # root over the Unix socket (unix_socket auth) sets up; slurmdbd comes over loopback TCP.
+        subprocess.Popen(["runuser", "-u", "mysql", "--", "mariadbd", "--no-defaults", f"--datadir={data}",
+                          f"--socket={mdir / 'mysqld.sock'}", "--bind-address=127.0.0.1",
+                          f"--port={self.ports()['mariadb']}", f"--pid-file={pid_file}", f"--log-error={log}",
+                          "--innodb-buffer-pool-size=256M", "--innodb-lock-wait-timeout=900", "--skip-name-resolve"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+        _wait_for("mariadb", lambda: pid_file.exists() and self._mariadb("SELECT 1").returncode == 0, 60, log)
+        shutil.copy(pid_file, self.pid_file("mariadb"))
+        if fresh:
+            st = self._storage()
+            user, pw, db = st["StorageUser"], st["StoragePass"], st["StorageLoc"]
+            out = self._mariadb(f"CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{pw}'; "
+                                f"GRANT ALL ON `{db}`.* TO '{user}'@'127.0.0.1';")
+            if out.returncode != 0:
+                raise ClusterError(f"cannot create the accounting database user: {out.stderr.strip()}")
+
+    def _start_slurmdbd(self) -> None:
+        log = self.root / "log" / "slurmdbd.log"
+        self._run(["slurmdbd"], "slurmdbd")
+        _wait_for("slurmdbd", lambda: self.pid_file("slurmdbd").exists() and subprocess.run(
+            ["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], capture_output=True,
+            env=self._slurm_env()).returncode == 0, 60, log)
+        listed = subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], capture_output=True,
+                                text=True, env=self._slurm_env()).stdout.split()
+        if "faasdev" not in listed:
+            out = subprocess.run(["sacctmgr", "-i", "add", "cluster", "faasdev"], capture_output=True, text=True,
+                                 env=self._slurm_env())
+            if out.returncode != 0:
+                raise ClusterError(f"sacctmgr add cluster failed: {out.stderr.strip() or out.stdout.strip()}")
+
+    def restart_coscheduler(self, config: Optional[str] = None, timeout_s: float = 60.0) -> None:
+        """Stop the co-scheduler and start it again, reading ``config`` (TOML text; None:
+        an empty file, the defaults). Agents say HELLO again; held work is adopted."""
+        comp = next(c for c in self.components() if c.name == "faas-coscheduler")
+        pid = self.pid_of(comp)
+        if pid is not None:
+            _terminate(pid, timeout_s / 2)
+        self.coscheduler_config.write_text(config or "")
+        self._start_coscheduler()
+        self._wait_ready(timeout_s)
+
     def _start_slurmctld(self) -> None:
         # -i: ignore state files from an earlier run of this directory (a fresh start wiped them).
         self._run(["slurmctld", "-i", "-f", str(self.slurm_conf)], "slurmctld")
@@ -273,7 +382,8 @@ class DevCluster:
 
     def _start_coscheduler(self) -> None:
         self._spawn_python("faas-coscheduler", [
-            "-m", "coscheduler.daemon", "--db", self.db_url, "--bind", self.coscheduler_endpoint,
+            "-m", "coscheduler.daemon", "--config", str(self.coscheduler_config),
+            "--db", self.db_url, "--bind", self.coscheduler_endpoint,
             "--munge-socket", str(self.munge_socket), "--log-file", str(self.root / "log" / "coscheduler.log"),
             "--reconcile-interval", "2", "--foreground",
         ])

@@ -1,6 +1,5 @@
 """Functions backfilled onto the spare cores of a real batch job, and taken back at scancel."""
 import json
-import time
 from datetime import datetime
 
 from faas_runtime.states import State
@@ -32,19 +31,17 @@ def test_scancel_revokes_and_new_work_waits_for_another_lend(cluster, probe, job
     jobs.append(job)
     slot = active_slot(probe, job)
     run(cluster, "scancel", str(job))
-    t0 = time.monotonic()
+    # How fast the revoke lands is bench/'s business; here only that it does.
     wait_until("slot revoked", lambda: any(s["slot_id"] == slot["slot_id"] and s["state"] == "REVOKED"
-                                           for s in probe.slots()), timeout_s=2.0, interval_s=0.02)
-    revoked_after = time.monotonic() - t0
-    assert revoked_after <= 2.0
+                                           for s in probe.slots()), timeout_s=30)
     inv = probe.invoke("where", json.dumps("late"))
-    time.sleep(3)  # longer than a scheduling tick and a reconcile round
-    assert probe.status(inv)["state"] == "QUEUED"
     other = sbatch(cluster, "-N1", "-c4", "--faas-share=cores=1", "--wrap", "sleep 60")
     jobs.append(other)
-    final = probe.wait(inv, timeout_s=30)
-    assert final["state"] == "SUCCEEDED"
+    final = probe.wait(inv, timeout_s=60)
+    # It waited for the new lend: its one attempt ran there, never on the revoked slot.
+    assert final["state"] == "SUCCEEDED" and final["attempts"] == 1
     assert final["job_id"] == other
+    assert [h[0] for h in final["history"]] == ["QUEUED", "DISPATCHED", "RUNNING", "SUCCEEDED"]
     assert json.loads(probe.result_json(inv))["echo"] == "late"
 
 
@@ -55,7 +52,7 @@ def test_eviction_requeues_running_work(cluster, probe, jobs):
     inv = probe.invoke("sleepy", json.dumps(3))
     wait_until("running", lambda: probe.status(inv)["state"] == State.RUNNING.value)
     run(cluster, "scancel", str(job))
-    wait_until("requeued", lambda: probe.status(inv)["state"] == State.QUEUED.value, timeout_s=5)
+    wait_until("requeued", lambda: probe.status(inv)["state"] == State.QUEUED.value, timeout_s=30)
     other = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2", "--wrap", "sleep 60")
     jobs.append(other)
     final = probe.wait(inv, timeout_s=30)
@@ -136,12 +133,18 @@ def test_short_invocations_are_dispatched_ahead_and_a_scancel_requeues_what_wait
     wait_until("some done", lambda: any(r["state"] == "SUCCEEDED" for r in probe.list(ids=slow[:50], limit=50)))
     run(cluster, "scancel", str(job))
     wait_until("slot revoked", lambda: any(s["slot_id"] == slot["slot_id"] and s["state"] == "REVOKED"
-                                           for s in probe.slots()), timeout_s=5)
-    time.sleep(1)
-    states = {}
-    for start in range(0, len(slow), 500):
-        for r in probe.list(ids=slow[start:start + 500], limit=500):
-            states[r["state"]] = states.get(r["state"], 0) + 1
-    assert set(states) <= {"SUCCEEDED", "QUEUED"} and sum(states.values()) == len(slow), states
+                                           for s in probe.slots()), timeout_s=30)
+
+    def tally() -> dict[str, int]:
+        states: dict[str, int] = {}
+        for start in range(0, len(slow), 500):
+            for r in probe.list(ids=slow[start:start + 500], limit=500):
+                states[r["state"]] = states.get(r["state"], 0) + 1
+        return states
+
+    # Every one either done or back in the queue (reports of the last runs may still arrive).
+    states = wait_until("nothing left on the revoked slot", lambda: (
+        lambda st: st if set(st) <= {"SUCCEEDED", "QUEUED"} else None)(tally()), timeout_s=30, interval_s=0.5)
+    assert sum(states.values()) == len(slow), states
     assert states.get("QUEUED", 0) > 0
     assert probe.cancel_function("where") == states["QUEUED"]  # leave the shared queue empty

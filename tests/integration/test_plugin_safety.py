@@ -154,17 +154,56 @@ def test_confined_job_lends_the_os_cpus_of_its_cpuset(cluster, jobs):
     assert drained_nodes(cluster) == []
 
 
-@pytest.mark.parametrize("env_extra", [
-    {"SLURM_TASKS_PER_NODE": "garbage", "SLURM_CPUS_PER_TASK": "-3"},
-    {"_SLURM_SPANK_OPTION_faas_faas_share": "cores=garbage"},
-    {"SLURMD_NODENAME": "../../etc"},
-])
-def test_garbage_in_the_job_environment(cluster, env_extra):
+def _finish_with_env(cluster, env_extra: dict, *share: str) -> tuple[int, str]:
+    """Run a short job from a shell that exports ``env_extra``; its id and what its batch
+    script saw of those variables."""
+    out = cluster.root / "jobs" / "safety-%j.out"
+    names = " ".join(env_extra)
     env = {**cluster.client_env(), **env_extra}
-    job = finish(cluster, "-w", "n1", "-c2", "--faas-share=cores=1", "--export=ALL", env=env)
+    job = int(subprocess.run(["sbatch", "--parsable", "-w", "n1", "-c2", *share, "--export=ALL", "-o", str(out),
+                              "--wrap", f"for v in {names}; do printenv $v || echo; done; sleep 1"],
+                             capture_output=True, text=True, env=env, check=True).stdout.split(";")[0])
+    wait_until(f"job {job} over", lambda: job_state(cluster, job) not in ("PENDING", "RUNNING", "COMPLETING",
+                                                                            "CONFIGURING"), timeout_s=LONG)
+    text = Path(str(out).replace("%j", str(job))).read_text()
+    # the script's lines; slurmstepd adds its own errors to the same file
+    return job, "\n".join(line for line in text.splitlines() if not line.startswith("slurmstepd"))
+
+
+def test_a_hostile_node_name_reaches_the_plugin_and_is_refused(cluster):
+    """SLURMD_NODENAME from the user's shell reaches the batch step's plugin (Slurm sets the
+    script's own value later): the plugin refuses the name and writes nothing where the
+    record would have gone, ``<spool>/../../etc/<job>.json``."""
+    job, seen = _finish_with_env(cluster, {"SLURMD_NODENAME": "../../etc"}, "--faas-share=cores=1")
+    assert seen.split() == ["n1"]  # the script sees Slurm's; the plugin saw the user's:
+    wait_log(cluster, "n1", f"[{job}.batch] error: faas: job {job}")
+    assert "bad node name '../../etc'" in node_log(cluster, "n1")
+    escaped = (cluster.spool / "../../etc").resolve()  # <spool>/<node>, as the plugin would join it
+    assert escaped == cluster.root.parent / "etc"
+    assert not (escaped / f"{job}.json").exists()
+    # the extern step lent under the real name, and the batch step's end revoked it there
+    assert json.loads((cluster.spool / "n1" / f"{job}.json").read_text())["node"] == "n1"
     assert_fine(cluster, job)
-    for leaked in (cluster.root / "etc").glob("*.json"):
-        pytest.fail(f"a record escaped the spool: {leaked}")
+
+
+def test_a_hostile_share_option_in_the_environment_reaches_the_plugin_and_lends_nothing(cluster):
+    """No --faas-share on the command line: the option's variable from the user's shell is
+    what slurmstepd's plugin parses; garbage lends nothing and fails nothing."""
+    job, _ = _finish_with_env(cluster, {"_SLURM_SPANK_OPTION_faas_faas_share": "cores=garbage"})
+    wait_log(cluster, "n1", f"faas: job {job}: --faas-share value did not parse in slurmstepd; lending nothing")
+    assert "cores must be a positive integer, got 'garbage'" in node_log(cluster, "n1")
+    assert_fine(cluster, job)
+
+
+def test_garbage_task_counts_never_reach_the_plugin(cluster):
+    """SLURM_TASKS_PER_NODE / SLURM_CPUS_PER_TASK are set by Slurm for the step, over the
+    user's: the script sees Slurm's values. Should a Slurm pass the user's through, this
+    fails, and the plugin's handling of them (``env_leading_uint``) needs a test here."""
+    job, seen = _finish_with_env(cluster, {"SLURM_TASKS_PER_NODE": "garbage", "SLURM_CPUS_PER_TASK": "-3"},
+                                 "--faas-share=cores=1")
+    assert seen.split() == ["1", "2"]
+    assert json.loads((cluster.spool / "n1" / f"{job}.json").read_text())["state"] == "revoked"
+    assert_fine(cluster, job)
 
 
 @contextmanager

@@ -48,15 +48,16 @@ class FakeAgent:
     """An agent that lends one slot and (if ``answer``) runs every RUN at once."""
 
     def __init__(self, endpoint: str, node: str, job_id: int, cores: int = 4, answer: bool = True,
-                 run_s: Optional[float] = None):
+                 run_s: Optional[float] = None, lend: Optional[dict] = None):
         self.node, self.job_id, self.answer, self.run_s = node, job_id, answer, run_s
         self.hold = False  # record RUN messages and answer nothing (work waiting at the agent)
+        self.drop = 0  # RUN messages to record and forget: never reported, not in heartbeats
         self.ctx = zmq.Context()
         self.sock = P.configure(self.ctx.socket(zmq.DEALER))
         self.sock.connect(endpoint)
         self.record = {"version": 1, "state": "lent", "job_id": job_id, "node": node, "uid": 0, "gid": 0,
                        "slurm_cpus": list(range(cores)), "os_cpus": [0] * cores, "mem_mb": 8000,
-                       "end_time": 0, "until_min": 0}
+                       "end_time": 0, "until_min": 0, **(lend or {})}
         self.runs: list[dict] = []
         self.cancels: list[dict] = []
         self.revokes: list[dict] = []
@@ -64,6 +65,7 @@ class FakeAgent:
         self.finish: list[int] = []  # held invocations the test wants reported done (value: the node)
         self.stop = False
         self.running: dict[int, int] = {}  # invocation id -> attempt
+        self.seen = 0.0  # sent_at of the newest RUN read, as a real agent reports it
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
@@ -89,7 +91,10 @@ class FakeAgent:
                     self.hello()
                 elif kind == P.RUN:
                     self.runs.append(msg)
-                    if self.hold:
+                    self.seen = max(self.seen, msg.get("sent_at", 0.0))
+                    if self.drop > 0:
+                        self.drop -= 1
+                    elif self.hold:
                         self.running[msg["invocation_id"]] = msg["attempt"]
                     elif self.answer:
                         ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
@@ -109,7 +114,7 @@ class FakeAgent:
                 self.send(P.RESULT, invocation_id=inv, attempt=self.running.pop(inv), outcome="ok",
                           value_json=json.dumps(self.node))
             if self.beating and time.monotonic() >= next_beat:
-                self.send(P.HEARTBEAT, running=sorted([i, a] for i, a in self.running.items()))
+                self.send(P.HEARTBEAT, running=sorted([i, a] for i, a in self.running.items()), seen=self.seen)
                 next_beat = time.monotonic() + 0.2
 
     def close(self):
@@ -117,6 +122,20 @@ class FakeAgent:
         self.thread.join(5)
         self.sock.close()
         self.ctx.term()
+
+
+def passes_after(h: "Harness", n: int, timeout_s: float = 30.0) -> None:
+    """Wait until the loop has begun ``n`` more scheduling passes: the last whole pass began
+    after this call, so whatever it would place is in the database (a positive event: a
+    slow loop makes this wait longer, never pass too early)."""
+    for _ in range(n):
+        seen = h.daemon.dispatcher.last_schedule
+        h.daemon.hub.mark_dirty()
+        wait_for(lambda: h.daemon.dispatcher.last_schedule > seen, timeout_s)
+
+
+def _count(c, state: str) -> int:
+    return sum(1 for r in c.list(limit=1000) if r["state"] == state)
 
 
 class Harness:
@@ -211,8 +230,8 @@ def test_dispatch_ahead_fills_each_core_to_its_depth_and_an_unstarted_handback_k
         agent.hold = True  # the agent now keeps what it gets: nothing finishes
         held = c.invoke_batch("echo", ["2"] * 20)
         wait_for(lambda: len(agent.runs) == 4 + 8)
-        time.sleep(0.3)  # and no more come: 2 cores x (1 + 3 waiting)
-        assert len(agent.runs) == 12
+        passes_after(h, 2)  # and no more come: 2 cores x (1 + 3 waiting)
+        assert len(agent.runs) == 12 and _count(c, "DISPATCHED") == 8
         per_core = {}
         for run in agent.runs[4:]:
             per_core[tuple(run["cpus"])] = per_core.get(tuple(run["cpus"]), 0) + 1
@@ -261,9 +280,9 @@ def test_running_quota_limits_concurrency(harness_factory):
         agent = h.agent(answer=False)
         c.invoke_batch("slow", ["1"] * 6)
         wait_for(lambda: len(agent.runs) == 2)
-        time.sleep(0.5)
+        passes_after(h, 2)  # scheduling passes that saw the queue and the quota
         assert len(agent.runs) == 2
-        assert sorted(r["state"] for r in c.list()).count("QUEUED") == 4
+        assert _count(c, "QUEUED") == 4 and _count(c, "RUNNING") == 2
 
 
 def test_cancel_queued_and_running(client):

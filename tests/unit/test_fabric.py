@@ -5,6 +5,7 @@ import pytest
 
 from faas_runtime import fabric
 from faas_runtime._build_fabric import HEADER, cdef_from_header
+from tests.conftest import missing
 
 
 def test_config_from_env():
@@ -20,7 +21,13 @@ def test_cdef_keeps_constants_and_drops_preprocessor():
     assert "#define FF_EV_DATA 1" in cdef and "int ff_call(" in cdef
 
 
-needs_binding = pytest.mark.skipif(not fabric.available(), reason="libfabric binding not built")
+@pytest.fixture
+def binding():
+    if not fabric.available():
+        missing("the libfabric binding is not built (apt-get install libfabric-dev; pip install -e .)")
+
+
+needs_binding = pytest.mark.usefixtures("binding")
 
 
 @needs_binding

@@ -7,9 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from coscheduler.cli.admin import main
+from tests.conftest import missing
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None or not Path("/usr/include/slurm/spank.h").exists(),
-                                reason="needs cc and libslurm-dev")
+if shutil.which("cc") is None or not Path("/usr/include/slurm/spank.h").exists():
+    missing("cc and <slurm/spank.h> are needed (Debian packages gcc, libslurm-dev; make deps)")
 
 
 def fake_slurm(tmp_path: Path, version: str) -> dict:
@@ -34,14 +35,15 @@ def invoke(args, env):
 
 def test_install_is_idempotent_and_uninstall_removes(tmp_path):
     env = fake_slurm(tmp_path, header_version())
-    plugdir, stackdir = tmp_path / "lib", tmp_path / "etc" / "plugstack.conf.d"
+    plugdir, stackdir, spool = tmp_path / "lib", tmp_path / "etc" / "plugstack.conf.d", tmp_path / "spool"
+    spool.mkdir(mode=0o700)
     args = ["install-plugin", "--plugin-dir", str(plugdir), "--plugstack-dir", str(stackdir),
-            "spool=/var/spool/slurm-faas", "reserve_cores=1"]
+            f"spool={spool}", "reserve_cores=1"]
     first = invoke(args, env)
     assert first.exit_code == 0, first.output + first.stderr
     so, snippet = plugdir / "spank_faas.so", stackdir / "faas.conf"
     assert "installed" in first.output and so.stat().st_mode & 0o777 == 0o755
-    assert snippet.read_text().splitlines()[-1] == f"optional {so} spool=/var/spool/slurm-faas reserve_cores=1"
+    assert snippet.read_text().splitlines()[-1] == f"optional {so} spool={spool} reserve_cores=1"
     assert "must contain the line" in first.stderr  # no plugstack.conf include yet
     inode = so.stat().st_ino
     again = invoke(args, env)
@@ -63,6 +65,20 @@ def test_refuses_a_version_mismatch(tmp_path):
     assert out.exit_code != 0
     assert f"headers are version {header_version()} but the running Slurm is 23.02.7" in out.stderr
     assert not (tmp_path / "lib").exists() and not (tmp_path / "d").exists()
+
+
+def test_refuses_a_spool_that_is_not_there(tmp_path):
+    env = fake_slurm(tmp_path, header_version())
+    args = ["install-plugin", "--plugin-dir", str(tmp_path / "lib"), "--plugstack-dir", str(tmp_path / "d")]
+    out = invoke([*args, "spool=/nonexistent"], env)
+    assert out.exit_code != 0 and "spool=/nonexistent: No such file or directory" in out.stderr
+    assert "nothing was installed" in out.stderr and not (tmp_path / "lib").exists()
+    (tmp_path / "open").mkdir(mode=0o777)
+    (tmp_path / "open").chmod(0o777)
+    out = invoke([*args, f"spool={tmp_path / 'open'}"], env)
+    assert out.exit_code != 0 and "must be root's and 0700" in out.stderr
+    out = invoke([*args, "--no-spool-check", "spool=/nonexistent"], env)
+    assert out.exit_code == 0, out.stderr
 
 
 def test_refuses_a_bad_argument(tmp_path):

@@ -5,6 +5,7 @@ import select
 import pytest
 
 from faas_runtime.spool import SpoolWatcher, inotify_available
+from tests.conftest import missing
 from spank_plugin.core import Lend, revoke_lend_record, write_lend_record
 
 LEND = Lend((6, 7), (1, 1), 1024)
@@ -12,6 +13,12 @@ LEND = Lend((6, 7), (1, 1), 1024)
 
 def _write(spool, job, node="n1"):
     return write_lend_record(spool, job, node, 0, 0, 0, "cores=2", LEND)
+
+
+@pytest.fixture
+def inotify():
+    if not inotify_available():
+        missing("inotify is not available (Linux only)")
 
 
 def _jobs(watcher):
@@ -31,7 +38,7 @@ def test_first_call_reads_everything_then_only_changes(tmp_path, inotify):
         assert _jobs(w) == []
 
 
-@pytest.mark.skipif(not inotify_available(), reason="inotify is Linux only")
+@pytest.mark.usefixtures("inotify")
 def test_inotify_wakes_a_poller_at_once(tmp_path):
     _write(tmp_path, 1)
     with SpoolWatcher(tmp_path / "n1", rescan_s=60) as w:
@@ -44,7 +51,7 @@ def test_inotify_wakes_a_poller_at_once(tmp_path):
         assert select.select([w.fileno()], [], [], 0)[0] == []  # drained
 
 
-@pytest.mark.skipif(not inotify_available(), reason="inotify is Linux only")
+@pytest.mark.usefixtures("inotify")
 def test_node_dir_created_later_and_recreated(tmp_path):
     with SpoolWatcher(tmp_path / "n1", rescan_s=60) as w:
         assert _jobs(w) == []  # neither exists yet
