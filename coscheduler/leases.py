@@ -118,7 +118,7 @@ class Leases:
                             token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
                             mem_mb=fn.mem_mb, uid=fn.owner_uid, function_id=fn.id,
                             entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
-                            runtime=fn.runtime, duration_s=duration,
+                            runtime=fn.runtime, version=fn.version, duration_s=duration,
                             **({"fabric": {"provider": fabric["provider"], "domain": str(fabric.get("domain") or "")}}
                                if fabric else {}))
         log.info("lease %s: function %s of uid %d on %s cores %s", lease.lease_id, fn.name, uid, slot.id, cpus)

@@ -64,6 +64,7 @@ from typing import Any, Optional
 import zmq
 
 from . import protocol as P
+from .output_capture import OutputCapture
 from .fabric import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, is_native_entrypoint, json_valid
 
 log = logging.getLogger("faas.executor")
@@ -71,6 +72,29 @@ log = logging.getLogger("faas.executor")
 
 class Evicted(BaseException):
     """Raised into a running call by SIGTERM: the executor is being stopped."""
+
+
+class NotJSON(Exception):
+    """A return value that cannot be sent: not JSON (a set, numpy.int64, NaN) or too large."""
+
+
+def value_to_json(value: Any) -> str:
+    """A return value as strict JSON text (no NaN or Infinity, which JSON does not have),
+    at most ``protocol.MAX_RESULT_BYTES``."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise NotJSON(f"the return value is not JSON: {type(exc).__name__}: {exc} (return lists, dicts, "
+                      "str, int, float, bool or None; e.g. int(x) for numpy.int64, x.tolist() for an array)") from None
+    if len(text) > P.MAX_RESULT_BYTES:
+        raise NotJSON(f"the return value is {len(text)} bytes of JSON; at most {P.MAX_RESULT_BYTES} are kept "
+                      "(write large results to a file and return its path)")
+    return text
+
+
+def _bounded(text: str) -> str:
+    """A traceback's end: the frames nearest the error matter most."""
+    return text if len(text) <= P.MAX_ERROR_CHARS else "...\n" + text[-(P.MAX_ERROR_CHARS - 4):]
 
 
 def load_callable(entrypoint: str, code_dir: Optional[str] = None):
@@ -108,6 +132,7 @@ class Executor:
         self.rma_threads: dict[str, threading.Thread] = {}
         self._rma_cpus: Optional[list[int]] = None  # the RMA thread's affinity
         self.native: Optional[NativeFunction] = None  # a C function (path/lib.so:symbol)
+        self.output = OutputCapture()  # a queued invocation's stdout and stderr
         try:
             if is_native_entrypoint(entrypoint):
                 self.native = NativeFunction(entrypoint, code_dir)
@@ -131,30 +156,40 @@ class Executor:
 
     # -- one call -------------------------------------------------------------------------
 
-    def call(self, payload_json: str, cpus: Optional[list[int]]) -> dict[str, Any]:
+    def call(self, payload_json: str, cpus: Optional[list[int]], capture: bool = False) -> dict[str, Any]:
+        """Run the function once. ``capture``: its stdout and stderr go with the result
+        (``output``; queued invocations, not hot calls)."""
         if cpus:
             os.sched_setaffinity(0, cpus)
         if self.fn is None:
             return {"outcome": "error", "error": self.load_error}
+        if capture:
+            self.output.start()
         self.in_call = True  # before the lock: SIGTERM interrupts a wait for an RMA call too
         try:
             with self.fn_lock:
                 if self.native is not None:
                     value_json = self._native_json(payload_json.encode())
                 else:
-                    value = self.fn(json.loads(payload_json))
-                    value_json = json.dumps(value)
+                    value_json = value_to_json(self.fn(json.loads(payload_json)))
+            result: dict[str, Any] = {"outcome": "ok", "value_json": value_json}
         except Evicted:
             raise
+        except NotJSON as exc:  # the function returned; its value cannot be sent
+            result = {"outcome": "error", "error": str(exc), "traceback": None}
         except NativeFunctionError as exc:  # no Python traceback: the function is C
-            return {"outcome": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": None,
-                    "cpus": sorted(os.sched_getaffinity(0))}
+            result = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": None}
         except BaseException as exc:  # the function's failure is a result, not a crash
-            return {"outcome": "error", "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(limit=20), "cpus": sorted(os.sched_getaffinity(0))}
+            result = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}",
+                      "traceback": _bounded(traceback.format_exc(limit=20))}
         finally:
             self.in_call = False
-        return {"outcome": "ok", "value_json": value_json, "cpus": sorted(os.sched_getaffinity(0))}
+            if capture:
+                output = self.output.stop()
+        if capture:
+            result["output"] = output
+        result["cpus"] = sorted(os.sched_getaffinity(0))
+        return result
 
     def _native_json(self, payload: bytes) -> str:
         """The native function on JSON text: its output, checked to be JSON text."""
@@ -259,7 +294,9 @@ class Executor:
             threading.current_thread().faas_cpus = cpus
         with self.fn_lock:
             try:
-                value_json = json.dumps(self.fn(json.loads(bytes(payload))))
+                value_json = value_to_json(self.fn(json.loads(bytes(payload))))
+            except NotJSON as exc:
+                raise HandlerError(json.dumps({"error": str(exc), "traceback": None})) from None
             except BaseException as exc:
                 raise HandlerError(json.dumps({"error": f"{type(exc).__name__}: {exc}",
                                                "traceback": traceback.format_exc(limit=20)})) from None
@@ -337,7 +374,7 @@ class Executor:
             payload = msg.get("payload_json", "null")
             if not isinstance(payload, str):
                 raise P.ProtocolError(P.E_MALFORMED, "payload_json must be JSON text")
-            result = self.call(payload, cpus)
+            result = self.call(payload, cpus, capture=trusted)
             self._reply(sock, identity, P.RESULT, rid=msg.get("rid"), **result)
         elif kind == P.GRANT and trusted:
             self.tokens[msg["token"]] = list(msg.get("cpus") or sorted(os.sched_getaffinity(0)))
@@ -386,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hot-host", default="127.0.0.1", help="address hot clients reach this node at")
     ap.add_argument("--control", required=True, help="the agent's control socket (ipc://...) to connect to")
     args = ap.parse_args(argv)
+    # Line by line, as a terminal would: a call's print() and its stderr keep their order.
+    sys.stdout.reconfigure(line_buffering=True)
     ex = Executor(args.entrypoint, args.code, args.run_dir, args.hot_host, args.control)
     signal.signal(signal.SIGTERM, ex.on_sigterm)
     signal.signal(signal.SIGINT, ex.on_sigterm)

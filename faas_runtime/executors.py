@@ -118,6 +118,16 @@ def runtime_packages() -> dict[str, str]:
     return found
 
 
+def runtime_lib_dir(lib: Path, packages: dict[str, str]) -> Path:
+    """A directory of root's holding links to the executor's packages only: what
+    PYTHONPATH names for functions run without a container."""
+    shutil.rmtree(lib, ignore_errors=True)
+    lib.mkdir(mode=0o755)
+    for name, src in packages.items():
+        (lib / name).symlink_to(src, target_is_directory=True)
+    return lib
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
@@ -178,6 +188,7 @@ class ExecutorPool:
             d.mkdir(mode=0o711)
         self._names = itertools.count(1)
         self.packages = runtime_packages()
+        self.lib_dir = runtime_lib_dir(self.workdir / "lib", self.packages)
         self.subtree: Optional[Subtree] = None
         if self.cgroups:
             # Stable across restarts (so orphans are found), distinct per agent on one host.
@@ -191,16 +202,23 @@ class ExecutorPool:
         image = msg.get("image") or None
         runtime = msg.get("runtime") or (self.container_runtime if image else "none")
         # The group is never the sender's to choose: _spawn_executor takes it from the user database.
-        key = (slot.slot_id, int(msg["uid"]), msg["entrypoint"], msg["code_dir"], image, runtime, int(msg["mem_mb"]))
+        # The version (the function's last change) is part of the key: a re-registered
+        # function never runs on an executor that imported its old code.
+        key = (slot.slot_id, int(msg["uid"]), msg["entrypoint"], msg["code_dir"], image, runtime, int(msg["mem_mb"]),
+               str(msg.get("version") or ""))
         for ex in self.executors.values():
             if ex.key == key and ex.idle:
                 return ex
+        fn_id = msg.get("function_id")
+        for ex in list(self.executors.values()):
+            if ex.idle and fn_id is not None and ex.function_id == fn_id and ex.key[-1] != key[-1]:
+                self._stop(ex, "the function was changed (re-registered or updated)")
         ex = self._spawn_executor(key, slot)
-        ex.function_id = msg.get("function_id")
+        ex.function_id = fn_id
         return ex
 
     def _spawn_executor(self, key: tuple, slot: Slot) -> Executor:
-        slot_id, uid, entrypoint, code_dir, image, runtime, mem_mb = key
+        slot_id, uid, entrypoint, code_dir, image, runtime, mem_mb, _version = key
         found = program(runtime)  # ContainerError: unknown or missing runtime
         identity, account = user_identity(uid, self.node)  # ConfinementError: no such user here
         problem = as_user.call_as(uid, check_image, runtime, image) if runtime != "none" else None
@@ -222,7 +240,9 @@ class ExecutorPool:
                "LOGNAME": account.pw_name, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "SLURM_FAAS_JOB_ID": str(slot.job_id), "SLURM_FAAS_SLOT": slot_id}
         if runtime == "none":
-            env["PYTHONPATH"] = ":".join(dict.fromkeys(str(Path(p).parent) for p in self.packages.values()))
+            # Only the executor's own packages, never the agent's whole environment: a
+            # function imports what its code directory (or image) brings (docs/functions.md).
+            env["PYTHONPATH"] = str(self.lib_dir)
             python, code, rdir, ctl, binds = self.host_python, code_dir, str(run_dir), str(ctl_dir), ()
         else:
             env["PYTHONPATH"] = LIB_DIR
@@ -332,7 +352,9 @@ class ExecutorPool:
                     self.report(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
                 else:
                     self.report(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
-                                error=msg.get("error"), cpus=msg.get("cpus"), run_s=ex.idle_since - run.started)
+                                error=msg.get("error"), traceback=P.text_tail(msg.get("traceback"), P.MAX_ERROR_CHARS),
+                                output=P.text_tail(msg.get("output"), P.MAX_OUTPUT_BYTES), cpus=msg.get("cpus"),
+                                run_s=ex.idle_since - run.started)
                 if ex.cgroup is not None and len(ex.cgroup.pids()) > 1:
                     self._stop(ex, "the function left processes behind")  # a fresh executor next time
                 self._start_waiting(run.slot_id)

@@ -45,23 +45,59 @@ def make_client(ctx: click.Context) -> Client:
     return client
 
 
+class CommandFailed(click.ClickException):
+    """A failure whose document (with ``-o json``) the command has printed already."""
+
+
+def fail(output: Optional[str], code: str, message: str) -> None:
+    """Stop with ``message`` on stderr and a non-zero exit; with ``-o json`` an error
+    document {"error": {"code", "message"}} on stdout first, so scripts always get JSON."""
+    if output == "json":
+        emit_json({"error": {"code": code, "message": message}})
+    raise CommandFailed(message)
+
+
 def friendly_errors(f: Callable) -> Callable:
-    """Turn the client's typed errors into one-line messages and a non-zero exit."""
+    """Turn the client's typed errors into one-line messages and a non-zero exit (and,
+    with ``-o json``, an error document on stdout)."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        output = kwargs.get("output")
         try:
             return f(*args, **kwargs)
+        except (CommandFailed, click.UsageError):
+            raise
         except RequestError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (Unavailable, AuthError, TimeoutError) as exc:
-            raise click.ClickException(str(exc)) from None
+            fail(output, exc.code, str(exc))
+        except Unavailable as exc:
+            fail(output, "unavailable", str(exc))
+        except AuthError as exc:
+            fail(output, "auth", str(exc))
+        except TimeoutError as exc:
+            fail(output, "timeout", str(exc))
+        except click.ClickException as exc:
+            fail(output, "failed", exc.message)
 
     return wrapper
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=1, sort_keys=True))
+    # allow_nan=False: NaN and Infinity are not JSON, and scripts' parsers refuse them.
+    click.echo(json.dumps(value, indent=1, sort_keys=True, allow_nan=False))
+
+
+def emit_line(value: Any) -> None:
+    """One JSON document on one line (JSON lines)."""
+    click.echo(json.dumps(value, sort_keys=True, allow_nan=False))
+
+
+def strict_json(text: str) -> Any:
+    """A stored value, refusing NaN and Infinity (an older executor let them through)."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def emit_rows(output: str, rows: list, header: str, line: Callable[[dict], str]) -> None:

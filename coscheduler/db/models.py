@@ -93,6 +93,12 @@ class Function(Base):
     updated_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
     deleted_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)
 
+    @property
+    def version(self) -> str:
+        """The function's last change: RUN carries it, and agents retire warm executors
+        that imported an older version."""
+        return (self.updated_at or self.created_at).isoformat()
+
 
 class Slot(Base):
     """Capacity one batch job lends on one node (one lend record)."""
@@ -148,6 +154,9 @@ class Invocation(Base):
     result: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # JSON text
     error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     ran_on_cpus: Mapped[Optional[list]] = mapped_column(JSON(none_as_null=True), nullable=True)  # as the executor saw them
+    # Since migration 0004: the function's traceback and the end of its stdout and stderr.
+    traceback: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    output: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     dispatched_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)

@@ -47,3 +47,17 @@ def test_database_from_the_config_file_and_errors_in_one_line(tmp_path, monkeypa
     assert r.exit_code == 1 and "cannot read the configuration file" in r.output
     r = CliRunner().invoke(main, ["db", "--db", "postgresql+psycopg://u:secret@127.0.0.1:9/x", "current"])
     assert r.exit_code == 1 and r.output.startswith("Error: cannot read") and "secret" not in r.output
+
+
+def test_options_after_the_subcommand(tmp_path, monkeypatch):
+    """``db current --config F`` as the docs show it, and the same with --db."""
+    monkeypatch.delenv("FAAS_DB_URL", raising=False)
+    monkeypatch.delenv("FAAS_CONFIG", raising=False)
+    conf = tmp_path / "coscheduler.toml"
+    conf.write_text(f'db_url = "sqlite:///{tmp_path / "q.db"}"\n')
+    r = CliRunner().invoke(main, ["db", "upgrade", "--config", str(conf)])
+    assert r.exit_code == 0 and "q.db" in r.output, r.output
+    r = CliRunner().invoke(main, ["db", "current", "--config", str(conf)])
+    assert r.exit_code == 0 and f"revision {Database.head_revision()}" in r.output
+    r = CliRunner().invoke(main, ["db", "current", "--db", f"sqlite:///{tmp_path / 'other.db'}"])
+    assert r.exit_code == 1 and "other.db" in r.output

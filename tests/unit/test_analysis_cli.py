@@ -59,6 +59,9 @@ def test_plots_and_html(tmp_path):
     assert (out / "utilisation_cdf.png").stat().st_size > 1000
     text = html.read_text()
     assert "data:image/png;base64," in text and "<img" in text and "src=\"http" not in text
+    # it opens with the headline table, before the detailed summary
+    assert text.index('<table class="headline">') < text.index("<pre>")
+    assert "<th>CPU used, share of allocated core-seconds</th>" in text and "placements evicted" in text
 
 
 def test_errors_are_click_exceptions(tmp_path):

@@ -2,17 +2,35 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import click
 
 
+def _source_options(f: Callable) -> Callable:
+    """--db and --config, taken before the subcommand or after it (``db current --config F``)."""
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="the co-scheduler's configuration file")(f)
+    return click.option("--db", "db_url", metavar="URL", help="the database (SQLAlchemy URL); default: db_url "
+                        "of the co-scheduler's configuration ($FAAS_DB_URL, $FAAS_CONFIG or "
+                        "/etc/slurm-faas/coscheduler.toml)")(f)
+
+
+def _subcommand(f: Callable) -> Callable:
+    """A db subcommand: its own --db/--config win over the group's."""
+    @functools.wraps(f)
+    def wrapper(ctx, db_url: Optional[str], config_path: Optional[Path], **kw: Any) -> Any:
+        group_config, group_url = ctx.obj["db_source"]
+        ctx.obj["db_source"] = (config_path or group_config, db_url or group_url)
+        return f(ctx, **kw)
+
+    return click.pass_context(_source_options(wrapper))
+
+
 @click.group("db")
-@click.option("--db", "db_url", metavar="URL", help="the database (SQLAlchemy URL); default: db_url of the "
-              "co-scheduler's configuration ($FAAS_DB_URL, $FAAS_CONFIG or /etc/slurm-faas/coscheduler.toml)")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="the co-scheduler's configuration file")
+@_source_options
 @click.pass_context
 def db_group(ctx, db_url: Optional[str], config_path: Optional[Path]) -> None:
     """The co-scheduler's database schema (Alembic migrations shipped with slurm-faas)."""
@@ -44,7 +62,7 @@ def _database(ctx, doing: str) -> Iterator[tuple[Any, str]]:
 
 
 @db_group.command("current")
-@click.pass_context
+@_subcommand
 def current(ctx):
     """Show the schema revision the database is at, and the newest one; exit 1 if behind."""
     with _database(ctx, "read") as (database, shown):
@@ -55,7 +73,7 @@ def current(ctx):
 
 
 @db_group.command("upgrade")
-@click.pass_context
+@_subcommand
 def upgrade(ctx):
     """Migrate the database to the newest schema (creates it when empty; idempotent).
 

@@ -13,6 +13,7 @@ import filecmp
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -79,6 +80,22 @@ def _write_text(dst: Path, text: str) -> bool:
         return _install_file(src, dst, 0o644)
 
 
+def spool_problem(spool: str) -> Optional[str]:
+    """Why the plugin could not write lend records into ``spool`` on this node (it lends
+    nothing then, job after job), or None."""
+    try:
+        st = os.lstat(spool)
+    except OSError as exc:
+        return (f"spool={spool}: {exc.strerror}; create it (mkdir -m 0700 {spool}, owned by root) on every node, "
+                "or pass --no-spool-check when installing into a node image")
+    if not stat.S_ISDIR(st.st_mode):
+        return f"spool={spool} is not a directory (a link is not accepted either)"
+    if st.st_uid != 0 or st.st_mode & 0o077:
+        return (f"spool={spool} must be root's and 0700 (lend records are for root alone); "
+                f"it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}")
+    return None
+
+
 @click.command("install-plugin")
 @click.option("--plugin-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where Slurm loads plugins from [default: PluginDir of `scontrol show config`, "
@@ -87,16 +104,18 @@ def _write_text(dst: Path, text: str) -> bool:
               show_default=True, help="the directory plugstack.conf includes")
 @click.option("--ignore-version-mismatch", is_flag=True,
               help="install even when the headers' Slurm version differs from the running one (not advised)")
+@click.option("--no-spool-check", is_flag=True,
+              help="do not check that the spool directory exists here, root's and 0700 (a node image)")
 @click.argument("args", nargs=-1)
 def install_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path, ignore_version_mismatch: bool,
-                           args: tuple[str, ...]) -> None:
+                           no_spool_check: bool, args: tuple[str, ...]) -> None:
     """Build and install the SPANK plugin. ARGS are its plugstack.conf arguments, e.g.
     spool=/var/spool/slurm-faas reserve_cores=1 (see `man`-style docs/spank_faas.8.md)."""
     from spank_plugin.core import ConfigError, parse_config
     from spank_plugin.plugin_build import PluginBuildError, build_plugin, plugstack_line, slurm_header_version
 
     try:
-        parse_config(args)
+        config = parse_config(args)
     except ConfigError as exc:
         raise click.ClickException(f"bad plugin argument {exc}") from None
     try:
@@ -112,6 +131,9 @@ def install_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path, igno
             f"the Slurm headers are version {headers} but the running Slurm is {running}: Slurm would refuse "
             f"the plugin. Install the libslurm-dev of {running} (or run this on a machine with matching "
             "headers); nothing was installed")
+    problem = None if no_spool_check else spool_problem(config.spool_dir)
+    if problem is not None:
+        raise click.ClickException(f"{problem}; nothing was installed")
     if plugin_dir is None:
         plugin_dir, source = find_plugin_dir()
         click.echo(f"PluginDir {plugin_dir} (from {source})")

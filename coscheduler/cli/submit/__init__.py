@@ -11,7 +11,7 @@ from .invoke import invoke_command
 from .list import list_command
 from .register import register_command, update_command
 from .result import result_command
-from .status import status_command
+from .status import output_command, status_command
 from .wait import wait_command
 
 
@@ -21,5 +21,6 @@ def main() -> None:
 
 
 for _command in (register_command, update_command, functions_command, show_command, delete_command,
-                 invoke_command, status_command, result_command, wait_command, cancel_command, list_command):
+                 invoke_command, status_command, output_command, result_command, wait_command, cancel_command,
+                 list_command):
     main.add_command(_command)

@@ -7,8 +7,30 @@ from pathlib import Path
 
 import click
 
-from ..common import emit, friendly_errors, make_client, output_option
-from .result import print_result
+from ..common import CommandFailed, emit, emit_json, friendly_errors, make_client, output_option
+from .result import explain_failure, failure_summary, print_result, result_doc
+from .wait import wait_all, wait_one
+
+
+def _read_payload(value: str) -> str:
+    """--payload: JSON text, ``@FILE`` (its contents) or ``-`` (stdin): large payloads
+    need not fit on a command line."""
+    if value == "-":
+        text = sys.stdin.read()
+    elif value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}", param_hint="--payload") from None
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(f"{value[1:]}: not UTF-8 text: {exc}", param_hint="--payload") from None
+    else:
+        text = value
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    return text.strip()
 
 
 def _read_batch(path: Path) -> list[str]:
@@ -36,7 +58,8 @@ def _read_batch(path: Path) -> list[str]:
 
 @click.command("invoke")
 @click.argument("name")
-@click.option("--payload", default=None, help="the argument, as JSON [default: null]")
+@click.option("--payload", default=None,
+              help="the argument as JSON, @FILE (read from FILE) or - (from stdin) [default: null]")
 @click.option("--batch", "batch_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="FILE.jsonl: one invocation per line, each line its JSON payload")
 @click.option("--priority", type=int, default=0, show_default=True, help="priority class (higher first)")
@@ -52,20 +75,17 @@ def invoke_command(ctx, name, payload, batch_file, priority, wait, wait_timeout,
             raise click.UsageError("give --payload or --batch, not both")
         _invoke_batch(ctx, name, batch_file, priority, wait, wait_timeout, output)
         return
-    payload = "null" if payload is None else payload
-    try:
-        json.loads(payload)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    payload = "null" if payload is None else _read_payload(payload)
     client = make_client(ctx)
     inv_id = client.invoke(name, payload, priority)
     if not wait:
         emit(output, {"invocation_id": inv_id}, str(inv_id))
         return
-    final = client.wait(inv_id, wait_timeout)
-    if final["state"] != "SUCCEEDED":
-        raise click.ClickException(f"invocation {inv_id} ended {final['state']}: {final.get('error')}")
-    print_result(inv_id, client.result_json(inv_id), output)
+    wait_one(client, inv_id, wait_timeout)
+    row = client.results([inv_id])[0]
+    if "value_json" not in row:
+        explain_failure(row, output)
+    print_result(inv_id, row["value_json"], output)
 
 
 def _invoke_batch(ctx, name, path, priority, wait, wait_timeout, output) -> None:
@@ -85,10 +105,15 @@ def _invoke_batch(ctx, name, path, priority, wait, wait_timeout, output) -> None
     if not wait:
         emit(output, {"invocation_ids": ids}, "\n".join(map(str, ids)))
         return
-    rows = client.wait_many(ids, wait_timeout)
+    done = wait_all(client, ids, wait_timeout)
+    rows = client.results(ids) if output == "json" else [done[i] for i in ids]
     states: dict[str, int] = {}
-    for row in rows.values():
+    for row in rows:
         states[row["state"]] = states.get(row["state"], 0) + 1
-    emit(output, {"invocation_ids": ids, "states": states}, " ".join(f"{k} {v}" for k, v in sorted(states.items())))
-    if set(states) != {"SUCCEEDED"}:
-        raise click.ClickException(f"{len(ids) - states.get('SUCCEEDED', 0)} of {len(ids)} invocations did not succeed")
+    if output == "json":  # the ids with their states and values, in the order of the file
+        emit_json({"invocation_ids": ids, "states": states, "invocations": [result_doc(r) for r in rows]})
+    else:
+        click.echo(" ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    summary = failure_summary(rows)
+    if summary:
+        raise CommandFailed(summary)

@@ -20,9 +20,9 @@ STATES = [st.value for st in State]
 @click.pass_context
 @friendly_errors
 def list_command(ctx, states, function, limit, all_users, output):
-    """List your invocations, newest first."""
+    """List your invocations, newest first (a queued one with the reason it waits)."""
     rows = make_client(ctx).list(states=[s.upper() for s in states], function=function, limit=limit,
                                  all_users=all_users)
     emit_rows(output, rows, f"{'ID':>8} {'FUNCTION':<20} {'STATE':<10} {'TRIES':>5} {'NODE':<8} CREATED",
               lambda r: f"{r['invocation_id']:>8} {r['function']:<20} {r['state']:<10} {r['attempts']:>5} "
-                        f"{r['node'] or '-':<8} {r['created_at']}")
+                        f"{r['node'] or '-':<8} {r['created_at']}" + (f"  ({r['reason']})" if r.get("reason") else ""))

@@ -42,7 +42,8 @@ def _function_options(f: Callable, defaults: bool) -> Callable:
                      show_default=defaults, help="seconds; only lends lasting this long are used"),
         click.option("--max-attempts", type=click.IntRange(min=1), default=d(3), show_default=defaults,
                      help="runs allowed when evictions cut it short"),
-        click.option("--image", default=None, help="container image (directory, SquashFS or SIF) to run it in"),
+        click.option("--image", default=None,
+                     help="container image (directory, SquashFS or SIF) to run it in (made absolute here)"),
         click.option("--runtime", type=click.Choice(RUNTIME_NAMES),
                      default=None, help="container runtime for --image (default: the agent's)"),
     ]
@@ -57,6 +58,12 @@ def _register_options(f: Callable) -> Callable:
 
 def _update_options(f: Callable) -> Callable:
     return _function_options(f, defaults=False)
+
+
+def _absolute(path: Optional[str]) -> Optional[str]:
+    """A path as the co-scheduler and the nodes must see it: absolute, resolved here,
+    where the user typed it (a relative path means nothing to a daemon)."""
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def _check_entrypoint(entrypoint: Optional[str]) -> None:
@@ -75,8 +82,8 @@ def register_command(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, 
     _check_entrypoint(entrypoint)
     # No gid: the co-scheduler takes the function's group from its user database.
     fid = make_client(ctx).register(
-        name=name, entrypoint=entrypoint, code_dir=str(code_dir.resolve()), cores=cores, mem_mb=mem_mb,
-        timeout_s=timeout_s, max_attempts=max_attempts, image=image, runtime=runtime,
+        name=name, entrypoint=entrypoint, code_dir=_absolute(code_dir), cores=cores, mem_mb=mem_mb,
+        timeout_s=timeout_s, max_attempts=max_attempts, image=_absolute(image), runtime=runtime,
     )
     emit(output, {"function_id": fid, "name": name}, f"registered {name} (id {fid})")
 
@@ -90,9 +97,9 @@ def register_command(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, 
 def update_command(ctx, name, entrypoint, code_dir, cores, mem_mb, timeout_s, max_attempts, image, runtime, output):
     """Change some settings of function NAME; the others stay."""
     _check_entrypoint(entrypoint)
-    changes = {k: v for k, v in dict(entrypoint=entrypoint, code_dir=str(code_dir.resolve()) if code_dir else None,
-                                     cores=cores, mem_mb=mem_mb, timeout_s=timeout_s, max_attempts=max_attempts,
-                                     image=image, runtime=runtime).items() if v is not None}
+    changes = {k: v for k, v in dict(entrypoint=entrypoint, code_dir=_absolute(code_dir), cores=cores, mem_mb=mem_mb,
+                                     timeout_s=timeout_s, max_attempts=max_attempts, image=_absolute(image),
+                                     runtime=runtime).items() if v is not None}
     if not changes:
         raise click.UsageError("nothing to change: give at least one option")
     fn = make_client(ctx).update(name, **changes)

@@ -111,6 +111,32 @@ def text_summary(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(result: dict) -> list[tuple[str, str]]:
+    """The few figures a sysadmin puts on a slide, as (what, value) rows."""
+    a = result["analysis"]
+    rows = [("jobs analysed", f"{a['jobs']:,}"),
+            ("CPU used, share of allocated core-seconds", _pct(a["cpu"]["used_share_by_core_seconds"])),
+            ("memory used, share of requested", _pct(a["memory"]["used_share_by_core_seconds"])),
+            ("idle core-hours inside jobs", f"{a['cpu']['spare_core_seconds'] / 3600:,.0f}")]
+    ip = a.get("idle_periods")
+    if ip:
+        rows.append((f"cluster idle share ({ip['capacity']} processors)", _pct(ip["cluster_idle_share"])))
+    sim = result.get("simulation")
+    if sim and "walltime_aware" in sim["scenarios"]:
+        s = sim["scenarios"]["walltime_aware"]
+        scaled = " (scaled estimate)" if sim["scale"] > 1 else ""
+        rows += [(f"idle core-seconds recovered by functions ({sim['mix']['name']} mix)",
+                  _pct(s["recovered_share_of_spare"])),
+                 (f"core-hours recovered{scaled}", f"{s['estimated_total']['recovered_core_seconds'] / 3600:,.0f}"),
+                 ("placements evicted", _pct(s["eviction_share"]))]
+    return rows
+
+
+def headline_html(result: dict) -> str:
+    cells = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline(result))
+    return f'<table class="headline">\n{cells}\n</table>'
+
+
 def write_plots(result: dict, analysis: Analysis, outdir: Path) -> list[Path]:
     """Write the PNGs a sysadmin puts on a slide; returns their paths."""
     import matplotlib
@@ -183,15 +209,25 @@ def write_plots(result: dict, analysis: Analysis, outdir: Path) -> list[Path]:
 
         t0 = result.get("time_origin", 0.0)
         days = sim["bin_s"] / 86400.0
+        # A sample scaled up can claim more cores than the machine has: cap at its size.
+        capacity = (result["analysis"].get("idle_periods") or {}).get("capacity")
         fig, ax = plt.subplots(figsize=(7, 4))
         for key, s in sim["scenarios"].items():
             if not s["series"]:
                 continue
             xs = [dt.datetime.fromtimestamp(t0 + t, dt.timezone.utc) for t, _ in s["series"]]
             ys = [v / sim["bin_s"] for _, v in s["series"]]  # mean cores recovered in the bin
+            if capacity:
+                ys = [min(y, capacity) for y in ys]
             ax.plot(xs, ys, drawstyle="steps-post", label=key.replace("_", "-"), linewidth=0.8)
+        if capacity:
+            ax.axhline(capacity, color="grey", linestyle=":", label=f"machine: {capacity} processors")
         ax.set_ylabel(f"cores recovered (mean over {days:g} d)")
-        ax.set_title(f"{title}: recovered capacity ({sim['mix']['name']} mix, est.)")
+        ax.set_title(f"{title}: recovered capacity ({sim['mix']['name']} mix)")
+        if sim["scale"] > 1:
+            ax.text(0.01, 0.98, f"scaled estimate: a {sim['sample_rate']:.3g} sample x{sim['scale']:.3g}"
+                    + (f", capped at {capacity} processors" if capacity else ""), transform=ax.transAxes,
+                    va="top", fontsize=7, color="dimgrey")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.autofmt_xdate()
@@ -219,11 +255,15 @@ def write_html(result: dict, analysis: Analysis, path: Path) -> None:
 <title>slurm-faas analysis: {html.escape(result['source_name'])}</title>
 <style>
 body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }}
+table.headline {{ border-collapse: collapse; font-size: 1.1em; margin: 1em 0; }}
+table.headline th, table.headline td {{ border-bottom: 1px solid #ddd; padding: 0.4em 1em; text-align: left; }}
+table.headline td {{ font-weight: bold; }}
 pre {{ background: #f5f5f5; padding: 1em; overflow-x: auto; font-size: 0.85em; }}
 figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
 </style></head><body>
 <h1>slurm-faas: idle capacity of {html.escape(result['source_name'])}</h1>
-<h2>Summary</h2>
+{headline_html(result)}
+<h2>Details</h2>
 <pre>{html.escape(text_summary(result))}</pre>
 <h2>Figures</h2>
 {body}
