@@ -59,6 +59,7 @@ setup(
         "sqlalchemy>=2.0",
         "click>=8.1",
         "alembic>=1.12",  # the co-scheduler's schema migrations (coscheduler/migrations)
+        "prometheus-client>=0.17",  # the co-scheduler's /metrics (coscheduler/prometheus.py)
         "tomli>=1.1; python_version < '3.11'",  # the co-scheduler's TOML configuration
     ],
     extras_require={

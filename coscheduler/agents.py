@@ -17,6 +17,7 @@ May not touch: client requests, placement, Slurm (reconcile.py asks it and calls
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import secrets
@@ -47,6 +48,8 @@ class AgentRoom:
         # Other agent message kinds (leases.py): kind -> handler(session, transaction, session, msg).
         self.handlers: dict[str, Callable[[Session, AgentSession, dict], None]] = {}
         self.on_revoke: list[Callable[[str, str], None]] = []  # told of every revoked slot (leases.py)
+        self._heard: dict[str, tuple[float, set[int]]] = {}  # node -> (seen, held) of its latest heartbeat
+        self._checked: dict[str, float] = {}  # node -> when its holdings were last checked (monotonic)
         self.started = time.monotonic()
         self._next_orphan_sweep = self.started + hub.config.agent_grace_s
 
@@ -136,6 +139,30 @@ class AgentRoom:
                                 reason="the co-scheduler has no such work on this node")
         D.transition_many(s, changes)
 
+    def _check_held(self, s: Session) -> None:
+        """What heartbeats say agents hold, against the database: work dispatched to a node
+        more than ``dispatch_grace_s`` ago, and before the newest RUN its agent had read when
+        it beat, that the agent does not hold was lost on the way (a RUN it never got) and is
+        requeued. One query for all the nodes due, each node at most once per grace:
+        thousands of heartbeats a second cost a query or two."""
+        grace = self.hub.config.dispatch_grace_s
+        now = time.monotonic()
+        due = {n: heard for n, heard in self._heard.items() if now - self._checked.get(n, 0.0) >= grace}
+        if not due:
+            return
+        for n in due:
+            del self._heard[n]
+            self._checked[n] = now
+        cutoff = D.utcnow() - dt.timedelta(seconds=grace)
+        for chunk in _chunks(sorted(due), 500):
+            for inv in s.scalars(select(D.Invocation).where(
+                    D.Invocation.state.in_([st.value for st in ON_SLOT]), D.Invocation.node.in_(chunk),
+                    D.Invocation.dispatched_at < cutoff)):
+                seen, held = due[inv.node]
+                if inv.id not in held and inv.dispatched_at.timestamp() <= seen + 1e-3:  # clock rounding
+                    D.evict(s, inv, f"agent on {inv.node} does not run it")
+                    self.hub.mark_dirty()
+
     def _requeue_unheld(self, s: Session, node: str, held: set[int], grace_s: float) -> None:
         """Requeue work the database places on ``node`` that its agent does not hold. Only
         work dispatched longer ago than the grace is known lost: a RUN sent a moment ago
@@ -173,6 +200,7 @@ class AgentRoom:
         order they arrived: each run of reports in bulk, every other message in a
         savepoint of its own, so that a bad one is refused alone."""
         acks: dict[str, list[list[int]]] = {}
+        self.hub.metrics.count("agent_messages", len(msgs))
         with self.hub.database.session(write=True) as s:
             run: list[tuple[bytes, dict]] = []
             for identity, msg in msgs:
@@ -185,6 +213,7 @@ class AgentRoom:
                 self._message(s, identity, msg)
             if run:
                 self._reports(s, run, acks)
+            self._check_held(s)
         for node, done in acks.items():  # queued after the commit above (the loop sends them)
             self.hub.send_agent(node, P.ACK, reports=done)
 
@@ -209,11 +238,15 @@ class AgentRoom:
         if kind in self.handlers:
             self.handlers[kind](s, session, msg)
         elif kind == P.HEARTBEAT:
+            self.hub.metrics.count("heartbeats")
             held = msg.get("running", [])
             if not isinstance(held, list) or len(held) > F.MAX_IDS:
                 raise F.invalid("running must be a list of [invocation id, attempt]")
-            self._requeue_unheld(s, node, {h[0] for h in held if isinstance(h, list) and h and isinstance(h[0], int)},
-                                 self.hub.config.dispatch_grace_s)
+            # Checked against the database in bulk, once a grace per node (_check_held), for
+            # work dispatched no later than the newest RUN the agent had read (``seen``).
+            seen = msg.get("seen")
+            seen = float(seen) if isinstance(seen, (int, float)) and not isinstance(seen, bool) else 0.0
+            self._heard[node] = (seen, {h[0] for h in held if isinstance(h, list) and h and isinstance(h[0], int)})
             self._note_warm(msg.get("warm"))
         elif kind == P.LEND:
             self._lend(s, node, msg.get("record"))
@@ -293,11 +326,15 @@ class AgentRoom:
                 if row.slot_id:
                     self.hub.stats.note_warm(row.slot_id, fn_key(row.function_id))
                 self.hub.stats.note_run_time(fn_key(row.function_id), msg.get("run_s"))
+                cpus = msg.get("cpus")
+                self.hub.metrics.result(str(msg.get("outcome"))[:16], msg.get("run_s"),
+                                        len(cpus) if isinstance(cpus, list) else 1)
                 new, values, reason = _outcome(msg)
                 changes.append(D.Change(inv_id, row.state, new, now, reason, values))
                 row.state = new
             else:  # EVICTED
                 self.hub.mark_dirty()
+                self.hub.metrics.count("evictions")
                 changes.extend(D.eviction_changes(row, str(msg.get("reason", "evicted"))[:1000], now,
                                                   unstarted=msg.get("unstarted") is True))
         D.transition_many(s, changes)
@@ -320,6 +357,7 @@ class AgentRoom:
             raise F.invalid(f"lend record {slot_id}: slurm_cpus and os_cpus differ in length")
         s.add(D.Slot(id=slot_id, job_id=job_id, node=node, owner_uid=uid, slurm_cpus=cpus,
                      os_cpus=os_cpus, mem_mb=mem_mb, end_time=end_time, until_min=until))
+        self.hub.lends_to_check.add(slot_id)  # the reconciler asks Slurm for the job's end now
         self.hub.mark_dirty()
         log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot_id, len(cpus), sorted(set(os_cpus)), mem_mb)
 
@@ -332,6 +370,7 @@ class AgentRoom:
         for inv in D.on_slot(s, [slot_id]):
             D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
         self.hub.stats.warm.pop(slot_id, None)
+        self.hub.end_known.discard(slot_id)
         for on_revoke in self.on_revoke:
             on_revoke(slot_id, reason)
         self.hub.mark_dirty()
@@ -375,6 +414,11 @@ class AgentRoom:
         self.hub.mark_dirty()
 
 
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
 def _on_node(s: Session, node: str):
     return list(s.scalars(select(D.Invocation).where(
         D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]))))
@@ -382,7 +426,8 @@ def _on_node(s: Session, node: str):
 
 def _outcome(msg: dict) -> tuple[State, dict, Optional[str]]:
     """A RESULT's new state, the columns it sets, and the reason recorded with it."""
-    values: dict[str, Any] = {"ran_on_cpus": msg.get("cpus") if isinstance(msg.get("cpus"), list) else None}
+    values: dict[str, Any] = {"ran_on_cpus": msg.get("cpus") if isinstance(msg.get("cpus"), list) else None,
+                              "output": P.text_tail(msg.get("output"), P.MAX_OUTPUT_BYTES)}
     if msg.get("outcome") == "ok":
         value = msg.get("value_json")
         values["result"] = value if isinstance(value, str) else "null"
@@ -390,6 +435,7 @@ def _outcome(msg: dict) -> tuple[State, dict, Optional[str]]:
     timeout = msg.get("outcome") == "timeout"
     error = msg.get("error")
     values["error"] = str(error)[:P.MAX_ERROR_CHARS] if error else ("timed out" if timeout else "failed")
+    values["traceback"] = P.text_tail(msg.get("traceback"), P.MAX_ERROR_CHARS)
     return (State.TIMED_OUT if timeout else State.FAILED), values, values["error"][:1000]
 
 

@@ -15,6 +15,14 @@ Example (``/etc/slurm-faas/coscheduler.toml``; every key is optional)::
     agent_grace_s = 60.0          # an agent silent this long loses its work to the queue
     max_request_bytes = 16777216  # the largest request frame (larger: the peer is disconnected)
     check_code = true             # register checks, as the user, that the code can be read
+    max_function_cores = 32       # register refuses functions no lend could ever hold (absent: no bound)
+    max_function_mem_mb = 65536
+
+    [retention]                   # days a finished invocation is kept (absent: forever), by end state
+    succeeded = 7
+    failed = 30
+    timed_out = 30
+    cancelled = 7
 
     [quotas]
     max_queued = 100000           # per user: queued + dispatched + running
@@ -36,6 +44,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from faas_runtime.states import TERMINAL
 
 try:
     import tomllib
@@ -77,6 +87,7 @@ class Config:
     max_batch: int = 1_000
     max_user_priority: int = 10  # priority classes above this are root's (operators' urgent work)
     check_code: bool = True  # register checks, as the user, that the code directory can be read
+    metrics_bind: Optional[str] = None  # host:port of the Prometheus endpoint (None: off)
     queue_window: int = 5_000  # queued invocations claimed per scheduling tick
     user_window: int = 1_000  # of which at most this many per (priority, user)
     # Dispatch-ahead: invocations of short functions wait at the agent behind the one
@@ -89,6 +100,11 @@ class Config:
     max_running: Optional[int] = None  # per user: on slots at once
     user_quotas: dict[int, UserQuota] = field(default_factory=dict)
     shares: dict[int, float] = field(default_factory=dict)
+    # What no lend of this site can hold (None: no bound); register refuses more.
+    max_function_cores: Optional[int] = None
+    max_function_mem_mb: Optional[int] = None
+    # End state (SUCCEEDED ...) -> seconds its invocations are kept; absent: forever.
+    retention_s: dict[str, float] = field(default_factory=dict)
 
     def quota(self, uid: int) -> UserQuota:
         own = self.user_quotas.get(uid, UserQuota())
@@ -105,14 +121,16 @@ ENV = {
     "dispatch_ahead_s": "FAAS_DISPATCH_AHEAD_S", "dispatch_ahead_max": "FAAS_DISPATCH_AHEAD_MAX",
     "max_queued": "FAAS_QUOTA_MAX_QUEUED", "max_running": "FAAS_QUOTA_MAX_RUNNING",
     "agent_grace_s": "FAAS_AGENT_GRACE_S", "max_request_bytes": "FAAS_MAX_REQUEST_BYTES",
-    "max_user_priority": "FAAS_MAX_USER_PRIORITY",
+    "max_user_priority": "FAAS_MAX_USER_PRIORITY", "metrics_bind": "FAAS_METRICS_BIND", "max_function_cores": "FAAS_MAX_FUNCTION_CORES",
+    "max_function_mem_mb": "FAAS_MAX_FUNCTION_MEM_MB",
 }
 _SCALARS = {f.name: f for f in dataclasses.fields(Config) if f.name in ENV}
 BACKENDS = ("auto", "cli", "pyslurm")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-_INTS = {"max_payload_bytes", "max_batch", "queue_window", "user_window", "max_request_bytes"}
+_INTS = {"max_payload_bytes", "max_batch", "queue_window", "user_window", "max_request_bytes",
+         "max_function_cores", "max_function_mem_mb"}
 _COUNTS = {"max_queued", "max_running", "dispatch_ahead_max", "max_user_priority"}  # 0 is valid (a quota of nothing; never)
 _FLOATS = {"tick_s", "reconcile_s", "dispatch_grace_s", "dispatch_ahead_s", "agent_grace_s"}
 
@@ -206,6 +224,8 @@ def _apply_file(cfg: Config, doc: dict, where: str) -> None:
                             **{k: _coerce(k, v, f"{where} [quotas.users.{uid}]") for k, v in limits.items()})
                 else:
                     raise ConfigError(f"{where} [quotas]: unknown key {qk!r}")
+        elif key == "retention" and isinstance(value, dict):
+            cfg.retention_s = _retention(value, f"{where} [retention]")
         elif key == "shares" and isinstance(value, dict):
             for uid, weight in value.items():
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
@@ -213,3 +233,16 @@ def _apply_file(cfg: Config, doc: dict, where: str) -> None:
                 cfg.shares[_uid(uid, where)] = float(weight)
         else:
             raise ConfigError(f"{where}: unknown key {key!r}")
+
+
+def _retention(table: dict, where: str) -> dict[str, float]:
+    """[retention]: end state (lower case) -> days kept; as seconds by state name."""
+    out = {}
+    names = {st.value.lower(): st.value for st in TERMINAL}
+    for key, days in table.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown state {key!r} (one of {', '.join(sorted(names))})")
+        if isinstance(days, bool) or not isinstance(days, (int, float)) or not days > 0:
+            raise ConfigError(f"{where}: {key} must be a positive number of days, not {days!r}")
+        out[names[key]] = float(days) * 86400
+    return out

@@ -14,6 +14,7 @@ what they share):
   schedule   claim, place and dispatch queued invocations (dispatch.py)
   liveness   agents silent past their grace lose their work to the queue (agents.py)
   reconcile  lends of jobs Slurm says ended are revoked (reconcile.py)
+  retention  finished invocations past their age deleted, a chunk a turn (retention.py)
 
 Each step owns its database session (one transaction) and queues what it sends in the
 hub's outbox, which the loop flushes only after the step committed: nothing goes out for
@@ -52,6 +53,7 @@ from .identity import CredentialChecks
 from .leases import install as install_leases
 from .reconcile import Reconciler
 from .requests import ClientRoom
+from .retention import Retention
 from .slurm import SlurmAccess, make_backend
 
 log = logging.getLogger("faas.coscheduler")
@@ -78,7 +80,13 @@ class Coscheduler:
         self.clients = ClientRoom(self.hub, self.checks)
         self.dispatcher = Dispatcher(self.hub)
         self.reconciler = Reconciler(self.hub, slurm, self.agent_room.revoke_slot)
+        self.retention = Retention(self.hub)
         self.leases = install_leases(self.hub, self.clients, self.agent_room, self.dispatcher)
+        self.exporter = None
+        if config.metrics_bind:
+            from .prometheus import Exporter  # prometheus_client only where metrics are served
+
+            self.exporter = Exporter(self.hub, config.metrics_bind)
         self.ctx = zmq.Context()
         self.sock = P.configure(self.ctx.socket(zmq.ROUTER), max_frame_bytes=config.max_request_bytes)
         # No ROUTER_HANDOVER: a connection cannot take over another's name; ZeroMQ names
@@ -109,16 +117,22 @@ class Coscheduler:
             if self.sock in ready:
                 self._guarded(self.step_receive)
             for step in (self.step_verified, self.clients.step_bulk, self.dispatcher.step_schedule,
-                         self.agent_room.step_liveness, self.reconciler.step_reconcile):
+                         self.agent_room.step_liveness, self.reconciler.step_reconcile,
+                         self.retention.step_retention, *self._extra_steps()):
                 if self.stop_requested:
                     break
                 self._guarded(step)
         self.shutdown()
 
+    def _extra_steps(self) -> tuple:
+        return (self.exporter.step_observe,) if self.exporter is not None else ()
+
     def shutdown(self) -> None:
         """Finish the bookkeeping of what already arrived, send its replies, close."""
         log.info("co-scheduler stopping: handling the messages already received")
         self._guarded(self.step_receive)
+        if self.exporter is not None:
+            self.exporter.close()
         self.reconciler.close()
         self.checks.close()
         self.sock.close()
@@ -130,7 +144,7 @@ class Coscheduler:
     def _guarded(self, step: Callable[[], None]) -> None:
         """A failing step is logged and retried next turn; it never kills the daemon."""
         try:
-            step()
+            self.hub.metrics.timed(getattr(step, "__name__", "step"), step)
         except Exception:
             self.hub.outbox.clear()  # its transaction rolled back: send nothing it prepared
             log.exception("step %s failed", getattr(step, "__name__", step))

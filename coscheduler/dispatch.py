@@ -26,6 +26,11 @@ SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 # then claims, places and commits many invocations at once (a pass costs a few database
 # round trips whatever it places). Idle slots are scheduled at once, as before.
 PIPELINED_GAP_S = 0.01
+# A lend record carries no end time (slurmstepd does not know it): the reconciler asks Slurm
+# as soon as a lend arrives (hub.lends_to_check). Until Slurm answered (hub.end_known) a lend
+# is not offered, or a function could be dispatched that cannot finish before the job ends;
+# after this many reconcile rounds without an answer it is offered as unlimited.
+UNKNOWN_END_ROUNDS = 3
 
 
 class Dispatcher:
@@ -69,8 +74,10 @@ class Dispatcher:
         hub.dirty = False
         self._next_schedule = mono + SCHEDULE_EVERY_S
         now = time.time()
+        unknown_end_s = UNKNOWN_END_ROUNDS * hub.config.reconcile_s
         with hub.database.session(write=True) as s:
-            slots = [sl for sl in D.active_slots(s) if sl.node in hub.sessions]
+            slots = [sl for sl in D.active_slots(s) if sl.node in hub.sessions and (
+                sl.end_time is not None or sl.id in hub.end_known or now - sl.lent_at.timestamp() >= unknown_end_s)]
             if not slots:
                 return
             # Per lent core in use, its lane (scheduler.Lane): the invocations on it
@@ -130,6 +137,7 @@ class Dispatcher:
             changes, runs = [], []
             for p in placements:
                 row, slot = by_id[p.invocation_id], slot_by_id[p.slot_id]
+                hub.metrics.observe("queue_wait_seconds", max(0.0, now - row.created_at.timestamp()))
                 fn, cpus = fns[row.function_id], list(p.cpus)
                 os_cpus = slot.os_cpus_of(cpus)
                 changes.append(D.Change(row.id, State.QUEUED, State.DISPATCHED, at, f"on {slot.id} cores {cpus}", {
@@ -140,8 +148,9 @@ class Dispatcher:
                     invocation_id=row.id, attempt=row.attempts + 1, slot_id=slot.id, job_id=slot.job_id,
                     cpus=cpus, os_cpus=os_cpus, mem_mb=p.mem_mb, timeout_s=fn.timeout_s, uid=fn.owner_uid,
                     function_id=fn.id, entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
-                    runtime=fn.runtime, payload_json=payload[row.id])))
+                    runtime=fn.runtime, version=fn.version, payload_json=payload[row.id], sent_at=at.timestamp())))
             D.transition_many(s, changes)
+            hub.metrics.count("dispatched", len(runs))
             for node, fields in runs:  # sent after this transaction commits (the loop's _guarded)
                 hub.send_agent(node, P.RUN, **fields)
             free_cores = {(v.slot_id, c) for v in views for c in v.free_cpus}

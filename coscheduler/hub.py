@@ -14,7 +14,8 @@ other or into the loop (daemon.py). Each gets this hub, which owns:
 - ``stats``: what agents report of each function (recent run time, where it is warm),
   which placement uses;
 - ``cancelling``: functions whose bulk cancel is still being written in chunks: their
-  queued invocations up to an id are never dispatched meanwhile.
+  queued invocations up to an id are never dispatched meanwhile;
+- ``metrics``: each step's durations and the loop's counters (metrics.py).
 
 It may not touch sockets or sessions of the database itself: it holds no transaction.
 """
@@ -28,6 +29,7 @@ from faas_runtime import protocol as P
 
 from . import db as D
 from .config import Config
+from .metrics import LoopMetrics
 
 RUN_TIME_WEIGHT = 0.2  # of the newest report in a function's moving-average run time
 WARM_FOR_S = 30.0  # a slot that ran a function this recently probably holds a warm executor
@@ -90,8 +92,13 @@ class Hub:
         self.by_identity: dict[bytes, AgentSession] = {}
         self.stats = FunctionStats()
         self.cancelling: dict[int, int] = {}  # function id -> highest invocation id being cancelled
+        # Lends whose job's end Slurm has not been asked about yet (reconcile.py asks at once),
+        # and those it has answered for: placement offers a lend only once its end is known.
+        self.lends_to_check: set[str] = set()
+        self.end_known: set[str] = set()
         self.dirty = True
         self.outbox: list[tuple[bytes, list[bytes]]] = []
+        self.metrics = LoopMetrics()
 
     def mark_dirty(self) -> None:
         self.dirty = True

@@ -44,9 +44,10 @@ class Reconciler:
                 return
             self._apply(jobs)
             return
-        if time.monotonic() - self._last < self.hub.config.reconcile_s:
-            return
+        if time.monotonic() - self._last < self.hub.config.reconcile_s and not self.hub.lends_to_check:
+            return  # a new lend is asked about at once: placement waits for its job's end
         self._last = time.monotonic()
+        self.hub.lends_to_check.clear()
         with self.hub.database.session() as s:
             job_ids = {slot.job_id for slot in D.active_slots(s)}
         if self._worker is None:
@@ -82,5 +83,10 @@ class Reconciler:
                 job = jobs[slot.job_id]
                 if job is None or not job.alive:
                     self.revoke_slot(s, slot.id, f"job {slot.job_id} is {job.state if job else 'gone'} in Slurm")
-                elif slot.end_time is None and job.end_time is not None:
-                    slot.end_time = job.end_time
+                    continue
+                if job.end_time is not None and slot.end_time != job.end_time:
+                    slot.end_time = job.end_time  # learned, or changed (scontrol update TimeLimit=...)
+                    self.hub.mark_dirty()
+                if slot.id not in self.hub.end_known:
+                    self.hub.end_known.add(slot.id)  # Slurm answered: no end time means none
+                    self.hub.mark_dirty()

@@ -33,13 +33,15 @@ from . import db as D
 from . import fields as F
 from .hub import Hub, RequestFailed
 from .identity import CredentialChecks
+from .observe import overview
+from .readouts import Readouts
+from .reasons import never_fits
 
 log = logging.getLogger("faas.coscheduler")
 
 CANCELLABLE = [st.value for st, then in ALLOWED.items() if State.CANCELLED in then]  # queued or on a slot
 UNAUTHENTICATED = frozenset({P.PING, P.AGENTS})  # liveness: answered at once, no credential
 CANCEL_CHUNK = 500  # invocations a bulk cancel writes per loop turn (about 20 ms: bench/bench_trust.py)
-MAX_LIST = 100_000
 
 
 @dataclass
@@ -61,6 +63,7 @@ class ClientRoom:
         # Other request kinds (leases.py): kind -> handler(transaction, uid, msg) -> reply fields.
         self.handlers: dict[str, Callable[[Session, int, dict], dict]] = {}
         self.bulk: list[BulkCancel] = []
+        self.readouts = Readouts(hub)
         self.check_code = hub.config.check_code and code_check.can_check()
         if hub.config.check_code and not self.check_code:
             log.warning("not root: register cannot check code directories as their users (the executor will)")
@@ -154,15 +157,24 @@ class ClientRoom:
                 raise F.invalid("a batch carries a non-empty list of payloads")
             return {"invocation_ids": self._invoke(s, uid, msg.get("function"), payloads, msg.get("priority", 0))}
         if kind == P.STATUS:
-            return _status(self._owned(s, uid, msg))
+            return self.readouts.status(s, uid, msg)
         if kind == P.RESULT_GET:
-            return _result_of(self._owned(s, uid, msg))
+            return self.readouts.result(s, uid, msg)
+        if kind == P.RESULTS:
+            return self.readouts.results(s, uid, msg)
+        if kind == P.OUTPUT_GET:
+            return self.readouts.output(s, uid, msg)
         if kind == P.CANCEL_INVOCATION:
             return self._cancel(s, self._owned(s, uid, msg))
         if kind == P.CANCEL_FUNCTION:
             return self._cancel_function(s, identity, msg.get("rid"), self._function(s, uid, msg.get("function")))
         if kind == P.LIST:
-            return self._list(s, uid, msg)
+            fn = self._function(s, uid, msg["function"]) if msg.get("function") else None
+            return self.readouts.listing(s, uid, msg, fn)
+        if kind in (P.STATS, P.OVERVIEW):
+            if uid != 0:
+                raise RequestFailed(P.E_AUTH, "the co-scheduler's statistics are root's")
+            return self.hub.metrics.snapshot() if kind == P.STATS else overview(self.hub, s)
         if kind == P.SLOTS:
             return {"slots": [_slot_row(sl) for sl in s.scalars(select(D.Slot).order_by(D.Slot.lent_at))]}
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, kind)
@@ -190,6 +202,9 @@ class ClientRoom:
             raise F.invalid("a function needs an entrypoint (module:function or path/lib.so:symbol)")
         if not fn.code_dir:
             raise F.invalid("a function needs a code directory")
+        problem = never_fits(fn, self.hub.config.max_function_cores, self.hub.config.max_function_mem_mb)
+        if problem is not None:
+            raise F.invalid(f"no node of this site could ever run it: {problem}")
         if self.check_code:
             problem = code_check.code_problem(fn.owner_uid, fn.code_dir, fn.entrypoint)
             if problem is not None:
@@ -283,11 +298,7 @@ class ClientRoom:
         return ids
 
     def _owned(self, s: Session, uid: int, msg: dict) -> D.Invocation:
-        inv_id = F.whole(msg.get("invocation_id"), "invocation_id", 1, F.INT64_MAX)
-        inv = s.get(D.Invocation, inv_id)
-        if inv is None or (inv.owner_uid != uid and uid != 0):
-            raise RequestFailed(P.E_NOT_FOUND, f"no invocation {inv_id} of yours")
-        return inv
+        return self.readouts.owned(s, uid, msg.get("invocation_id"))
 
     def _cancel(self, s: Session, inv: D.Invocation, reason: str = "cancelled by its owner") -> dict:
         if State(inv.state) in TERMINAL:
@@ -341,34 +352,6 @@ class ClientRoom:
         self.hub.send_agent(node, P.CANCEL, invocation_id=inv_id, attempt=attempt, reason=reason)
         self.hub.mark_dirty()
 
-    def _list(self, s: Session, uid: int, msg: dict) -> dict:
-        inv_t = D.Invocation  # columns only: a listing never loads payloads or results
-        q = select(inv_t.id, D.Function.name, inv_t.state, inv_t.attempts, inv_t.priority, inv_t.node,
-                   inv_t.job_id, inv_t.created_at, inv_t.updated_at, inv_t.error
-                   ).join(D.Function, inv_t.function_id == D.Function.id)
-        if uid != 0 or not msg.get("all_users"):
-            q = q.where(D.Invocation.owner_uid == uid)
-        states = msg.get("states")
-        if states:
-            if not isinstance(states, list) or len(states) > len(State):
-                raise F.invalid("states must be a list of state names")
-            bad = [st for st in states if st not in State.__members__]
-            if bad:
-                raise F.invalid(f"unknown state {str(bad[0])[:40]!r}")
-            q = q.where(D.Invocation.state.in_(states))
-        if msg.get("function"):
-            fn = self._function(s, uid, msg["function"])
-            q = q.where(D.Invocation.function_id == fn.id)
-        if msg.get("ids"):
-            q = q.where(D.Invocation.id.in_(F.ids(msg["ids"])))
-        limit = F.whole(msg.get("limit") or 100, "limit", 1, MAX_LIST)
-        rows = s.execute(q.order_by(D.Invocation.id.desc()).limit(limit)).all()
-        return {"invocations": [
-            {"invocation_id": r.id, "function": r.name.split("#deleted-")[0], "state": r.state,
-             "attempts": r.attempts, "priority": r.priority, "node": r.node, "job_id": r.job_id,
-             "created_at": r.created_at.isoformat(), "updated_at": r.updated_at.isoformat(),
-             "error": r.error} for r in rows]}
-
 
 def _runtime(value: Any) -> str:
     if value not in RUNTIME_NAMES:
@@ -396,24 +379,6 @@ def _primary_gid(uid: int) -> int:
         return pwd.getpwuid(uid).pw_gid
     except KeyError:
         return uid
-
-
-def _status(inv: D.Invocation) -> dict:
-    return {
-        "invocation_id": inv.id, "function": inv.function.name.split("#deleted-")[0], "state": inv.state,
-        "attempts": inv.attempts, "node": inv.node, "job_id": inv.job_id,
-        "slurm_cpus": inv.slurm_cpus, "os_cpus": inv.os_cpus, "ran_on_cpus": inv.ran_on_cpus,
-        "error": inv.error, "priority": inv.priority,
-        "history": [[e.to_state, e.at.isoformat(), e.reason] for e in inv.events],
-    }
-
-
-def _result_of(inv: D.Invocation) -> dict:
-    if inv.state == State.SUCCEEDED.value:
-        return {"state": inv.state, "value_json": inv.result}
-    if State(inv.state) in TERMINAL:
-        raise RequestFailed(P.E_NOT_FOUND, f"invocation {inv.id} ended {inv.state}: {inv.error}")
-    raise RequestFailed(P.E_NOT_READY, f"invocation {inv.id} is {inv.state}; no result yet")
 
 
 def _fn_row(fn: D.Function) -> dict:

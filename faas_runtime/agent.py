@@ -118,6 +118,7 @@ class Agent(ExecutorPool, Invocations, HotLeases):
     _last_hello: float = -1e9  # monotonic
     _hello_nonce: Optional[str] = None
     _session_key: Optional[bytes] = None  # from the WELCOME; every later message is MACed with it
+    seen_run: float = 0.0  # sent_at of the newest RUN read (heartbeats carry it)
     _spool_watcher: Optional[SpoolWatcher] = None
 
     def __post_init__(self) -> None:
@@ -265,6 +266,9 @@ class Agent(ExecutorPool, Invocations, HotLeases):
         elif kind == P.ERROR:
             log.warning("co-scheduler error: %s: %s", msg.get("code"), msg.get("message"))
         elif kind == P.RUN:
+            # The newest RUN read: the co-scheduler takes work dispatched before it that this
+            # agent does not hold as lost (a RUN still queued on a slow socket is not).
+            self.seen_run = max(self.seen_run, float(msg.get("sent_at") or 0))
             self._start(msg)
         elif kind == P.REVOKE:
             self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
@@ -321,7 +325,7 @@ class Agent(ExecutorPool, Invocations, HotLeases):
         for ex in self.executors.values():
             if ex.idle and ex.function_id is not None:
                 warm.setdefault(ex.slot_id, []).append(ex.function_id)
-        self.send(P.HEARTBEAT, running=self._held(), warm=warm)
+        self.send(P.HEARTBEAT, running=self._held(), warm=warm, seen=self.seen_run)
 
     # -- spool --------------------------------------------------------------------------
 
@@ -396,7 +400,36 @@ class Agent(ExecutorPool, Invocations, HotLeases):
                 self._stop(ex, f"slot {slot.slot_id} revoked: {reason}")
 
 
+DEFAULT_CONFIG = Path("/etc/slurm-faas/agent.toml")
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, path: Optional[Path]) -> Optional[Path]:
+    """--config FILE (else /etc/slurm-faas/agent.toml if it exists): TOML whose keys are the
+    long names of the other options, as their defaults (the command line and the
+    environment still win)."""
+    if path is None and not DEFAULT_CONFIG.exists():
+        return None
+    path = path or DEFAULT_CONFIG
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from None
+    names = {o[2:].replace("-", "_"): p.name for p in ctx.command.params for o in p.opts if o.startswith("--")}
+    unknown = sorted(set(doc) - set(names) - {"config"})
+    if unknown:
+        raise click.BadParameter(f"unknown key {unknown[0]!r} in {path}", param_hint="--config")
+    ctx.default_map = {names[k]: v for k, v in doc.items()}
+    return path
+
+
 @click.command()
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), envvar="FAAS_AGENT_CONFIG",
+              is_eager=True, expose_value=False, callback=_load_config,
+              help="TOML file of option defaults [default: /etc/slurm-faas/agent.toml if present]")
 @click.option("--node", envvar="FAAS_NODE", required=True, help="this node's Slurm name")
 @click.option("--spool", envvar="FAAS_SPOOL", type=click.Path(file_okay=False, path_type=Path),
               default=Path("/var/spool/slurm-faas"), show_default=True, help="the plugin's spool directory")

@@ -109,9 +109,15 @@ FUNCTIONS = "functions"
 FUNCTION_SHOW = "function-show"
 FUNCTION_UPDATE = "function-update"
 FUNCTION_DELETE = "function-delete"
+# RESULTS (ids, or function) -> results: [{invocation_id, state, value_json | error}] in the
+# order asked; OUTPUT_GET (invocation_id) -> state, output: the end of its stdout and stderr.
+RESULTS = "results"
+STATS = "stats"  # root only: the loop's step durations and counters (coscheduler/metrics.py)
+OVERVIEW = "overview"  # root only: agents, queue, throughput, capacity (faas-admin status)
+OUTPUT_GET = "output-get"
 CLIENT_TYPES = frozenset({REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, AGENTS, PING, INVOKE_BATCH,
                           CANCEL_INVOCATION, CANCEL_FUNCTION, LIST, FUNCTIONS, FUNCTION_SHOW, FUNCTION_UPDATE,
-                          FUNCTION_DELETE})
+                          FUNCTION_DELETE, RESULTS, OUTPUT_GET, STATS, OVERVIEW})
 
 # Error codes carried in ERROR replies: clients branch on these, people read ``message``.
 E_MALFORMED = "malformed"
@@ -139,7 +145,14 @@ HIGH_WATER_MARK = 10_000
 # co-scheduler's configuration (max_request_bytes, max_payload_bytes, max_batch).
 MAX_FRAME_BYTES = 64 << 20
 MAX_RESULT_BYTES = 8 << 20  # a function's return value (JSON text); larger is an error result
-MAX_ERROR_CHARS = 16 << 10  # of an error message and traceback kept with an invocation
+MAX_ERROR_CHARS = 16 << 10  # of an error message, and of a traceback, kept with an invocation
+MAX_OUTPUT_BYTES = 64 << 10  # the end of an invocation's stdout and stderr, kept with it
+
+
+def text_tail(value: Any, limit: int) -> Any:
+    """A text field a function produced (its output, its traceback), bounded to its end
+    (the lines nearest the failure matter most); None if it is not text or empty."""
+    return value[-limit:] if isinstance(value, str) and value else None
 
 
 class ProtocolError(Exception):

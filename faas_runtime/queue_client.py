@@ -70,6 +70,14 @@ class Client:
     def ping(self) -> dict:
         return self.request(P.PING, authenticated=False)
 
+    def stats(self) -> dict:
+        """(root) The co-scheduler's step durations and counters."""
+        return self.request(P.STATS)
+
+    def overview(self) -> dict:
+        """(root) Agents, the queue by state and user, throughput, capacity lent and used."""
+        return self.request(P.OVERVIEW)
+
     def agents(self) -> dict[str, float]:
         return self.request(P.AGENTS, authenticated=False)["agents"]
 
@@ -133,11 +141,26 @@ class Client:
     def result_json(self, invocation_id: int) -> str:
         return self.request(P.RESULT_GET, invocation_id=invocation_id)["value_json"]
 
+    def results(self, ids: list[int], chunk: int = 1000) -> list[dict]:
+        """One row per id, in the order given: {invocation_id, state, value_json} once it
+        succeeded, {..., error, traceback} once it failed, the state alone before it ends."""
+        out: list[dict] = []
+        todo = list(ids)
+        while todo:
+            rows = self.request(P.RESULTS, ids=todo[:chunk])["results"]  # a prefix: the reply is bounded
+            out += rows
+            todo = todo[len(rows):]
+        return out
+
+    def output(self, invocation_id: int) -> str:
+        """The end of a finished invocation's stdout and stderr (protocol.MAX_OUTPUT_BYTES)."""
+        return self.request(P.OUTPUT_GET, invocation_id=invocation_id)["output"]
+
     def slots(self) -> list[dict]:
         return self.request(P.SLOTS)["slots"]
 
     def wait_many(self, ids: list[int], timeout_s: Optional[float] = None, poll_s: float = 0.2,
-                  window: int = 1000) -> dict[int, dict]:
+                  window: int = 1000, progress: Optional[Callable[[int], None]] = None) -> dict[int, dict]:
         """Poll until every invocation ends; return {id: its row from ``list``}.
 
         Each poll asks about the first ``window`` invocations not yet seen ending, and moves
@@ -148,9 +171,13 @@ class Client:
         todo = list(dict.fromkeys(ids))
         while todo:
             part = todo[:window]
+            ended = 0
             for row in self.list(ids=part, limit=len(part)):
                 if State(row["state"]) in TERMINAL:
                     done[row["invocation_id"]] = row
+                    ended += 1
+            if progress is not None and ended:
+                progress(ended)  # how many more ended: a progress bar's step
             todo = [i for i in todo if i not in done]
             if any(i not in done for i in part):  # this window is still running: wait
                 if deadline is not None and time.monotonic() > deadline:
@@ -159,13 +186,19 @@ class Client:
                 time.sleep(poll_s)
         return done
 
-    def wait(self, invocation_id: int, timeout_s: Optional[float] = None, poll_s: float = 0.1) -> dict:
-        """Poll until the invocation ends; return its final status."""
+    def wait(self, invocation_id: int, timeout_s: Optional[float] = None, poll_s: float = 0.1,
+             on_change: Optional[Callable[[dict], None]] = None) -> dict:
+        """Poll until the invocation ends; return its final status. ``on_change(status)``
+        hears each new state (and a queued one's new reason)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        seen = None
         while True:
             st = self.status(invocation_id)
             if State(st["state"]) in TERMINAL:
                 return st
+            if on_change is not None and (st["state"], st.get("reason")) != seen:
+                seen = (st["state"], st.get("reason"))
+                on_change(st)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"invocation {invocation_id} is still {st['state']} after {timeout_s:g} s")
             time.sleep(poll_s)
