@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 # slurmdbd + MariaDB (the dev cluster's real accounting: sacct).
 DEB_PACKAGES := slurm-wlm slurm-client munge libmunge-dev libslurm-dev gcc make \
 	python3 python3-venv python3-dev charliecloud-runtime postgresql \
-	libfabric1 libfabric-dev libfabric-bin slurmdbd mariadb-server mariadb-client
+	libfabric1 libfabric-dev libfabric-bin slurmdbd mariadb-server mariadb-client systemd
 APT := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
 # Mutation testing of the policy code (pyproject.toml [tool.mutmut]), fast unit tests only.
