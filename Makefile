@@ -33,7 +33,7 @@ $(VENV)/.installed: setup.py pyproject.toml $(wildcard csrc/*.c csrc/*.h) spank_
 		spank_plugin/_build_core.py faas_runtime/_build_fabric.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[test,postgres,analyze]'
+	$(PY) -m pip install -q -e '.[test,postgres,analyze,python,parsl]'
 	touch $@
 
 venv: deps $(VENV)/.installed

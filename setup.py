@@ -45,7 +45,7 @@ setup(
     description="Backfill the spare cores and memory of Slurm jobs with serverless functions",
     license="BSD-3-Clause",
     python_requires=">=3.9",
-    packages=find_packages(include=["spank_plugin*", "coscheduler*", "faas_runtime*"]),
+    packages=find_packages(include=["spank_plugin*", "coscheduler*", "faas_runtime*", "slurm_faas*"]),
     # The C sources travel with the package so that faas-admin can build the
     # SPANK plugin from an installed (non-editable) copy as well.
     data_files=[("share/slurm-faas/csrc", sorted(glob.glob("csrc/*.[ch]") + glob.glob("csrc/*.lds")))],
@@ -66,6 +66,10 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6"],
         "postgres": ["psycopg[binary]>=3.1"],
         "analyze": ["matplotlib>=3.6"],
+        # The Python API (slurm_faas): functions sent by value (defined in __main__ or a notebook).
+        "python": ["cloudpickle>=2.2"],
+        # Parsl on lent cores (slurm_faas.parsl), and its tests.
+        "parsl": ["parsl>=2024.1"],
     },
     entry_points={
         "console_scripts": [

@@ -62,11 +62,22 @@ def run_fast_agents(endpoint: str, slots: list[tuple[str, int]], cores: int, sto
                         "end_time": 0, "until_min": 0}))
                 elif kind == "error" and msg.get("code") == "unknown-agent":
                     hello(sock, node)
-                elif kind == "run":
-                    ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
-                    sock.send(_encode("started", node=node, **ids))
-                    sock.send(_encode("result", node=node, **ids, outcome="ok", value_json="null",
-                                      cpus=msg["os_cpus"]))
+                elif kind in ("run", "runs"):
+                    runs = msg["runs"] if kind == "runs" else [msg]
+                    if legacy:
+                        for run in runs:
+                            ids = {"invocation_id": run["invocation_id"], "attempt": run["attempt"]}
+                            sock.send(_encode("started", node=node, **ids))
+                            sock.send(_encode("result", node=node, **ids, outcome="ok", value_json="null",
+                                              cpus=run["os_cpus"]))
+                        continue
+                    reports = []
+                    for run in runs:
+                        ids = {"invocation_id": run["invocation_id"], "attempt": run["attempt"]}
+                        reports += [{"type": "started", **ids},
+                                    {"type": "result", **ids, "outcome": "ok", "value_json": "null",
+                                     "cpus": run["os_cpus"]}]
+                    sock.send(_encode("reports", node=node, reports=reports))
         if time.monotonic() >= next_beat:
             for sock, (node, _) in socks.items():
                 sock.send(_encode("heartbeat", node=node, running=[]))

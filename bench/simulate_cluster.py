@@ -180,15 +180,20 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
                 elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
                     welcomed.discard(n)
                     hello(n)
-                elif kind == P.RUN:
-                    seen[n] = max(seen.get(n, 0.0), msg.get("sent_at", 0.0))
-                    key = (msg["invocation_id"], msg["attempt"])
-                    if msg["slot_id"].split("@")[0].isdigit() and int(msg["slot_id"].split("@")[0]) in lent[n]:
-                        running[n][key] = msg["slot_id"]
-                        send(n, P.STARTED, invocation_id=key[0], attempt=key[1])
-                        heapq.heappush(done, (time.time() + rng.expovariate(1 / run_mean), n, *key))
-                    else:
-                        send(n, P.EVICTED, invocation_id=key[0], attempt=key[1], reason="not lent here")
+                elif kind in (P.RUN, P.RUNS):
+                    reports = []
+                    for run in (msg["runs"] if kind == P.RUNS else [msg]):
+                        seen[n] = max(seen.get(n, 0.0), run.get("sent_at", 0.0))
+                        key = (run["invocation_id"], run["attempt"])
+                        job = run["slot_id"].split("@")[0]
+                        if job.isdigit() and int(job) in lent[n]:
+                            running[n][key] = run["slot_id"]
+                            reports.append({"type": P.STARTED, "invocation_id": key[0], "attempt": key[1]})
+                            heapq.heappush(done, (time.time() + rng.expovariate(1 / run_mean), n, *key))
+                        else:
+                            reports.append({"type": P.EVICTED, "invocation_id": key[0], "attempt": key[1],
+                                            "reason": "not lent here"})
+                    send(n, P.REPORTS, reports=reports)
                 elif kind == P.CANCEL:
                     running[n].pop((msg["invocation_id"], msg.get("attempt")), None)
         if time.monotonic() >= next_beat:

@@ -142,8 +142,8 @@ class AgentRoom:
     def _check_held(self, s: Session) -> None:
         """What heartbeats say agents hold, against the database: work dispatched to a node
         more than ``dispatch_grace_s`` ago, and before the newest RUN its agent had read when
-        it beat, that the agent does not hold was lost on the way (a RUN it never got) and is
-        requeued. One query for all the nodes due, each node at most once per grace:
+        it beat (or before its session began), that the agent does not hold was lost on the
+        way (a RUN it never got, or an agent that restarted) and is requeued. One query for all the nodes due, each node at most once per grace:
         thousands of heartbeats a second cost a query or two."""
         grace = self.hub.config.dispatch_grace_s
         now = time.monotonic()
@@ -159,7 +159,9 @@ class AgentRoom:
                     D.Invocation.state.in_([st.value for st in ON_SLOT]), D.Invocation.node.in_(chunk),
                     D.Invocation.dispatched_at < cutoff)):
                 seen, held = due[inv.node]
-                if inv.id not in held and inv.dispatched_at.timestamp() <= seen + 1e-3:  # clock rounding
+                session = self.hub.sessions.get(inv.node)
+                reached = max(seen, session.began if session else 0.0)  # RUNs it has read, or never will
+                if inv.id not in held and inv.dispatched_at.timestamp() <= reached + 1e-3:  # clock rounding
                     D.evict(s, inv, f"agent on {inv.node} does not run it")
                     self.hub.mark_dirty()
 

@@ -13,6 +13,11 @@ import os
 from typing import Optional
 
 from faas_runtime import as_user
+from faas_runtime.pyapi import ENTRYPOINT as PYAPI_ENTRYPOINT
+
+# Entrypoints the executor brings itself (faas_runtime is on every executor's path): only
+# the code directory is the user's to check.
+BUILTIN_ENTRYPOINTS = frozenset({PYAPI_ENTRYPOINT})
 
 
 def can_check() -> bool:
@@ -22,7 +27,9 @@ def can_check() -> bool:
 def code_problem(uid: int, code_dir: str, entrypoint: str) -> Optional[str]:
     """Why ``uid`` could not run ``entrypoint`` from ``code_dir``, or None if it can."""
     target = entrypoint.rpartition(":")[0]
-    if target.endswith(".so") or ".so." in target:
+    if entrypoint in BUILTIN_ENTRYPOINTS:
+        what, candidates = "", []
+    elif target.endswith(".so") or ".so." in target:
         what, candidates = f"the library {target}", [target]
     else:
         base = target.replace(".", "/")
@@ -39,6 +46,8 @@ def _look(code_dir: str, what: str, candidates: list[str]) -> None:
         raise LookupError(f"the code directory {code_dir} does not exist or is not a directory you can enter")
     if not os.access(code_dir, os.R_OK):
         raise LookupError(f"the code directory {code_dir} is not readable by you")
+    if not candidates:
+        return
     for rel in candidates:
         path = os.path.join(code_dir, rel)
         if os.path.exists(path):

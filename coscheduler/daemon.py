@@ -15,6 +15,7 @@ what they share):
   liveness   agents silent past their grace lose their work to the queue (agents.py)
   reconcile  lends of jobs Slurm says ended are revoked (reconcile.py)
   retention  finished invocations past their age deleted, a chunk a turn (retention.py)
+  push       ENDED to the clients subscribed to invocations that ended (subscriptions.py)
 
 Each step owns its database session (one transaction) and queues what it sends in the
 hub's outbox, which the loop flushes only after the step committed: nothing goes out for
@@ -54,6 +55,7 @@ from .leases import install as install_leases
 from .reconcile import Reconciler
 from .requests import ClientRoom
 from .retention import Retention
+from .subscriptions import install as install_subscriptions
 from .slurm import SlurmAccess, make_backend
 
 log = logging.getLogger("faas.coscheduler")
@@ -82,6 +84,7 @@ class Coscheduler:
         self.reconciler = Reconciler(self.hub, slurm, self.agent_room.revoke_slot)
         self.retention = Retention(self.hub)
         self.leases = install_leases(self.hub, self.clients, self.agent_room, self.dispatcher)
+        self.subscriptions = install_subscriptions(self.hub, self.clients)
         self.exporter = None
         if config.metrics_bind:
             from .prometheus import Exporter  # prometheus_client only where metrics are served
@@ -118,7 +121,7 @@ class Coscheduler:
                 self._guarded(self.step_receive)
             for step in (self.step_verified, self.clients.step_bulk, self.dispatcher.step_schedule,
                          self.agent_room.step_liveness, self.reconciler.step_reconcile,
-                         self.retention.step_retention, *self._extra_steps()):
+                         self.retention.step_retention, self.subscriptions.step_push, *self._extra_steps()):
                 if self.stop_requested:
                     break
                 self._guarded(step)
@@ -184,6 +187,8 @@ class Coscheduler:
                         raise P.ProtocolError(P.E_AUTH, self.curve.check_agent(meta, msg.get("node")))
                     if kind == P.HELLO:
                         self._check_hello(identity, msg)
+                    elif kind == P.REPORTS:
+                        agent_msgs.extend((identity, report) for report in _unbatch(msg))
                     else:
                         agent_msgs.append((identity, msg))
                 elif kind in client_kinds:
@@ -222,6 +227,19 @@ class Coscheduler:
                 log.exception("internal error handling a HELLO")
                 self.hub.send(identity, P.ERROR, code=P.E_INTERNAL, message=f"internal error: {exc}")
             self._flush()  # each HELLO is its own transaction, already committed
+
+
+def _unbatch(msg: dict) -> list[dict]:
+    """The reports a REPORTS message carries, each a message of its own from the same node."""
+    reports = msg.get("reports")
+    if not isinstance(reports, list) or len(reports) > P.MAX_BATCH_ENTRIES:
+        raise P.ProtocolError(P.E_MALFORMED, f"reports must be a list of at most {P.MAX_BATCH_ENTRIES}")
+    out = []
+    for r in reports:
+        if not isinstance(r, dict) or r.get("type") not in P.REPORT_TYPES:
+            raise P.ProtocolError(P.E_MALFORMED, "each report is a map with type started, result or evicted")
+        out.append({**r, "v": P.VERSION, **({"node": msg["node"]} if "node" in msg else {})})
+    return out
 
 
 def _safe_url(url: str) -> str:

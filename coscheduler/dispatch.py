@@ -151,8 +151,14 @@ class Dispatcher:
                     runtime=fn.runtime, version=fn.version, payload_json=payload[row.id], sent_at=at.timestamp())))
             D.transition_many(s, changes)
             hub.metrics.count("dispatched", len(runs))
-            for node, fields in runs:  # sent after this transaction commits (the loop's _guarded)
-                hub.send_agent(node, P.RUN, **fields)
+            by_node: dict[str, list[dict]] = {}
+            for node, fields in runs:
+                by_node.setdefault(node, []).append(fields)
+            for node, batch in by_node.items():  # sent after this transaction commits (the loop's _guarded)
+                if len(batch) == 1:
+                    hub.send_agent(node, P.RUN, **batch[0])
+                else:
+                    hub.send_agent(node, P.RUNS, runs=batch)  # one frame per node per pass
             free_cores = {(v.slot_id, c) for v in views for c in v.free_cpus}
             self.pipelined = any((p.slot_id, c) not in free_cores for p in placements for c in p.cpus)
             if len(placements) == len(pending):

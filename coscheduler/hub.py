@@ -15,7 +15,10 @@ other or into the loop (daemon.py). Each gets this hub, which owns:
   which placement uses;
 - ``cancelling``: functions whose bulk cancel is still being written in chunks: their
   queued invocations up to an id are never dispatched meanwhile;
-- ``metrics``: each step's durations and the loop's counters (metrics.py).
+- ``metrics``: each step's durations and the loop's counters (metrics.py);
+- ``ended``: invocations that reached an end in this step, for the clients subscribed to
+  them (subscriptions.py pushes ENDED after the commit); ``binary_results``: RESULTs'
+  binary values (``VALUE_BIN``) are stored, so clients may ask for them.
 
 It may not touch sockets or sessions of the database itself: it holds no transaction.
 """
@@ -52,6 +55,9 @@ class AgentSession:
     identity: bytes  # the ROUTER's name for the connection (ZeroMQ chooses it, not the peer)
     key: bytes
     last_seen: float  # time.monotonic()
+    # time.time() the session began: a RUN dispatched before it went to an earlier
+    # connection, and can no longer reach this agent.
+    began: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -99,6 +105,16 @@ class Hub:
         self.dirty = True
         self.outbox: list[tuple[bytes, list[bytes]]] = []
         self.metrics = LoopMetrics()
+        self.just_ended: list[tuple[int, str]] = []  # (invocation id, state) since the last push
+        self.ended_reported = False  # a room calls ``ended``: subscriptions need not poll often
+        self.binary_results = False  # set by the room that stores RESULT's VALUE_BIN (agents.py)
+
+    def ended(self, inv_id: int, state: str) -> None:
+        """Invocation ``inv_id`` ended ``state`` in this step's transaction (its subscriber
+        hears it after the commit; a step that rolls back may leave a stale entry, which
+        the client checks with RESULTS)."""
+        self.ended_reported = True
+        self.just_ended.append((inv_id, state))
 
     def mark_dirty(self) -> None:
         self.dirty = True

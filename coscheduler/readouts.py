@@ -61,7 +61,7 @@ class Readouts:
     def result(self, s: Session, uid: int, msg: dict) -> dict:
         inv = self.owned(s, uid, msg.get("invocation_id"))
         if inv.state == State.SUCCEEDED.value:
-            return {"state": inv.state, "value_json": inv.result}
+            return {"state": inv.state, **value_fields(inv)}
         if State(inv.state) in TERMINAL:
             raise RequestFailed(P.E_NOT_FOUND, f"invocation {inv.id} ended {inv.state}: {inv.error}")
         raise RequestFailed(P.E_NOT_READY, f"invocation {inv.id} is {inv.state}; no result yet")
@@ -82,10 +82,11 @@ class Readouts:
                 continue
             row = {"invocation_id": inv_id, "state": inv.state}
             if inv.state == State.SUCCEEDED.value:
-                if rows and size + len(inv.result or "") > RESULTS_BYTES:
+                value = value_fields(inv)
+                if rows and size + len(next(iter(value.values()))) > RESULTS_BYTES:
                     return {"results": rows, "more": True}
-                size += len(inv.result or "")
-                row["value_json"] = inv.result
+                size += len(next(iter(value.values())))
+                row.update(value)
             elif State(inv.state) in TERMINAL:
                 row.update(error=inv.error, traceback=inv.traceback)
             rows.append(row)
@@ -134,6 +135,13 @@ class Readouts:
             mine = [fns[f] for f in {r.function_id for r in rows if r.owner_uid == owner}]
             out.update(((owner, f), why) for f, why in self.reasons(s, owner, mine).items())
         return out
+
+
+def value_fields(inv: D.Invocation) -> dict[str, Any]:
+    """A succeeded invocation's value: ``VALUE_BIN`` bytes (a binary one) or ``value_json``."""
+    if inv.result_bin is not None:
+        return {P.VALUE_BIN: inv.result_bin}
+    return {"value_json": inv.result if inv.result is not None else "null"}
 
 
 def _name(stored: str) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from faas_runtime import protocol as P
-from faas_runtime.auth import AuthError
+from faas_runtime.auth import AuthError, request_digest
 from faas_runtime.containers import RUNTIME_NAMES
 from faas_runtime.states import ALLOWED, ON_SLOT, TERMINAL, State
 
@@ -62,6 +62,9 @@ class ClientRoom:
         self.checks = checks
         # Other request kinds (leases.py): kind -> handler(transaction, uid, msg) -> reply fields.
         self.handlers: dict[str, Callable[[Session, int, dict], dict]] = {}
+        # ... and those that need the connection (subscriptions.py): (transaction, connection, uid, msg).
+        self.connection_handlers: dict[str, Callable[[Session, bytes, int, dict], dict]] = {}
+        self.on_queued: Optional[Callable[[bytes, list[int]], None]] = None  # INVOKE_BATCH subscribe=true
         self.bulk: list[BulkCancel] = []
         self.readouts = Readouts(hub)
         self.check_code = hub.config.check_code and code_check.can_check()
@@ -69,7 +72,7 @@ class ClientRoom:
             log.warning("not root: register cannot check code directories as their users (the executor will)")
 
     def kinds(self) -> frozenset[str]:
-        return P.CLIENT_TYPES | frozenset(self.handlers)
+        return P.CLIENT_TYPES | frozenset(self.handlers) | frozenset(self.connection_handlers)
 
     # -- arrival, credential, handling --------------------------------------------------------
 
@@ -83,7 +86,7 @@ class ClientRoom:
         if not isinstance(cred, str) or len(cred) > 4096:
             self.hub.send(identity, P.ERROR, rid=rid, code=P.E_AUTH, message="request carries no munge credential")
             return
-        if not self.checks.submit((identity, kind, msg), cred, P.body_digest(msg)):
+        if not self.checks.submit((identity, kind, msg), cred, request_digest(msg)):
             self.hub.send(identity, P.ERROR, rid=rid, code=P.E_BUSY,
                           message="the co-scheduler is checking too many credentials; try again")
 
@@ -121,14 +124,16 @@ class ClientRoom:
         self.hub.send(identity, P.OK, rid=rid, **reply)
 
     def _liveness(self, kind: str) -> dict:
-        if kind == P.PING:
-            return {"pong": True}
+        if kind == P.PING:  # with what this co-scheduler offers clients (docs/python.md)
+            return {"pong": True, "binary_results": self.hub.binary_results, "subscribe": self.on_queued is not None}
         now = time.monotonic()
         return {"agents": {n: round(now - a.last_seen, 3) for n, a in self.hub.sessions.items()}}
 
     def _dispatch(self, s: Session, identity: bytes, kind: str, msg: dict, uid: int) -> Optional[dict]:
         if kind in self.handlers:
             return self.handlers[kind](s, uid, msg)
+        if kind in self.connection_handlers:
+            return self.connection_handlers[kind](s, identity, uid, msg)
         if kind == P.REGISTER:
             return self._register(s, uid, msg)
         if kind == P.FUNCTION_UPDATE:
@@ -144,18 +149,22 @@ class ClientRoom:
         if kind == P.FUNCTION_DELETE:
             return self._delete_function(s, uid, msg)
         if kind == P.INVOKE:
-            return {"invocation_id": self._invoke(s, uid, msg.get("function"), [msg.get("payload_json", "null")],
-                                                  msg.get("priority", 0))[0]}
+            payload = msg[P.PAYLOAD_BIN] if P.PAYLOAD_BIN in msg else msg.get("payload_json", "null")
+            return {"invocation_id": self._invoke(s, uid, msg.get("function"), [payload], msg.get("priority", 0))[0]}
         if kind == P.INVOKE_BATCH:
             if "check_count" in msg:
                 self._invoke(s, uid, msg.get("function"), [], msg.get("priority", 0), msg["check_count"])
                 cfg = self.hub.config
                 return {"max_payload_bytes": cfg.max_payload_bytes, "max_batch": cfg.max_batch,
-                        "max_request_bytes": cfg.max_request_bytes}
+                        "max_request_bytes": cfg.max_request_bytes, "binary_results": self.hub.binary_results,
+                        "subscribe": self.on_queued is not None}
             payloads = msg.get("payloads")
             if not isinstance(payloads, list) or not payloads:
                 raise F.invalid("a batch carries a non-empty list of payloads")
-            return {"invocation_ids": self._invoke(s, uid, msg.get("function"), payloads, msg.get("priority", 0))}
+            ids = self._invoke(s, uid, msg.get("function"), payloads, msg.get("priority", 0))
+            if msg.get("subscribe") is True and self.on_queued is not None:
+                self.on_queued(identity, ids)
+            return {"invocation_ids": ids}
         if kind == P.STATUS:
             return self.readouts.status(s, uid, msg)
         if kind == P.RESULT_GET:
@@ -276,9 +285,15 @@ class ClientRoom:
         many = len(payloads) > 1
         for n, payload in enumerate(payloads):
             where = f"invocation {n + 1} of the batch: " if many else ""
+            if isinstance(payload, bytes):  # binary: opaque bytes, never decoded here
+                if len(payload) > cfg.max_payload_bytes:
+                    raise RequestFailed(P.E_TOO_LARGE, f"{where}payload is {len(payload)} bytes; at most "
+                                                       f"{cfg.max_payload_bytes} (max_payload_bytes)")
+                continue
             if not isinstance(payload, str) or len(payload.encode()) > cfg.max_payload_bytes:
                 raise RequestFailed(P.E_TOO_LARGE if isinstance(payload, str) else P.E_INVALID,
-                                    f"{where}payload must be JSON text of at most {cfg.max_payload_bytes} bytes")
+                                    f"{where}payload must be JSON text or bytes of at most {cfg.max_payload_bytes} "
+                                    "bytes")
             try:
                 json.loads(payload)
             except ValueError as exc:

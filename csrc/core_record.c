@@ -82,6 +82,8 @@ static int record_write(const char *spool_dir, const struct faas_lend_meta *meta
            meta->until_min);
     wb_json_str(&f.w, meta->spec);
     wb_fmt(&f.w, ",\"written_at\":%lld", (long long)time(NULL));
+    if (meta->job_mem_mb > 0)
+        wb_fmt(&f.w, ",\"job_mem_mb\":%llu", meta->job_mem_mb);
     if (revoked)
         wb_fmt(&f.w, ",\"revoked_at\":%lld", (long long)time(NULL));
     wb_str(&f.w, "}\n");
@@ -204,18 +206,24 @@ int faas_lend_record_revoke(const char *spool_dir, const char *node, unsigned in
 int faas_lend_record_peek(const char *spool_dir, const char *node, unsigned int job_id, unsigned int *ncpus,
                           int *lent, char *err, unsigned long errlen)
 {
+    return faas_lend_record_cores(spool_dir, node, job_id, NULL, 0, ncpus, lent, err, errlen);
+}
+
+int faas_lend_record_cores(const char *spool_dir, const char *node, unsigned int job_id, unsigned int *cores,
+                           unsigned int max, unsigned int *ncores, int *lent, char *err, unsigned long errlen)
+{
     static const char key[] = "\"slurm_cpus\":[";
     char final[32], buf[4096];
     size_t matched = 0;
     off_t off = 0;
     int dfd, rfd, rc, in_list = 0, in_num = 0, state_known = 0;
-    unsigned int count = 0;
+    unsigned int count = 0, value = 0;
 
-    if (!ncpus || !lent) {
+    if (!ncores || !lent) {
         set_err(err, errlen, "missing argument");
         return -1;
     }
-    *ncpus = 0;
+    *ncores = 0;
     *lent = 0;
     rc = open_record(spool_dir, node, job_id, final, sizeof(final), &dfd, &rfd, err, errlen);
     if (rc != 0)
@@ -248,22 +256,34 @@ int faas_lend_record_peek(const char *spool_dir, const char *node, unsigned int 
             }
             if (c >= '0' && c <= '9') {
                 if (!in_num)
-                    count++;
+                    value = 0;
+                if (value > FAAS_MAX_CPUS * 1000U)
+                    goto bad_close;
+                value = value * 10 + (unsigned int)(c - '0');
                 in_num = 1;
-            } else if (c == ']') {
+                continue;
+            }
+            if (in_num) {
+                if (cores && count >= max)
+                    goto bad_close;
+                if (cores)
+                    cores[count] = value;
+                count++;
+                in_num = 0;
+            }
+            if (c == ']') {
                 close(rfd);
                 if (!state_known)
                     goto bad;
-                *ncpus = count;
+                *ncores = count;
                 return 0;
-            } else {
-                in_num = 0;
             }
         }
         if (!state_known)
             break;
         off += r;
     }
+bad_close:
     close(rfd);
 bad:
     *lent = 0;

@@ -87,6 +87,7 @@ struct faas_lend_meta {
     long long end_time;               /* unix seconds the job must end by; 0: unknown */
     unsigned int until_min;           /* until=MIN of the spec (0: not given) */
     char spec[256];                   /* the spec text as given ("" for the default) */
+    unsigned long long job_mem_mb;    /* the job's memory on the node (0: not written); the agent's memory guard */
 };
 
 /* Parse a --faas-share value. NULL or "" means auto. Returns 0, or -1 with a
@@ -161,5 +162,21 @@ int faas_pending_remove(const char *spool_dir, const char *node, unsigned int jo
  * (*lent = 1). Returns 0, 1 when there is no record, -1 on error. */
 int faas_lend_record_peek(const char *spool_dir, const char *node, unsigned int job_id, unsigned int *ncpus,
                           int *lent, char *err, unsigned long errlen);
+
+/* Like faas_lend_record_peek, and the lent Slurm core ids ("slurm_cpus", at
+ * most max of them) into cores. Returns 0, 1 when there is no record, -1 on
+ * error (also when the record lends more than max cores). */
+int faas_lend_record_cores(const char *spool_dir, const char *node, unsigned int job_id, unsigned int *cores,
+                           unsigned int max, unsigned int *ncores, int *lent, char *err, unsigned long errlen);
+
+/* The OS CPUs the job keeps on a node: those of its allocated cores that are
+ * not in lent_cores (mapped as faas_spare_compute maps lent ones: every CPU of
+ * the core from the job's cpuset, else cpu_map), without the OS CPUs of lent
+ * cores unless that leaves none (a block map sharing one OS CPU between kept
+ * and lent cores; *shared is then 1). Ascending, unique. Returns the count,
+ * or -1 with a message. */
+int faas_kept_cpus(const struct faas_config *cfg, const struct faas_node_alloc *alloc, const unsigned int *lent_cores,
+                   unsigned int nlent, unsigned int *out, unsigned int max, int *shared, char *err,
+                   unsigned long errlen);
 
 #endif

@@ -6,6 +6,7 @@
  *   spank_option.c      --faas-share (allocator/local and remote)
  *   spank_remote.c      remote: the slurmstepd of each step
  *   spank_job_script.c  job_script: job_prolog and job_epilog
+ *   spank_task.c        remote, in each task: bind it to the kept cores
  *   spank_stepd.c       what both slurmstepd contexts share
  * The plugin lends the spare cores and memory of a job to serverless
  * functions by writing a lend record into a spool directory that the node
@@ -63,6 +64,19 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
     if (spank_context() != S_CTX_REMOTE || g_inert)
         return ESPANK_SUCCESS;
     remote_init_post_opt(sp);
+    return ESPANK_SUCCESS;
+}
+
+/* Remote context, in each task of a step just before it execs, as the user:
+ * a lending job's task is bound to the cores the job kept (spank_task.c).
+ * Always returns 0: a lending problem never fails the task. */
+int slurm_spank_task_init(spank_t sp, int ac, char **av)
+{
+    (void)ac;
+    (void)av;
+    if (spank_context() != S_CTX_REMOTE || g_inert)
+        return ESPANK_SUCCESS;
+    task_bind_to_kept(sp);
     return ESPANK_SUCCESS;
 }
 

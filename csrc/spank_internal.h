@@ -8,6 +8,8 @@
 #define FAAS_SPANK_INTERNAL_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 #include <slurm/spank.h>
 
@@ -50,6 +52,16 @@ void revoke_record(const char *node, unsigned int job_id, const char *who);
 void remote_init(void);
 void remote_init_post_opt(spank_t sp);
 void remote_exit(void);
+
+/* The job's allocation on this node (S_JOB_ALLOC_CORES, S_JOB_ALLOC_MEM, its
+ * cpuset) into g_alloc; its cores' text into *cores_text. 0, or -1 after
+ * logging one line. */
+extern struct faas_node_alloc g_alloc;
+int read_allocation(spank_t sp, uint32_t job_id, uid_t uid, const char *node, char **cores_text);
+
+/* spank_task.c: remote context, in each task before it execs (the user) -- */
+
+void task_bind_to_kept(spank_t sp);
 
 /* spank_job_script.c: job_script context (job_prolog, job_epilog) -------- */
 

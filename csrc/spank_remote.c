@@ -25,7 +25,7 @@ static unsigned int g_lent_job;
 static char g_lent_node[256];
 
 /* Big enough to be kept off slurmstepd's stack. */
-static struct faas_node_alloc g_alloc;
+struct faas_node_alloc g_alloc;
 static struct faas_lend g_lend;
 
 /* A positive integer from the start of a job environment variable
@@ -65,7 +65,7 @@ static void user_name(uid_t uid, char *buf, size_t len)
 
 /* The job's allocation on this node (remote context) into g_alloc, and its
  * cpuset when it is confined. Returns 0, or -1 after logging one line. */
-static int read_allocation(spank_t sp, uint32_t job_id, uid_t uid, const char *node, char **cores_text)
+int read_allocation(spank_t sp, uint32_t job_id, uid_t uid, const char *node, char **cores_text)
 {
     char err[FAAS_ERR_LEN];
     char *cores = NULL;
@@ -139,6 +139,7 @@ static int lend_here(spank_t sp, const struct faas_spec *spec, const char *spec_
     meta.gid = (unsigned int)gid;
     meta.end_time = 0; /* not known inside slurmstepd; the co-scheduler asks squeue */
     meta.until_min = spec->until_min;
+    meta.job_mem_mb = g_alloc.mem_mb; /* the agent keeps usage + lent + margin within it */
     snprintf(meta.spec, sizeof(meta.spec), "%s", spec_text);
     rc = faas_lend_record_create(g_cfg.spool_dir, &meta, &g_lend, err, sizeof(err));
     if (rc < 0) {

@@ -11,6 +11,9 @@ Steps of the loop (each small, none blocking for long):
   reap       executors that exited (report their invocation: OOM -> "memory limit"),
              invocations past their timeout, warm executors idle past keep-warm, leases
              past their end, leased executors that became ready
+  memory     each lending job's memory (its cgroup): job usage + lent + margin stays
+             within the job's memory; the lend shrinks at once and regrows after a
+             hold-down (faas_runtime.memory_watch)
   heartbeat  every second, with the ids of the invocations running here
 
 This module owns the loop, the conversation with the co-scheduler (HELLO with a munge
@@ -28,6 +31,7 @@ executors' directories; the rest of the agent is mixed in from one module per co
   faas_runtime.invocations  RUN: start on the lent cores it names, or wait for them
   faas_runtime.hot_leases   a hot lease (coscheduler.leases) dedicates an executor to a
                             client, which then calls it directly
+  faas_runtime.memory_watch the memory guard: a lend shrinks when its job grows
 
 The agent keeps nothing that the spool and the running processes cannot tell it again:
 after a restart it kills the executor cgroups a crash left behind, re-reads the spool and
@@ -59,6 +63,7 @@ from .executors import IMAGE_PYTHON, Executor, ExecutorPool, Running, runtime_pa
 from .fabric import FabricConfig
 from .hot_leases import HotLeases
 from .invocations import Invocations
+from .memory_watch import GuardConfig, MemoryGuard
 
 # The names other modules and the tests import from here.
 __all__ = ["Agent", "Executor", "Running", "Slot", "main", "runtime_packages", "user_identity"]
@@ -79,7 +84,7 @@ class Slot:
 
 
 @dataclass
-class Agent(ExecutorPool, Invocations, HotLeases):
+class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
     node: str
     spool: Path
     endpoint: str
@@ -98,6 +103,9 @@ class Agent(ExecutorPool, Invocations, HotLeases):
     curve_dir: Optional[Path] = None  # CurveZMQ keys (faas_runtime.curve); None: plain TCP
     # libfabric RMA for hot leases (FAAS_FABRIC, FAAS_FABRIC_DOMAIN; "off": ZeroMQ alone)
     fabric: FabricConfig = field(default_factory=FabricConfig.from_env)
+    cgroup_root: Path = Path("/sys/fs/cgroup")  # where the jobs' memory cgroups are (task/cgroup)
+    memory: GuardConfig = field(default_factory=GuardConfig)
+    memory_slots: dict = field(default_factory=dict)  # slot id -> memory_watch.SlotMemory
     slots: dict[str, Slot] = field(default_factory=dict)
     running: dict[int, Running] = field(default_factory=dict)
     # RUN messages dispatched ahead (coscheduler config dispatch_ahead_s), FIFO: each starts
@@ -119,6 +127,7 @@ class Agent(ExecutorPool, Invocations, HotLeases):
     _hello_nonce: Optional[str] = None
     _session_key: Optional[bytes] = None  # from the WELCOME; every later message is MACed with it
     seen_run: float = 0.0  # sent_at of the newest RUN read (heartbeats carry it)
+    _batch: list = field(default_factory=list)  # reports of this loop turn (flush_reports)
     _spool_watcher: Optional[SpoolWatcher] = None
 
     def __post_init__(self) -> None:
@@ -135,10 +144,24 @@ class Agent(ExecutorPool, Invocations, HotLeases):
         self.poller.register(self.sock, zmq.POLLIN)
 
     def send(self, msg_type: str, **fields) -> None:
+        if msg_type in P.REPORT_TYPES:
+            self._batch.append({"type": msg_type, **fields})  # one REPORTS per loop turn
+            return
+        self._send_now(msg_type, **fields)
+
+    def _send_now(self, msg_type: str, **fields) -> None:
         try:
             self.sock.send(P.encode(msg_type, node=self.node, **fields), flags=zmq.NOBLOCK)
         except zmq.Again:
             log.warning("co-scheduler queue full; dropped %s (the heartbeat repairs it)", msg_type)
+
+    def flush_reports(self) -> None:
+        """The reports of this loop turn in one message (one frame, one co-scheduler read)."""
+        batch, self._batch = self._batch, []
+        if len(batch) == 1:
+            self._send_now(batch[0].pop("type"), **batch[0])
+        elif batch:
+            self._send_now(P.REPORTS, reports=batch)
 
     def report(self, msg_type: str, **fields) -> None:
         """A final report (RESULT or EVICTED): kept until the co-scheduler acknowledges it."""
@@ -172,9 +195,11 @@ class Agent(ExecutorPool, Invocations, HotLeases):
                 self._guarded(self.step_spool)
                 next_scan = now + SPOOL_SCAN_S
             self._guarded(self.step_reap)
+            self._guarded(self.step_memory)
             if now >= next_beat:
                 self._guarded(self.step_heartbeat)
                 next_beat = now + P.HEARTBEAT_INTERVAL_S
+            self._guarded(self.flush_reports)
         self.shutdown()
 
     def _guarded(self, step) -> None:
@@ -195,6 +220,7 @@ class Agent(ExecutorPool, Invocations, HotLeases):
         for ex in list(self.executors.values()):
             self._hard_kill(ex)
         self.step_reap()
+        self.flush_reports()
         if self.subtree is not None:
             self.subtree.remove()
         self.ctx.destroy(linger=0)  # closes every socket, the executors' included
@@ -265,11 +291,12 @@ class Agent(ExecutorPool, Invocations, HotLeases):
             self._hello()
         elif kind == P.ERROR:
             log.warning("co-scheduler error: %s: %s", msg.get("code"), msg.get("message"))
-        elif kind == P.RUN:
-            # The newest RUN read: the co-scheduler takes work dispatched before it that this
-            # agent does not hold as lost (a RUN still queued on a slow socket is not).
-            self.seen_run = max(self.seen_run, float(msg.get("sent_at") or 0))
-            self._start(msg)
+        elif kind in (P.RUN, P.RUNS):
+            for run in (msg["runs"] if kind == P.RUNS else [msg]):
+                # The newest RUN read: the co-scheduler takes work dispatched before it that this
+                # agent does not hold as lost (a RUN still queued on a slow socket is not).
+                self.seen_run = max(self.seen_run, float(run.get("sent_at") or 0))
+                self._start(run)
         elif kind == P.REVOKE:
             self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
         elif kind == P.CANCEL:
@@ -454,18 +481,25 @@ def _load_config(ctx: click.Context, _param: click.Parameter, path: Optional[Pat
               help="uid the co-scheduler runs as (its WELCOME must carry a munge credential of it); repeatable")
 @click.option("--curve-dir", envvar=curve.ENV, type=click.Path(file_okay=False, path_type=Path), default=None,
               help="CurveZMQ keys from `faas-admin keygen` (this node's secret, the co-scheduler's public key)")
+@click.option("--memory-margin", "memory_margin", type=(float, float), default=(128.0, 5.0), show_default=True,
+              help="MIB PERCENT: a lend keeps max(MIB, PERCENT % of the job's memory) free for the job")
+@click.option("--memory-hold-down", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="seconds the job must leave room before a shrunk lend grows again")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--log-level", default="INFO", show_default=True)
 def main(node: str, spool: Path, endpoint: str, workdir: Path, grace: float, keep_warm_s: float,
          container_runtime: str, hot_host: str, cgroups: bool, pids_max: int, allow_root_functions: bool,
          munge_socket: Optional[str], coscheduler_uids: tuple[int, ...], curve_dir: Optional[Path],
-         log_file: Optional[str], log_level: str) -> None:
+         memory_margin: tuple[float, float], memory_hold_down: float, log_file: Optional[str],
+         log_level: str) -> None:
     """Run the slurm-faas node agent in the foreground."""
     setup_logging(log_level, log_file)
     agent = Agent(node=node, spool=spool, endpoint=endpoint, workdir=workdir / node, grace_s=grace,
                   keep_warm_s=keep_warm_s, container_runtime=container_runtime, hot_host=hot_host,
                   cgroups=cgroups, pids_max=pids_max, allow_root=allow_root_functions, munge_socket=munge_socket,
-                  coscheduler_uids=frozenset(coscheduler_uids), curve_dir=curve_dir)
+                  coscheduler_uids=frozenset(coscheduler_uids), curve_dir=curve_dir,
+                  memory=GuardConfig(margin_mb=memory_margin[0], margin_percent=memory_margin[1],
+                                     hold_down_s=memory_hold_down))
 
     def request_stop(signum, _frame):
         agent.stop_requested = True

@@ -1,7 +1,7 @@
 """Who is asking: munge credentials, the same proof of identity Slurm itself relies on.
 
 A client asks its local munged for a credential whose payload is the digest of the
-request body (``protocol.body_digest``); the co-scheduler decodes it with its munged.
+request body (``request_digest``); the co-scheduler decodes it with its munged.
 Munge proves the uid, its TTL bounds the age, and munged refuses a credential it has
 already decoded (replay); the digest binds the credential to this one request.
 
@@ -11,10 +11,12 @@ without stalling its loop (coscheduler/identity.py).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from . import munge
+from . import protocol as P
 
 
 class AuthError(Exception):
@@ -25,6 +27,21 @@ class AuthError(Exception):
 class Identity:
     uid: int
     gid: int
+
+
+def request_digest(msg: dict[str, Any]) -> str:
+    """What a client request's credential vouches for: ``protocol.body_digest`` of the
+    request, with each bytes value (a binary payload, at the top or in a list) standing
+    as ``{"bytes-sha256": hex}``: JSON has no bytes, and the hash binds them all the same."""
+    return P.body_digest({k: _digestible(v) for k, v in msg.items()})
+
+
+def _digestible(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes-sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, list) and any(isinstance(v, bytes) for v in value):
+        return [_digestible(v) for v in value]
+    return value
 
 
 def make_credential(payload: str, socket: Optional[str] = None) -> str:

@@ -93,7 +93,7 @@ class PendingCall:
             raise self._error
         if self._value_json is not None:
             return json.loads(self._value_json)
-        return json.loads(self._lease._wait(self.rid, timeout_s))
+        return _value(self._lease._wait_reply(self.rid, timeout_s))
 
 
 class HotLease:
@@ -149,13 +149,22 @@ class HotLease:
     # -- calls ----------------------------------------------------------------------------
 
     def call(self, payload: Any = None, timeout_s: Optional[float] = None) -> Any:
+        """One call: a JSON value in, its value out; bytes (bytes, bytearray, memoryview)
+        go as a binary call (``call_bytes``)."""
+        if isinstance(payload, (bytes, bytearray, memoryview)):
+            return self.call_bytes(payload, timeout_s)
         return json.loads(self.call_json(json.dumps(payload), timeout_s))
+
+    def call_bytes(self, data: Any, timeout_s: Optional[float] = None) -> Any:
+        """One binary call over ZeroMQ: the function gets the bytes; returns the bytes it
+        returned (or its JSON value, decoded, if it returned something else)."""
+        return _value(self._wait_reply(self._send(None, data), timeout_s))
 
     def call_json(self, payload_json: str, timeout_s: Optional[float] = None) -> str:
         """One call with the payload as JSON text; returns the value as JSON text."""
         if self._rma is not None:
             return self._rma_call(payload_json, timeout_s)
-        return self._wait(self._send(payload_json), timeout_s)
+        return self._wait_reply(self._send(payload_json), timeout_s)["value_json"]
 
     def submit(self, payload: Any = None) -> PendingCall:
         # Asynchronous calls stay on ZeroMQ (RMA calls are synchronous); the executor runs
@@ -202,15 +211,18 @@ class HotLease:
             raise LeaseEnded(self.ended) from None
         return out.decode()
 
-    def _send(self, payload_json: str) -> str:
+    def _send(self, payload_json: Optional[str], data: Any = None) -> str:
+        """Send one CALL: JSON text, or ``data`` (bytes-like) as a binary payload."""
         if self.ended is not None:
             raise LeaseEnded(self.ended)
         rid = f"{self._prefix}{next(self._rids)}"
-        self._sock.send(P.encode(P.CALL, rid=rid, token=self.token, payload_json=payload_json), copy=False)
+        body = {"payload_json": payload_json} if data is None else {P.PAYLOAD_BIN: bytes(data)}
+        self._sock.send(P.encode(P.CALL, rid=rid, token=self.token, **body), copy=False)
         self._outstanding.add(rid)
         return rid
 
-    def _wait(self, rid: str, timeout_s: Optional[float]) -> str:
+    def _wait_reply(self, rid: str, timeout_s: Optional[float]) -> dict:
+        """The RESULT of call ``rid`` that succeeded (else the typed error)."""
         deadline = time.monotonic() + (self.call_timeout_s if timeout_s is None else timeout_s)
         while rid not in self._replies:
             if self.ended is not None:
@@ -229,7 +241,7 @@ class HotLease:
             raise LeaseError(f"{reply.get('code')}: {reply.get('message')}")
         if reply.get("outcome") != "ok":
             raise FunctionError(reply.get("error") or "the function failed", reply.get("traceback"))
-        return reply["value_json"]
+        return reply
 
     def _pump(self, timeout_s: float) -> None:
         """Receive what arrived (waiting up to ``timeout_s`` for the first message)."""
@@ -270,6 +282,12 @@ class HotLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _value(reply: dict) -> Any:
+    """A successful RESULT's value: bytes (binary) or the decoded JSON value."""
+    data = reply.get(P.VALUE_BIN)
+    return data if isinstance(data, bytes) else json.loads(reply["value_json"])
 
 
 def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Optional[str] = None,

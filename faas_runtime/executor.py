@@ -92,6 +92,30 @@ def value_to_json(value: Any) -> str:
     return text
 
 
+def value_out(value: Any, binary: bool) -> dict[str, Any]:
+    """A return value as RESULT fields: bytes (``VALUE_BIN``) from a binary call that
+    returned bytes-like data, else JSON text (``value_json``); each bounded."""
+    if binary and isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        if len(data) > P.MAX_RESULT_BYTES:
+            raise NotJSON(f"the return value is {len(data)} bytes; at most {P.MAX_RESULT_BYTES} are kept "
+                          "(write large results to a file and return its path)")
+        return {P.VALUE_BIN: data}
+    return {"value_json": value_to_json(value)}
+
+
+def call_payload(msg: dict) -> tuple[Any, bool]:
+    """A CALL's payload: (bytes, True) for a binary one, (JSON text, False) otherwise.
+    Binary payloads come as ``PAYLOAD_BIN``, or as bytes where JSON text was (a RUN whose
+    ``payload_json`` the co-scheduler filled with a stored binary payload)."""
+    data = msg.get(P.PAYLOAD_BIN, msg.get("payload_json", "null"))
+    if isinstance(data, bytes):
+        return data, True
+    if not isinstance(data, str):
+        raise P.ProtocolError(P.E_MALFORMED, "a payload is JSON text or bytes")
+    return data, False
+
+
 def _bounded(text: str) -> str:
     """A traceback's end: the frames nearest the error matter most."""
     return text if len(text) <= P.MAX_ERROR_CHARS else "...\n" + text[-(P.MAX_ERROR_CHARS - 4):]
@@ -156,9 +180,11 @@ class Executor:
 
     # -- one call -------------------------------------------------------------------------
 
-    def call(self, payload_json: str, cpus: Optional[list[int]], capture: bool = False) -> dict[str, Any]:
-        """Run the function once. ``capture``: its stdout and stderr go with the result
-        (``output``; queued invocations, not hot calls)."""
+    def call(self, payload: Any, cpus: Optional[list[int]], capture: bool = False,
+             binary: bool = False) -> dict[str, Any]:
+        """Run the function once on JSON text, or on bytes (``binary``: the function gets
+        the bytes, and may return bytes). ``capture``: its stdout and stderr go with the
+        result (``output``; queued invocations, not hot calls)."""
         if cpus:
             os.sched_setaffinity(0, cpus)
         if self.fn is None:
@@ -169,10 +195,11 @@ class Executor:
         try:
             with self.fn_lock:
                 if self.native is not None:
-                    value_json = self._native_json(payload_json.encode())
+                    value = ({P.VALUE_BIN: self.native(payload)} if binary  # raw bytes both ways
+                             else {"value_json": self._native_json(payload.encode())})
                 else:
-                    value_json = value_to_json(self.fn(json.loads(payload_json)))
-            result: dict[str, Any] = {"outcome": "ok", "value_json": value_json}
+                    value = value_out(self.fn(payload if binary else json.loads(payload)), binary)
+            result: dict[str, Any] = {"outcome": "ok", **value}
         except Evicted:
             raise
         except NotJSON as exc:  # the function returned; its value cannot be sent
@@ -371,10 +398,8 @@ class Executor:
                     raise P.ProtocolError(P.E_LEASE, "no valid lease for this executor (ended or never granted)")
                 self.hot_peers[identity] = token
                 cpus = self.tokens[token]
-            payload = msg.get("payload_json", "null")
-            if not isinstance(payload, str):
-                raise P.ProtocolError(P.E_MALFORMED, "payload_json must be JSON text")
-            result = self.call(payload, cpus, capture=trusted)
+            payload, binary = call_payload(msg)
+            result = self.call(payload, cpus, capture=trusted, binary=binary)
             self._reply(sock, identity, P.RESULT, rid=msg.get("rid"), **result)
         elif kind == P.GRANT and trusted:
             self.tokens[msg["token"]] = list(msg.get("cpus") or sorted(os.sched_getaffinity(0)))

@@ -114,6 +114,12 @@ def runtime_packages() -> dict[str, str]:
     libs = Path(found["zmq"]).parent / "pyzmq.libs"
     if libs.is_dir():
         found["pyzmq.libs"] = str(libs)
+    try:  # pure Python; the Python API's by-value calls need it (faas_runtime.pyapi)
+        import cloudpickle
+
+        found["cloudpickle"] = str(Path(cloudpickle.__file__).resolve().parent)
+    except ImportError:
+        pass
     assert set(found) <= set(RUNTIME_PACKAGES)
     return found
 
@@ -351,6 +357,9 @@ class ExecutorPool:
                 if msg["type"] == P.ERROR:
                     self.report(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
                 else:
+                    binary = msg.get(P.VALUE_BIN)  # a binary value goes on as bytes, opaque
+                    if isinstance(binary, bytes):
+                        ids[P.VALUE_BIN] = binary
                     self.report(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
                                 error=msg.get("error"), traceback=P.text_tail(msg.get("traceback"), P.MAX_ERROR_CHARS),
                                 output=P.text_tail(msg.get("output"), P.MAX_OUTPUT_BYTES), cpus=msg.get("cpus"),

@@ -28,7 +28,8 @@ CODE_DIR = "/faas/code"
 RUN_DIR = "/faas/run"
 CTL_DIR = "/faas/ctl"  # the executor's control socket (a directory of the agent's, bound in)
 LIB_DIR = "/opt/slurm-faas/lib"
-RUNTIME_PACKAGES = ("faas_runtime", "zmq", "msgpack", "pyzmq.libs")
+# cloudpickle where the agent has it: the Python API's by-value calls (faas_runtime.pyapi).
+RUNTIME_PACKAGES = ("faas_runtime", "zmq", "msgpack", "pyzmq.libs", "cloudpickle")
 MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "home", "mnt", "run", "var/tmp", CODE_DIR[1:], RUN_DIR[1:], CTL_DIR[1:],
                 *(f"{LIB_DIR[1:]}/{p}" for p in RUNTIME_PACKAGES))
 BOUND_FILES = ("etc/passwd", "etc/group", "etc/hosts", "etc/resolv.conf", "etc/nsswitch.conf")

@@ -94,7 +94,15 @@ FABRIC_ATTACH = "fabric-attach"
 FABRIC_DETACH = "fabric-detach"
 MEM_REVOKE = "mem-revoke"
 
-AGENT_TYPES = frozenset({HELLO, LEND, REVOKE, HEARTBEAT, STARTED, RESULT, EVICTED}) | LEASE_AGENT_TYPES
+# Many at once, one frame each way: RUNS (runs: [RUN fields]) from the co-scheduler, one per
+# node per scheduling pass; REPORTS (reports: [{type: started|result|evicted, ...}]) from an
+# agent, one per turn of its loop. Each entry is handled exactly as the single message.
+RUNS = "runs"
+REPORTS = "reports"
+REPORT_TYPES = frozenset({STARTED, RESULT, EVICTED})
+MAX_BATCH_ENTRIES = 10_000
+
+AGENT_TYPES = frozenset({HELLO, LEND, REVOKE, HEARTBEAT, STARTED, RESULT, EVICTED, REPORTS}) | LEASE_AGENT_TYPES
 # client -> co-scheduler, queue and function management (coscheduler.daemon):
 # INVOKE_BATCH (function, payloads: [JSON text], priority) -> invocation_ids, all or none;
 # CANCEL_INVOCATION (invocation_id) -> state; CANCEL_FUNCTION (function) -> cancelled: every
@@ -115,6 +123,17 @@ RESULTS = "results"
 STATS = "stats"  # root only: the loop's step durations and counters (coscheduler/metrics.py)
 OVERVIEW = "overview"  # root only: agents, queue, throughput, capacity (faas-admin status)
 OUTPUT_GET = "output-get"
+# Binary invocations (docs/python.md): a payload or a return value may be bytes (msgpack
+# bin) instead of JSON text, stored and forwarded as opaque bytes. INVOKE ``payload`` and
+# INVOKE_BATCH ``payloads`` items may be bytes; RUN and CALL carry them as PAYLOAD_BIN, a
+# binary RESULT as VALUE_BIN; RESULT_GET / RESULTS rows carry VALUE_BIN instead of value_json.
+PAYLOAD_BIN = "payload"
+VALUE_BIN = "value"
+# SUBSCRIBE (ids) -> subscribed, ended: the co-scheduler pushes ENDED (ended: [[id, state]])
+# on this connection when any of them ends; INVOKE_BATCH ``subscribe`` = true subscribes the
+# new ids. A client that reconnects collects by id (RESULTS).
+SUBSCRIBE = "subscribe"
+ENDED = "ended"
 CLIENT_TYPES = frozenset({REGISTER, INVOKE, STATUS, RESULT_GET, SLOTS, AGENTS, PING, INVOKE_BATCH,
                           CANCEL_INVOCATION, CANCEL_FUNCTION, LIST, FUNCTIONS, FUNCTION_SHOW, FUNCTION_UPDATE,
                           FUNCTION_DELETE, RESULTS, OUTPUT_GET, STATS, OVERVIEW})

@@ -11,7 +11,7 @@ import zmq
 from faas_runtime import curve
 from faas_runtime import protocol as P
 
-from .auth import make_credential
+from .auth import make_credential, request_digest
 from .states import TERMINAL, State
 
 
@@ -21,6 +21,11 @@ class RequestError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+class PayloadTooLarge(RequestError):
+    """A payload (or a request) above the co-scheduler's bound (``max_payload_bytes``,
+    ``max_request_bytes``): code ``too-large``."""
 
 
 class Unavailable(Exception):
@@ -33,6 +38,7 @@ class Client:
         self.munge_socket = munge_socket
         self.timeout_s = timeout_s
         self._rids = itertools.count(1)
+        self.pushed: list[list] = []  # [id, state] pairs of ENDED messages, until taken (``take_pushed``)
         self._ctx = zmq.Context.instance()
         self._sock = P.configure(self._ctx.socket(zmq.DEALER))
         curve.setup_client(self._sock)  # encrypted when FAAS_CURVE_DIR names the keys
@@ -51,7 +57,7 @@ class Client:
         rid = f"{os.getpid()}-{next(self._rids)}"
         msg = {"v": P.VERSION, "type": msg_type, "rid": rid, **fields}
         if authenticated:
-            msg["cred"] = make_credential(P.body_digest(msg), self.munge_socket)
+            msg["cred"] = make_credential(request_digest(msg), self.munge_socket)
         self._sock.send(P.encode(msg_type, **{k: v for k, v in msg.items() if k not in ("v", "type")}))
         deadline = time.monotonic() + self.timeout_s
         while True:
@@ -59,11 +65,42 @@ class Client:
             if remaining <= 0 or not self._sock.poll(int(remaining * 1000)):
                 raise Unavailable(f"no answer from the co-scheduler at {self.endpoint} within {self.timeout_s:g} s")
             reply = P.decode(self._sock.recv())
+            if reply.get("type") == P.ENDED:
+                self._note_push(reply)
+                continue
             if reply.get("rid") != rid:
                 continue  # a late reply to an earlier, timed-out request
             if reply["type"] == P.ERROR:
-                raise RequestError(reply.get("code", P.E_INTERNAL), reply.get("message", "error"))
+                code = reply.get("code", P.E_INTERNAL)
+                raise (PayloadTooLarge if code == P.E_TOO_LARGE else RequestError)(code, reply.get("message", "error"))
             return reply
+
+    def _note_push(self, msg: dict) -> None:
+        ended = msg.get("ended")
+        if isinstance(ended, list):
+            self.pushed += [e for e in ended if isinstance(e, list) and len(e) == 2]
+
+    def take_pushed(self, timeout_s: float = 0.0) -> list[list]:
+        """[id, state] of subscribed invocations that ended (SUBSCRIBE), waiting up to
+        ``timeout_s`` for the first when none arrived yet."""
+        deadline = time.monotonic() + timeout_s
+        while not self.pushed:
+            remaining = deadline - time.monotonic()
+            if not self._sock.poll(max(0, int(remaining * 1000))):
+                break
+            try:
+                msg = P.decode(self._sock.recv(zmq.NOBLOCK))
+            except (zmq.Again, P.ProtocolError):
+                continue
+            if msg.get("type") == P.ENDED:
+                self._note_push(msg)
+        out, self.pushed = self.pushed, []
+        return out
+
+    def subscribe(self, ids: list[int]) -> dict:
+        """Be told (``take_pushed``) when these invocations of yours end; the reply names
+        those that already ended (``ended``) and ids that are not yours (``unknown``)."""
+        return self.request(P.SUBSCRIBE, ids=ids)
 
     # -- the calls the CLIs and tests use ---------------------------------------------
 
@@ -105,10 +142,13 @@ class Client:
         the reply carries the co-scheduler's limits (max_payload_bytes, max_batch). Writes nothing."""
         return self.request(P.INVOKE_BATCH, function=function, check_count=count, priority=priority)
 
-    def invoke_batch(self, function: str, payloads: list[str], priority: int = 0, chunk: int = 1000,
-                     progress: Optional[Callable[[int], None]] = None, max_bytes: int = 8 << 20) -> list[int]:
+    def invoke_batch(self, function: str, payloads: list, priority: int = 0, chunk: int = 1000,
+                     progress: Optional[Callable[[int], None]] = None, max_bytes: int = 8 << 20,
+                     subscribe: bool = False) -> list[int]:
         """Queue many invocations, at most ``chunk`` and ``max_bytes`` of payload per request
-        (each request all or nothing; the co-scheduler takes frames up to max_request_bytes)."""
+        (each request all or nothing; the co-scheduler takes frames up to max_request_bytes).
+        A payload is JSON text, or bytes (binary). ``subscribe``: be told when they end."""
+        extra = {"subscribe": True} if subscribe else {}
         ids: list[int] = []
         start = 0
         while start < len(payloads):
@@ -117,7 +157,8 @@ class Client:
                 size += len(payloads[end])
                 end += 1
             part = payloads[start:end]
-            ids += self.request(P.INVOKE_BATCH, function=function, payloads=part, priority=priority)["invocation_ids"]
+            ids += self.request(P.INVOKE_BATCH, function=function, payloads=part, priority=priority,
+                                **extra)["invocation_ids"]
             if progress is not None:
                 progress(len(part))
             start = end

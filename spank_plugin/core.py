@@ -244,6 +244,30 @@ def parse_config(args: Iterable[str]) -> Config:
 # spare computation
 
 
+def alloc_to_c(cores: Union[Sequence[int], str], mem_mb: int, online_cpus: int,
+               job_os_cpus: Union[Sequence[int], str, None] = None):
+    """A ``struct faas_node_alloc`` of the job's cores, memory, the machine's online
+    CPUs and the job's cpuset (None: not confined). Raises ValueError on bad input."""
+    ids = parse_cpulist(cores) if isinstance(cores, str) else [int(c) for c in cores]
+    if len(ids) > MAX_CPUS:
+        raise ValueError(f"more than {MAX_CPUS} cores")
+    for name, value in (("mem_mb", mem_mb), ("online_cpus", online_cpus)):
+        if value < 0:
+            raise ValueError(f"{name} must not be negative")
+    alloc = ffi.new("struct faas_node_alloc *")
+    alloc.ncores = len(ids)
+    alloc.cores[0 : len(ids)] = ids
+    alloc.mem_mb = mem_mb
+    alloc.online_cpus = online_cpus
+    if job_os_cpus is not None:
+        os_ids = parse_cpulist(job_os_cpus) if isinstance(job_os_cpus, str) else [int(c) for c in job_os_cpus]
+        if len(os_ids) > MAX_CPUS:
+            raise ValueError(f"more than {MAX_CPUS} OS CPUs")
+        alloc.nos_cpus = len(os_ids)
+        alloc.os_cpus[0 : len(os_ids)] = os_ids
+    return alloc
+
+
 def compute_spare(
     spec: Union[ShareSpec, str, None],
     config: Config,
@@ -263,28 +287,13 @@ def compute_spare(
     """
     if not isinstance(spec, ShareSpec):
         spec = parse_spec(spec)
-    ids = parse_cpulist(cores) if isinstance(cores, str) else [int(c) for c in cores]
-    if len(ids) > MAX_CPUS:
-        raise ValueError(f"more than {MAX_CPUS} cores")
-    for name, value in (("used_cores", used_cores), ("mem_mb", mem_mb), ("online_cpus", online_cpus)):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative")
-
+    if used_cores < 0:
+        raise ValueError("used_cores must not be negative")
     c_spec = ffi.new("struct faas_spec *")
     _spec_to_c(spec, c_spec)
     c_cfg = _config_to_c(config)
-    alloc = ffi.new("struct faas_node_alloc *")
-    alloc.ncores = len(ids)
-    alloc.cores[0 : len(ids)] = ids
+    alloc = alloc_to_c(cores, mem_mb, online_cpus, job_os_cpus)
     alloc.used_cores = used_cores
-    alloc.mem_mb = mem_mb
-    alloc.online_cpus = online_cpus
-    if job_os_cpus is not None:
-        os_ids = parse_cpulist(job_os_cpus) if isinstance(job_os_cpus, str) else [int(c) for c in job_os_cpus]
-        if len(os_ids) > MAX_CPUS:
-            raise ValueError(f"more than {MAX_CPUS} OS CPUs")
-        alloc.nos_cpus = len(os_ids)
-        alloc.os_cpus[0 : len(os_ids)] = os_ids
     out = ffi.new("struct faas_lend *")
     err = _err_buf()
     if lib.faas_spare_compute(c_spec, c_cfg, alloc, out, err, _ERR_LEN) != 0:
@@ -326,6 +335,7 @@ def write_lend_record(
     lend: Lend,
     until_min: int = 0,
     state: str = "lent",
+    job_mem_mb: int = 0,
 ) -> Path:
     """Write <spool>/<node>/<job_id>.json atomically, as the plugin does.
     Returns the record's path. Raises OSError with the C message (errno EINVAL
@@ -348,6 +358,7 @@ def write_lend_record(
     meta.gid = gid
     meta.end_time = end_time
     meta.until_min = until_min
+    meta.job_mem_mb = job_mem_mb
     c_lend = ffi.new("struct faas_lend *")
     n = len(lend.slurm_cpus)
     c_lend.ncpus = n

@@ -33,6 +33,7 @@ from .queries import (
     payloads,
     queued,
     slot_usage,
+    states_of,
     user_counts,
 )
 from .queue import (
@@ -62,6 +63,6 @@ __all__ = [
     "active_slots", "add_invocation", "add_invocations", "after_eviction", "alembic_config", "cancel",
     "claim_queued", "claim_queued_rows", "count_by_state", "dumps", "evict", "eviction_changes", "func",
     "function_named", "functions_by_id", "make_private", "on_slot", "on_slot_by_user", "payloads", "queued",
-    "release_from_slot", "report_rows", "repoint", "select", "slot_usage", "transition", "transition_many",
+    "release_from_slot", "report_rows", "repoint", "select", "slot_usage", "states_of", "transition", "transition_many",
     "user_counts", "utcnow",
 ]

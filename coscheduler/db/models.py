@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -157,6 +158,11 @@ class Invocation(Base):
     # Since migration 0004: the function's traceback and the end of its stdout and stderr.
     traceback: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
     output: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    # Since migration 0005: a binary payload and value (opaque bytes; docs/python.md). A row
+    # with ``payload_bin`` has an empty ``payload``; a SUCCEEDED one with ``result_bin`` no
+    # ``result``.
+    payload_bin: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)
+    result_bin: Mapped[Optional[bytes]] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     dispatched_at: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)

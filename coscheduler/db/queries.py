@@ -6,7 +6,7 @@ Every function takes the caller's ``Session``; none writes or commits.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Union
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -75,11 +75,21 @@ def slot_usage(s: Session, slot_ids: list[str]) -> list:
     return out
 
 
-def payloads(s: Session, ids: Iterable[int]) -> dict[int, str]:
-    out: dict[int, str] = {}
+def payloads(s: Session, ids: Iterable[int]) -> dict[int, Union[str, bytes]]:
+    """Invocation id -> its payload: JSON text, or bytes (a binary one)."""
+    out: dict[int, Union[str, bytes]] = {}
     for where in id_filters(s, Invocation.id, ids):
-        q = select(Invocation.id, Invocation.payload).where(where)
-        out.update((inv_id, payload) for inv_id, payload in s.execute(q))
+        q = select(Invocation.id, Invocation.payload, Invocation.payload_bin).where(where)
+        out.update((inv_id, text if binary is None else binary) for inv_id, text, binary in s.execute(q))
+    return out
+
+
+def states_of(s: Session, ids: Iterable[int]) -> dict[int, tuple[str, int]]:
+    """Invocation id -> (state, owner uid), for those of ``ids`` that exist."""
+    out: dict[int, tuple[str, int]] = {}
+    for where in id_filters(s, Invocation.id, ids):
+        q = select(Invocation.id, Invocation.state, Invocation.owner_uid).where(where)
+        out.update((inv_id, (state, owner)) for inv_id, state, owner in s.execute(q))
     return out
 
 

@@ -166,12 +166,19 @@ def _claim_postgresql(q, limit, per_user):
     )
 
 
-def add_invocations(s: Session, fn: Function, payloads: list[str], owner_uid: int, priority: int = 0) -> list[int]:
-    """Queue many invocations of one function with two bulk statements; returns their ids."""
+def add_invocations(s: Session, fn: Function, payloads: list, owner_uid: int, priority: int = 0) -> list[int]:
+    """Queue many invocations of one function with two bulk statements; returns their ids.
+    A payload is JSON text, or bytes (a binary payload, stored in ``payload_bin``)."""
     if not payloads:
         return []
     now = utcnow()
-    if is_postgresql(s):
+    if any(isinstance(p, bytes) for p in payloads):
+        rows = [{"function_id": fn.id, "owner_uid": owner_uid, "state": State.QUEUED.value, "priority": priority,
+                 "attempts": 0, "mem_mb": fn.mem_mb, "created_at": now, "updated_at": now,
+                 **({"payload": "", "payload_bin": p} if isinstance(p, bytes) else {"payload": p, "payload_bin": None})}
+                for p in payloads]
+        ids = list(s.scalars(insert(Invocation).returning(Invocation.id, sort_by_parameter_order=True), rows))
+    elif is_postgresql(s):
         ids = sorted(s.scalars(unnest_submit(), {
             "payloads": payloads, "function_id": fn.id, "owner_uid": owner_uid, "state": State.QUEUED.value,
             "priority": priority, "mem_mb": fn.mem_mb, "now": now}))

@@ -14,6 +14,7 @@ steps outlive slurmd) and then stops every daemon by its pid file, TERM then KIL
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -234,6 +235,8 @@ class DevCluster:
             **{f"{n}_port": ports[n] for n in NODES}, "accounting": accounting,
             "slurmdbd_port": ports["slurmdbd"], "mariadb_port": ports["mariadb"],
             "storage_pass": os.urandom(12).hex(),
+            # distinct per cluster directory (shared cgroup tree; see slurm.conf.in)
+            "first_job_id": 1000 + int.from_bytes(hashlib.sha1(str(self.root).encode()).digest()[:4], "big") % 50_000_000,
         }
         etc = self.root / "etc"
         for name in ("slurm.conf", "plugstack.conf", "slurmdbd.conf"):
@@ -244,8 +247,10 @@ class DevCluster:
         self.coscheduler_config.write_text("# the dev cluster's co-scheduler configuration (docs/admin.md)\n")
         shutil.copy(TEMPLATES / "cgroup.conf", etc / "cgroup.conf")
         so = build_plugin(self.root / "lib")
-        # cgroup_root: an empty tree of the cluster's own (task/none confines nothing); the plugin
-        # tests put fake job cpusets there (docs/dev-cluster.md).
+        # cgroup_root: an empty tree of the cluster's own. task/cgroup confines jobs for real
+        # (/sys/fs/cgroup), but the nodes declare 8 CPUs on this 2-CPU machine, so a job's real
+        # cpuset is the whole machine and says nothing about its cores; the plugin tests put
+        # fake job cpusets here instead (docs/dev-cluster.md).
         (self.root / "cgroup").mkdir(exist_ok=True)
         args = [f"spool={self.spool}", "cpu_map=block", f"node_cpus={NODE_CPUS}", f"cgroup_root={self.root / 'cgroup'}"]
         (etc / "plugstack.conf.d" / "faas.conf").write_text(plugstack_line(so, args) + "\n")

@@ -27,13 +27,13 @@ class FailingAgent(FakeAgent):
     """Runs every RUN at once, as FakeAgent; a payload {"fail": ...} fails the way an
     executor reports a raising function (error, traceback, the output it printed)."""
 
-    def send(self, kind, **fields):
+    def report(self, kind, **fields):
         if kind == P.RESULT and fields.get("outcome") == "ok":
             value = json.loads(fields["value_json"])
             fields["output"] = f"printed by {value}\n"
             if isinstance(value, dict) and "fail" in value:
                 fields.update(outcome="error", error="KeyError: 'k'", traceback=TRACEBACK, value_json=None)
-        super().send(kind, **fields)
+        super().report(kind, **fields)
 
 
 @pytest.fixture

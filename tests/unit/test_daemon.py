@@ -66,11 +66,32 @@ class FakeAgent:
         self.stop = False
         self.running: dict[int, int] = {}  # invocation id -> attempt
         self.seen = 0.0  # sent_at of the newest RUN read, as a real agent reports it
+        self._reports: list[dict] = []
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def send(self, kind, **fields):
         self.sock.send(P.encode(kind, node=self.node, **fields))
+
+    def _on_run(self, msg):
+        self.runs.append(msg)
+        self.seen = max(self.seen, msg.get("sent_at", 0.0))
+        ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
+        if self.drop > 0:
+            self.drop -= 1
+        elif self.hold:
+            self.running[msg["invocation_id"]] = msg["attempt"]
+        elif self.answer:
+            self.report(P.STARTED, **ids)
+            self.report(P.RESULT, **ids, outcome="ok", value_json=msg["payload_json"], cpus=msg["os_cpus"],
+                        **({} if self.run_s is None else {"run_s": self.run_s}))
+        else:
+            self.running[msg["invocation_id"]] = msg["attempt"]
+            self.send(P.STARTED, **ids)
+
+    def report(self, kind, **fields):
+        """A report on an invocation, sent with the rest of this turn's in one REPORTS."""
+        self._reports.append({"type": kind, **fields})
 
     def hello(self):
         # The harness's verify() takes the credential's text as the uid it proves: root.
@@ -89,26 +110,17 @@ class FakeAgent:
                     self.send(P.LEND, record=self.record)
                 elif kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
                     self.hello()
-                elif kind == P.RUN:
-                    self.runs.append(msg)
-                    self.seen = max(self.seen, msg.get("sent_at", 0.0))
-                    if self.drop > 0:
-                        self.drop -= 1
-                    elif self.hold:
-                        self.running[msg["invocation_id"]] = msg["attempt"]
-                    elif self.answer:
-                        ids = {"invocation_id": msg["invocation_id"], "attempt": msg["attempt"]}
-                        self.send(P.STARTED, **ids)
-                        self.send(P.RESULT, **ids, outcome="ok", value_json=msg["payload_json"],
-                                  cpus=msg["os_cpus"], **({} if self.run_s is None else {"run_s": self.run_s}))
-                    else:
-                        self.running[msg["invocation_id"]] = msg["attempt"]
-                        self.send(P.STARTED, invocation_id=msg["invocation_id"], attempt=msg["attempt"])
+                elif kind in (P.RUN, P.RUNS):  # one, or a pass's worth for this node
+                    for run in (msg["runs"] if kind == P.RUNS else [msg]):
+                        self._on_run(run)
                 elif kind == P.CANCEL:
                     self.cancels.append(msg)
                     self.running.pop(msg["invocation_id"], None)
                 elif kind == P.REVOKE:
                     self.revokes.append(msg)
+            if self._reports:  # this turn's reports in one message, as a real agent sends them
+                self.send(P.REPORTS, reports=self._reports)
+                self._reports = []
             while self.finish:
                 inv = self.finish.pop()
                 self.send(P.RESULT, invocation_id=inv, attempt=self.running.pop(inv), outcome="ok",

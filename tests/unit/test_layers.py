@@ -1,7 +1,8 @@
 """The layering rule, read from the source with ``ast`` (nothing is imported).
 
 spank_plugin (the node's C core and its build) -> faas_runtime (agent, executor, wire
-protocol) -> coscheduler (daemon, database, CLIs): an import only runs down this list,
+protocol) -> coscheduler (daemon, database, CLIs), and slurm_faas (the users' Python API)
+on faas_runtime beside coscheduler: an import only runs down this list,
 never up it, and the modules of coscheduler import each other without a cycle. Imports
 inside functions count as much as those at the top of a module.
 """
@@ -14,9 +15,12 @@ from typing import Iterator, Optional
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("spank_plugin", "faas_runtime", "coscheduler")
-# What each package may not import: the layers above it.
-FORBIDDEN = {"spank_plugin": ("faas_runtime", "coscheduler"), "faas_runtime": ("coscheduler",)}
+PACKAGES = ("spank_plugin", "faas_runtime", "coscheduler", "slurm_faas")
+# What each package may not import: the layers above it. slurm_faas, the users' import,
+# stands on faas_runtime beside coscheduler: neither imports the other.
+FORBIDDEN = {"spank_plugin": ("faas_runtime", "coscheduler", "slurm_faas"),
+             "faas_runtime": ("coscheduler", "slurm_faas"), "coscheduler": ("slurm_faas",),
+             "slurm_faas": ("coscheduler", "spank_plugin")}
 
 
 def _module_name(path: Path) -> str:
