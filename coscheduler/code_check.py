@@ -6,6 +6,8 @@ readable by root: the look happens in a child that dropped to the user
 ``module/sub/`` or ``module/sub/__init__.py`` in the code directory; ``path/lib.so:sym``
 must be that file. Where the co-scheduler is not root it cannot act as the user, and the
 executor's own start (as the user) is the check.
+
+May not touch: any path as root.
 """
 from __future__ import annotations
 

@@ -36,6 +36,8 @@ Each top-level key can be overridden by an environment variable: ``FAAS_`` + the
 capitals (``FAAS_DB_URL``, ``FAAS_LOG_LEVEL``, ``FAAS_QUOTA_MAX_QUEUED`` ...); ``bind`` is
 ``FAAS_COSCHEDULER_BIND`` and the munge socket ``FAAS_MUNGE_SOCKET``, as the CLIs use.
 An unknown key or a bad value is an error that names it.
+
+Owns: the co-scheduler's configuration. May not touch: sockets, the database.
 """
 from __future__ import annotations
 

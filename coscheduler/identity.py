@@ -9,6 +9,8 @@ requests are handled in its order, and one slow decode delays only those behind 
 ``wake_fd`` is readable whenever a check finished, so the loop's poller wakes at once.
 At most ``max_pending`` checks wait; beyond that a request is refused with ``busy``
 instead of growing the co-scheduler without bound.
+
+May not touch: requests (requests.py handles them once checked).
 """
 from __future__ import annotations
 

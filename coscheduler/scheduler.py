@@ -25,6 +25,8 @@ heap entry made stale by a placement is re-keyed when it surfaces. A shape that 
 slot is not tried again. So a tick costs O(Q + U log U) to group the queue, O(S) per
 distinct shape to build its heap, and O(log S) per placement: not O(Q x S). The pass
 ends as soon as no lent core is free.
+
+Owns: placement (pure functions). May not touch: the database, sockets, time (``now`` is passed in).
 """
 from __future__ import annotations
 

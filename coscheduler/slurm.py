@@ -13,6 +13,8 @@ allocations). Backends:
 
 ``make_backend("auto")`` picks pyslurm when it imports and matches the running Slurm,
 the CLI otherwise.
+
+Owns: asking Slurm (squeue/sinfo JSON, scontrol; pyslurm). May not touch: the database, sockets.
 """
 from __future__ import annotations
 

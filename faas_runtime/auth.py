@@ -8,6 +8,8 @@ already decoded (replay); the digest binds the credential to this one request.
 Both go through libmunge (``faas_runtime.munge``, cffi): about 100 us a decode, no fork,
 and the GIL released while munged answers, so the co-scheduler decodes in worker threads
 without stalling its loop (coscheduler/identity.py).
+
+Owns: request credentials (make, verify). May not touch: sockets, the database.
 """
 from __future__ import annotations
 

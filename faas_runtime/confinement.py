@@ -17,6 +17,8 @@ the executor cgroups a crash left behind (``Subtree.reap_orphans``).
 
 The classes only read and write files below a root directory, so unit tests run them on
 a fake tree; the integration tests use the real ``/sys/fs/cgroup``.
+
+Owns: cgroups (v1, v2) of executors, and starting a process in one as a user. May not touch: sockets, what runs inside.
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ are per request with munge, so any client key is accepted). The daemon refuses a
 messages from a connection that is not ``agent:<node>`` for the node the message names,
 so an agent cannot be impersonated by a user, nor one agent by another. Agents and
 clients use the co-scheduler's public key; clients make a throwaway key pair.
+
+Owns: CurveZMQ keys and the socket options of each side. May not touch: messages.
 """
 from __future__ import annotations
 

@@ -26,6 +26,10 @@ of ``csrc/faas_native.h``. The same binding dlopens it and calls it (under one m
 that the C RMA loop shares); where the binding is absent (no libfabric, or a
 container without cffi) ctypes calls it, so native functions run on every ZeroMQ
 path anyway.
+
+Owns: the Pythonic layer over the libfabric binding (endpoints, memory, RMA). May not touch: ZeroMQ, the agent's state.
+Longer than 500 lines because it is one wrapper per C handle type, each small; splitting it would
+scatter the one place that frees them.
 """
 from __future__ import annotations
 

@@ -12,6 +12,8 @@ files ch-run binds over (``/etc/passwd`` ...), and an empty ``/dev``.
 The agent binds its own runtime packages (faas_runtime, zmq, msgpack) into the image at
 ``/opt/slurm-faas/lib``, so any image with a CPython of the agent's minor version works;
 images with another Python need those packages installed.
+
+Owns: building and checking container images (mount points). May not touch: running them.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ Every libmunge error becomes a :class:`MungeError` whose ``code`` is one of
 future), ``"invalid"`` (malformed, or not made with this munged's key), ``"socket"``
 (munged not reachable) or ``"other"``, and whose message carries ``munge_strerror``'s
 text, e.g. "credential refused: Replayed credential".
+
+Owns: the libmunge binding. May not touch: anything but munged's socket.
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ length of a call, so ``print()``, C code and child processes are all caught, and
 the last ``protocol.MAX_OUTPUT_BYTES`` with the RESULT. Nothing is left on disk and the
 agent (root) never opens a path the function could replace (docs/security.md): the text
 arrives in the executor's reply, as any other field.
+
+Owns: an executor's per-call stdout/stderr capture. May not touch: files by name.
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ sees the changed epoch. So a client never returns data from a revoked lend.
 Concurrent writers to the same bytes are the application's business.
 
     python -m faas_runtime.remote_memory --size 1G --control tcp://127.0.0.1:5600
+
+Owns: serving and reading a job's spare memory over RMA. May not touch: the queue.
 """
 from __future__ import annotations
 

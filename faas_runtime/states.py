@@ -7,6 +7,8 @@
 Only ``db.transition`` and ``db.transition_many`` change an invocation's state, and they
 ask ``check_transition`` first for every step; the database schema repeats the rule so
 that no other writer can break it.
+
+Owns: the invocation state enum and the transition rule. May not touch: anything (pure).
 """
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ Owns how many rows go in few round trips: on PostgreSQL one statement over ``unn
 arrays (one statement text whatever the count, which psycopg prepares once), on SQLite
 (in-process) executemany and ``IN`` lists of at most ``IN_CHUNK`` ids. ``queue`` and
 ``queries`` build on these; nothing here checks a state change (``queue`` does) or commits.
+
+May not decide anything: queue.py says what changes, this says how, per backend.
 """
 from __future__ import annotations
 

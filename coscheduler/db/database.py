@@ -5,6 +5,8 @@ caller's), what each backend needs on every connection (SQLite: WAL, foreign key
 IMMEDIATE for writers; psycopg: binary arrays), the hook into the Alembic migrations of
 ``coscheduler/migrations`` (``create_schema``, ``revision``, ``head_revision``), and
 ``make_private`` for the modes of an SQLite queue's files.
+
+May not touch: invocations' states (queue.py is the one place).
 """
 from __future__ import annotations
 

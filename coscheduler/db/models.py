@@ -5,6 +5,8 @@ Owns the schema as Python sees it: ``Base.metadata`` (constraint names fixed by
 checked against. Functions, slots (capacity a batch job lends), invocations with their
 history (``InvocationEvent``), and ``state_transitions``: the legal state changes, filled
 from ``faas_runtime.states``, that the database's guard trigger reads.
+
+May not touch: sessions or transactions (callers own them).
 """
 from __future__ import annotations
 

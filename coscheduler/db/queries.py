@@ -2,6 +2,8 @@
 functions by name or id, payloads, what runs on which slot.
 
 Every function takes the caller's ``Session``; none writes or commits.
+
+Reads only.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ repeats the rule with a trigger that refuses any other state change, so no other
 can break the lifecycle either. Claims take their rows with one statement (``FOR UPDATE
 SKIP LOCKED`` on PostgreSQL). Every function takes the caller's ``Session`` and never
 commits.
+
+Never commits: each caller's step owns its transaction.
 """
 from __future__ import annotations
 

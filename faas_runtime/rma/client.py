@@ -7,6 +7,8 @@ same call that posted the write, until the result lands in its registered result
 A payload larger than the slot is registered where it lies and only its header is sent
 (the executor reads it); a result larger than the result buffer is read from the
 executor.
+
+Owns: the client's end of the RMA path. May not touch: the executor's end.
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ Leases (the warm executor, ``faas_runtime.executor``): ``authorize(attach_msg)``
 each FABRIC_ATTACH (the lease token) and returns the lease's tag, or raises
 ``ProtocolError`` to refuse it; :meth:`RmaExecutor.end` (any thread) ends every slot of a
 tag, and later requests in those slots are answered with the "ended" flag.
+
+Owns: the executor's end of the RMA path. May not touch: the client's end, ZeroMQ beyond its control socket.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ seq u32. Flags:
 - ``F_ENDED`` (with ``F_ERROR``): the lease of this slot ended; the text says why.
 
 The event kinds and ``FF_INVOKE_MORE`` mirror ``csrc/fabric.h``.
+
+Owns: the RMA header format. May not touch: endpoints (server.py, client.py).
 """
 from __future__ import annotations
 
