@@ -24,10 +24,11 @@ def test_sacct_and_analyze_see_the_jobs_this_test_ran(cluster, jobs):
         ran.append(job)
     for job in ran:
         wait_until(f"job {job} over", lambda: job_state(cluster, job) in ("COMPLETED", "GONE"), timeout_s=90)
-        # slurmctld sends the job's end to slurmdbd on its own time: wait for it to land
+        # slurmctld sends the job's start and end to slurmdbd on its own time, not always in
+        # that order: wait for the whole record (its time limit comes with the start)
         wait_until(f"job {job} in sacct", lambda: any(
-            r[0] == str(job) and r[1] == "COMPLETED" for r in _sacct(cluster, "-j", str(job), "-X",
-                                                                     "-o", "JobID,State,Timelimit,NCPUS")),
+            r[0] == str(job) and r[1] == "COMPLETED" and r[2] for r in _sacct(
+                cluster, "-j", str(job), "-X", "-o", "JobID,State,Timelimit,NCPUS")),
             timeout_s=60, interval_s=0.5)
     rows = {r[0]: r for r in _sacct(cluster, "-X", "-j", ",".join(map(str, ran)), "-o", "JobID,State,Timelimit,NCPUS")}
     assert rows[str(ran[0])][2:] == ["00:03:00", "2"] and rows[str(ran[1])][2:] == ["00:02:00", "2"]
