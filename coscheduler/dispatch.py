@@ -148,7 +148,9 @@ class Dispatcher:
                     invocation_id=row.id, attempt=row.attempts + 1, slot_id=slot.id, job_id=slot.job_id,
                     cpus=cpus, os_cpus=os_cpus, mem_mb=p.mem_mb, timeout_s=fn.timeout_s, uid=fn.owner_uid,
                     function_id=fn.id, entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
-                    runtime=fn.runtime, version=fn.version, payload_json=payload[row.id], sent_at=at.timestamp())))
+                    runtime=fn.runtime, version=fn.version, sent_at=at.timestamp(),
+                    **({P.PAYLOAD_BIN: payload[row.id]} if isinstance(payload[row.id], bytes)
+                       else {"payload_json": payload[row.id]}))))
             D.transition_many(s, changes)
             hub.metrics.count("dispatched", len(runs))
             by_node: dict[str, list[dict]] = {}

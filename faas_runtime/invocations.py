@@ -125,7 +125,7 @@ class Invocations:
         ex.busy = inv_id
         now = time.monotonic()
         self.running[inv_id] = Running(inv_id, attempt, slot.slot_id, ex, now + float(msg["timeout_s"]), now, cores)
-        self._call(ex, P.CALL, rid=f"{inv_id}.{attempt}", payload_json=msg["payload_json"],
-                   cpus=list(msg["os_cpus"]))
+        self._call(ex, P.CALL, rid=f"{inv_id}.{attempt}", cpus=list(msg["os_cpus"]),
+                   **{k: msg[k] for k in (P.PAYLOAD_BIN, "payload_json") if k in msg})
         if self.welcomed:  # else the HELLO lists it as running
             self.send(P.STARTED, invocation_id=inv_id, attempt=attempt)

@@ -29,6 +29,7 @@ the client raises the same exception type when it is a built-in one (``remote_er
 """
 from __future__ import annotations
 
+import ast
 import base64
 import builtins
 import pickle
@@ -141,6 +142,11 @@ def remote_error(error: Optional[str], tb: Optional[str], fallback: Callable[[st
     name, sep, message = error.partition(": ")
     cls = getattr(builtins, name, None) if sep else None
     if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
+        if cls is KeyError:  # str(KeyError("k")) is "'k'": take the key back
+            try:
+                message = ast.literal_eval(message)
+            except (ValueError, SyntaxError):
+                pass
         try:
             exc: BaseException = cls(message)
         except Exception:

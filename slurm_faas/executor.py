@@ -79,7 +79,8 @@ class Executor(cf.Executor):
         self._client = Client(self.endpoint, self.munge_socket, timeout_s=request_timeout_s)
         self._inbox: "queue.SimpleQueue[_Call]" = queue.SimpleQueue()
         self._cancels: "queue.SimpleQueue[InvocationFuture]" = queue.SimpleQueue()
-        self._outstanding: dict[int, InvocationFuture] = {}
+        self._outstanding: dict[int, InvocationFuture] = {}  # queued, by invocation id (the thread's)
+        self._live: set[InvocationFuture] = set()  # every future not done yet (shutdown's)
         self._registered: set[str] = set()
         self._limits: dict[str, Any] = {}
         self._shutdown = False
@@ -130,6 +131,9 @@ class Executor(cf.Executor):
         for inv_id in invocation_ids:
             fut = InvocationFuture(self)
             fut.invocation_id = int(inv_id)
+            with self._lock:
+                self._live.add(fut)
+            fut.add_done_callback(self._forget)
             futures.append(fut)
         self._inbox.put(_Call(None, futures, {"name": ""}, None, 0))
         return futures
@@ -137,11 +141,13 @@ class Executor(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:
             self._shutdown = True
+        with self._lock:
+            live = list(self._live)
         if cancel_futures:
-            for fut in list(self._outstanding.values()):
+            for fut in live:
                 fut.cancel()
         if wait:
-            for fut in list(self._outstanding.values()):
+            for fut in live:
                 try:
                     fut.exception()
                 except cf.CancelledError:
@@ -163,8 +169,15 @@ class Executor(cf.Executor):
         payload = pyapi.encode_call(fn, args, kwargs, ship.by_value,
                                     json_result=not self._limits.get("binary_results"))
         fut = InvocationFuture(self)
+        with self._lock:
+            self._live.add(fut)
+        fut.add_done_callback(self._forget)
         self._inbox.put(_Call(fut, payload, function_spec(res, ship.code_dir), ship.module_file, res.priority))
         return fut
+
+    def _forget(self, fut: cf.Future) -> None:
+        with self._lock:
+            self._live.discard(fut)
 
     def _cancelled(self, fut: InvocationFuture) -> None:
         self._cancels.put(fut)

@@ -14,7 +14,6 @@ executors that imported older code retire) when the module file changed since.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import re

@@ -4,7 +4,7 @@ import pytest
 
 from faas_runtime.queue_client import Client
 
-from .helpers import FUNCTIONS
+from .helpers import FUNCTIONS, job_state, run, sbatch, wait_until
 
 
 @pytest.fixture
@@ -33,3 +33,13 @@ def probe(client):
 
 def drained_nodes(cluster) -> list[str]:
     return [n for n, st in cluster.node_states().items() if "drain" in st or st in ("drng", "drained", "down")]
+
+
+@pytest.fixture(scope="module")
+def lending_job(cluster):
+    """A batch job lending 2 cores and 2 GiB on one node, for a module's tests."""
+    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2,mem=2G", "--wrap", "sleep 300")
+    wait_until("job running", lambda: job_state(cluster, job) == "RUNNING", timeout_s=60)
+    wait_until("slot listed", lambda: str(job) in run(cluster, "faas-admin", "slots").stdout, timeout_s=60)
+    yield job
+    run(cluster, "scancel", str(job), check=False)

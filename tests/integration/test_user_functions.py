@@ -9,16 +9,7 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import FUNCTIONS, job_state, run, sbatch, wait_until
-
-
-@pytest.fixture(scope="module")
-def lending_job(cluster):
-    job = sbatch(cluster, "-N1", "-c8", "--faas-share=cores=2,mem=2G", "--wrap", "sleep 300")
-    wait_until("job running", lambda: job_state(cluster, job) == "RUNNING", timeout_s=60)
-    wait_until("slot listed", lambda: str(job) in run(cluster, "faas-admin", "slots").stdout, timeout_s=60)
-    yield job
-    run(cluster, "scancel", str(job), check=False)
+from tests.integration.helpers import FUNCTIONS, run
 
 
 def _register(cluster, name, entrypoint, code):
