@@ -48,6 +48,7 @@ class AgentRoom:
         # Other agent message kinds (leases.py): kind -> handler(session, transaction, session, msg).
         self.handlers: dict[str, Callable[[Session, AgentSession, dict], None]] = {}
         self.on_revoke: list[Callable[[str, str], None]] = []  # told of every revoked slot (leases.py)
+        hub.binary_results = True  # _outcome stores RESULT's VALUE_BIN
         self._heard: dict[str, tuple[float, set[int]]] = {}  # node -> (seen, held) of its latest heartbeat
         self._checked: dict[str, float] = {}  # node -> when its holdings were last checked (monotonic)
         self.started = time.monotonic()
@@ -334,11 +335,14 @@ class AgentRoom:
                 new, values, reason = _outcome(msg)
                 changes.append(D.Change(inv_id, row.state, new, now, reason, values))
                 row.state = new
+                self.hub.ended(inv_id, new.value)  # subscribers are told after the commit
             else:  # EVICTED
                 self.hub.mark_dirty()
                 self.hub.metrics.count("evictions")
                 changes.extend(D.eviction_changes(row, str(msg.get("reason", "evicted"))[:1000], now,
                                                   unstarted=msg.get("unstarted") is True))
+                if row.state is State.FAILED:  # out of attempts: it ended
+                    self.hub.ended(inv_id, row.state.value)
         D.transition_many(s, changes)
 
     # -- lends -----------------------------------------------------------------------------
@@ -353,8 +357,15 @@ class AgentRoom:
         end_time = F.number(rec.get("end_time") or 0, "end_time", 0, 1e11) or None
         until = F.whole(rec.get("until_min") or 0, "until_min", 0, 10**7)
         slot_id = _slot_id(job_id, node)
-        if s.get(D.Slot, slot_id) is not None:
-            return  # lends are idempotent; a revoked lend never comes back
+        existing = s.get(D.Slot, slot_id)
+        if existing is not None:
+            # The node's agent resizes an active lend's memory as its job grows and shrinks
+            # (faas_runtime/memory_watch.py); a revoked lend never comes back.
+            if existing.state == "ACTIVE" and existing.mem_mb != mem_mb:
+                log.info("slot %s: memory %d -> %d MiB (the agent's memory guard)", slot_id, existing.mem_mb, mem_mb)
+                existing.mem_mb = mem_mb
+                self.hub.mark_dirty()
+            return
         if len(cpus) != len(os_cpus):
             raise F.invalid(f"lend record {slot_id}: slurm_cpus and os_cpus differ in length")
         s.add(D.Slot(id=slot_id, job_id=job_id, node=node, owner_uid=uid, slurm_cpus=cpus,
@@ -431,8 +442,12 @@ def _outcome(msg: dict) -> tuple[State, dict, Optional[str]]:
     values: dict[str, Any] = {"ran_on_cpus": msg.get("cpus") if isinstance(msg.get("cpus"), list) else None,
                               "output": P.text_tail(msg.get("output"), P.MAX_OUTPUT_BYTES)}
     if msg.get("outcome") == "ok":
-        value = msg.get("value_json")
-        values["result"] = value if isinstance(value, str) else "null"
+        binary = msg.get(P.VALUE_BIN)
+        if isinstance(binary, bytes) and len(binary) <= P.MAX_RESULT_BYTES:
+            values["result_bin"] = binary  # the Python API's pickled value: opaque bytes here
+        else:
+            value = msg.get("value_json")
+            values["result"] = value if isinstance(value, str) else "null"
         return State.SUCCEEDED, values, None
     timeout = msg.get("outcome") == "timeout"
     error = msg.get("error")

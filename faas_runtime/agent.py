@@ -106,6 +106,7 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
     cgroup_root: Path = Path("/sys/fs/cgroup")  # where the jobs' memory cgroups are (task/cgroup)
     memory: GuardConfig = field(default_factory=GuardConfig)
     memory_slots: dict = field(default_factory=dict)  # slot id -> memory_watch.SlotMemory
+    parked: dict = field(default_factory=dict)  # RUNs the memory guard holds back (memory_watch)
     slots: dict[str, Slot] = field(default_factory=dict)
     running: dict[int, Running] = field(default_factory=dict)
     # RUN messages dispatched ahead (coscheduler config dispatch_ahead_s), FIFO: each starts
@@ -211,6 +212,7 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
     def shutdown(self) -> None:
         """Stop every executor (the co-scheduler requeues their work) and close the socket."""
         self.waiting.clear()
+        self.parked.clear()
         for ex in list(self.executors.values()):
             self._stop(ex, "agent shutting down")
         deadline = time.monotonic() + self.grace_s
@@ -296,12 +298,15 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
                 # The newest RUN read: the co-scheduler takes work dispatched before it that this
                 # agent does not hold as lost (a RUN still queued on a slow socket is not).
                 self.seen_run = max(self.seen_run, float(run.get("sent_at") or 0))
-                self._start(run)
+                if self.memory_admits(run):  # else parked by the memory guard (memory_watch)
+                    self._start(run)
         elif kind == P.REVOKE:
             self._revoked_by_coscheduler(int(msg["job_id"]), msg.get("reason", "revoked by the co-scheduler"))
         elif kind == P.CANCEL:
             if self.waiting.pop(int(msg["invocation_id"]), None) is not None:
                 return  # never started: nothing to stop
+            if self.parked.pop(int(msg["invocation_id"]), None) is not None:
+                return  # held back by the memory guard: never started
             run = self.running.get(int(msg["invocation_id"]))
             if run is not None:
                 run.reason = "cancelled"
@@ -325,7 +330,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
         held = [{"invocation_id": r.invocation_id, "attempt": r.attempt, "slot_id": r.slot_id,
                  "cpus": sorted(r.cores), "running": True} for r in self.running.values()]
         held += [{"invocation_id": inv_id, "attempt": int(m["attempt"]), "slot_id": m["slot_id"],
-                  "cpus": list(m.get("cpus") or ()), "running": False} for inv_id, m in self.waiting.items()]
+                  "cpus": list(m.get("cpus") or ()), "running": False}
+                 for inv_id, m in [*self.waiting.items(), *((i, pm) for i, (pm, _) in self.parked.items())]]
         held += [{"invocation_id": inv_id, "attempt": attempt, "slot_id": self.placed[(inv_id, attempt)][0],
                   "cpus": self.placed[(inv_id, attempt)][1], "running": False}
                  for inv_id, attempt in self.unacked if (inv_id, attempt) in self.placed]
@@ -341,7 +347,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
     def _held(self) -> list[list[int]]:
         """The invocations this agent holds, running or waiting for their cores: [id, attempt]."""
         return sorted([[r.invocation_id, r.attempt] for r in self.running.values()]
-                      + [[inv_id, int(m["attempt"])] for inv_id, m in self.waiting.items()])
+                      + [[inv_id, int(m["attempt"])] for inv_id, m in self.waiting.items()]
+                      + [[inv_id, int(m["attempt"])] for inv_id, (m, _) in self.parked.items()])
 
     def step_heartbeat(self) -> None:
         if not self.welcomed:

@@ -23,8 +23,11 @@ pressure for the job (v2 ``memory.pressure``, ``some avg10`` above ``pressure_pe
 nothing is lent. The lend grows again only after the room stayed above it for
 ``hold_down_s``, and then only to the least room seen in that time (no flapping).
 
-Each change is sent to the co-scheduler as a LEND with the updated record (``mem_mb``) and
-logged, and the slot's history is kept in ``<workdir>/lends/<job>.json``. A job whose
+A RUN the lend cannot take now (or within the hold-down after a shrink) is parked here
+(held, so the co-scheduler does not place it again) and started when the lend takes it,
+else handed back unstarted after the hold-down. Each change is sent to the co-scheduler as
+a LEND with the updated record (``mem_mb``; this release's co-scheduler ignores it: a LEND
+of a known slot is idempotent there, docs/runtime.md) and logged, and the slot's history is kept in ``<workdir>/lends/<job>.json``. A job whose
 memory cannot be read (not confined, no ``job_mem_mb``) keeps its lend as the plugin wrote
 it (logged once).
 """
@@ -130,6 +133,7 @@ class GuardConfig:
     margin_percent: float = 5.0
     hold_down_s: float = 10.0
     pressure_percent: float = 10.0  # v2 "some avg10" above this: lend nothing
+    granule_mb: float = 64.0  # a shrink goes down to a multiple of this
 
     def margin(self, job_mem_mb: float) -> float:
         return max(self.margin_mb, job_mem_mb * self.margin_percent / 100.0)
@@ -144,6 +148,7 @@ class LendGuard:
     current_mb: int = -1  # -1: not decided yet (the base, until the first sample)
     above_since: Optional[float] = None  # the room has been above current since then
     least_room: float = 0.0  # the least room seen since above_since
+    shrunk_at: Optional[float] = None  # monotonic time of the last shrink
 
     def __post_init__(self) -> None:
         if self.current_mb < 0:
@@ -158,7 +163,10 @@ class LendGuard:
         """The new lend in MiB when it changes, else None."""
         room = min(float(self.base_mb), self.room(sample, job_mem_mb))
         if room < self.current_mb:
-            self.current_mb, self.above_since = int(room), None
+            # down to a whole granule: a growing job moves the lend in few, larger steps
+            granule = self.config.granule_mb
+            self.current_mb, self.above_since = int(room // granule * granule), None
+            self.shrunk_at = now
             return self.current_mb
         if room <= self.current_mb:
             self.above_since = None
@@ -197,10 +205,13 @@ class MemoryGuard:
     memory: GuardConfig
     memory_slots: dict
     placed: dict
-    # and: send(), report() (agent), _stop() (executors), _lease_end() (hot_leases)
+    parked: dict  # invocation id -> (RUN, monotonic time it is handed back)
+    # and: send(), report() (agent), _stop(), _hard_kill() (executors), _lease_end() (hot_leases), _start() (invocations)
 
     def step_memory(self) -> None:
         now = time.monotonic()
+        if self.parked:
+            self._step_parked(now)
         for slot_id, slot in list(self.slots.items()):
             if slot.revoked:
                 self.memory_slots.pop(slot_id, None)
@@ -258,8 +269,11 @@ class MemoryGuard:
         except OSError as exc:
             log.warning("cannot write the lend history of job %d: %s", slot.job_id, exc)
 
-    def _held_mb(self, slot_id: str) -> int:
-        held = sum(ex.mem_mb for ex in self.executors.values() if ex.slot_id == slot_id and not ex.stopping)
+    def _held_mb(self, slot_id: str, stopping: bool = False) -> int:
+        """What the slot's executors (and, with ``stopping``, those not reaped yet) and
+        waiting invocations hold, by their memory limits."""
+        held = sum(ex.mem_mb for ex in self.executors.values()
+                   if ex.slot_id == slot_id and (stopping or not ex.stopping))
         return held + sum(int(m["mem_mb"]) for m in self.waiting.values() if m["slot_id"] == slot_id)
 
     def _shrink(self, slot: "Slot", limit_mb: int) -> None:
@@ -293,24 +307,50 @@ class MemoryGuard:
                 return
             held -= ex.mem_mb
             self._lease_end(ex.lease_id, reason)
-            self._free(ex, reason)
+            self._free(ex, reason, graceful=True)
 
-    def _free(self, ex: "Executor", reason: str) -> None:
-        """SIGTERM now (a memory server zeroes its epoch), SIGKILL after a short grace."""
+    def _free(self, ex: "Executor", reason: str, graceful: bool = False) -> None:
+        """SIGKILL now: the job waits for this memory, and an evicted invocation is run
+        again anyway. ``graceful`` (a hot lease, maybe a remote-memory server that zeroes
+        its epoch on SIGTERM so its readers fail cleanly): SIGTERM, SIGKILL after 0.5 s."""
         self._stop(ex, reason)
+        if not graceful:
+            self._hard_kill(ex)
+            return
         soon = time.monotonic() + min(self.grace_s, 0.5)
         ex.kill_at = soon if ex.kill_at is None else min(ex.kill_at, soon)
 
     def memory_admits(self, msg: dict) -> bool:
-        """Whether a RUN fits the slot's memory as the guard lends it now; if not it is
-        handed back unstarted (its attempt given back)."""
+        """Whether a RUN may start now. One that does not fit the lend as the guard has it
+        (memory of stopped executors counts until they are reaped), or that comes within
+        the hold-down after a shrink, is parked: started here when the lend takes it, else
+        handed back unstarted after ``hold_down_s`` (its attempt given back). Parked RUNs
+        are held (heartbeats, HELLO), so the co-scheduler does not place them again meanwhile."""
         inv_id = int(msg["invocation_id"])
         state = self.memory_slots.get(str(msg.get("slot_id")))
-        if state is None or inv_id in self.running or inv_id in self.waiting:
+        if state is None or inv_id in self.running or inv_id in self.waiting or inv_id in self.parked:
             return True
-        if self._held_mb(str(msg["slot_id"])) + int(msg["mem_mb"]) <= state.guard.current_mb:
+        if self._fits(state, msg, time.monotonic()):
             return True
         self.placed.setdefault((inv_id, int(msg["attempt"])), (str(msg["slot_id"]), list(msg.get("cpus") or ())))
-        self.report(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]), unstarted=True,
-                    reason=f"the lend of {msg['slot_id']} is {state.guard.current_mb} MiB now: the job needs its memory")
+        self.parked[inv_id] = (msg, time.monotonic() + self.memory.hold_down_s)
         return False
+
+    def _fits(self, state: SlotMemory, msg: dict, now: float) -> bool:
+        g = state.guard
+        if g.shrunk_at is not None and now - g.shrunk_at < self.memory.hold_down_s:
+            return False
+        return self._held_mb(str(msg["slot_id"]), stopping=True) + int(msg["mem_mb"]) <= g.current_mb
+
+    def _step_parked(self, now: float) -> None:
+        for inv_id, (msg, until) in list(self.parked.items()):
+            slot = self.slots.get(msg["slot_id"])
+            state = self.memory_slots.get(msg["slot_id"])
+            if slot is None or slot.revoked or state is None or self._fits(state, msg, now):
+                del self.parked[inv_id]
+                self._start(msg)  # a revoked slot hands it back as _start does for any RUN
+            elif now >= until:
+                del self.parked[inv_id]
+                self.report(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]), unstarted=True,
+                            reason=f"the lend of {msg['slot_id']} is {state.guard.current_mb} MiB now: "
+                                   f"the job needs its memory")

@@ -24,9 +24,9 @@ def test_shrinks_at_once_and_regrows_after_the_hold_down_to_the_least_room():
     g = LendGuard(1024, GuardConfig(margin_mb=100, margin_percent=0, hold_down_s=10))
     job = 2048.0
     assert g.update(JobMemory(200, None), job, 0.0) is None  # room 1748 > base: lend stays 1024
-    assert g.update(JobMemory(1200, None), job, 1.0) == 748  # 2048 - 1200 - 100
-    assert g.update(JobMemory(1946, None), job, 2.0) == 2  # 95 % of the job: almost nothing left
-    assert g.update(JobMemory(2000, None), job, 2.5) == 0
+    assert g.update(JobMemory(1200, None), job, 1.0) == 704  # 2048 - 1200 - 100 = 748, in 64 MiB granules
+    assert g.update(JobMemory(1930, None), job, 2.0) == 0  # 95 % of the job: nothing left
+    assert g.update(JobMemory(2000, None), job, 2.5) is None  # already nothing
     # the job frees its memory: nothing changes before the hold-down ...
     for t in (3.0, 5.0, 8.0, 12.9):
         assert g.update(JobMemory(500 if t != 8.0 else 900, None), job, t) is None
@@ -134,6 +134,7 @@ class FakeAgent(MemoryGuard):
     executors: dict = field(default_factory=dict)
     memory_slots: dict = field(default_factory=dict)
     placed: dict = field(default_factory=dict)
+    parked: dict = field(default_factory=dict)
     sent: list = field(default_factory=list)
     stopped: list = field(default_factory=list)
     ended_leases: list = field(default_factory=list)
@@ -147,6 +148,9 @@ class FakeAgent(MemoryGuard):
     def _stop(self, ex, reason):
         self.stopped.append(ex.name)
         ex.kill_at = time.monotonic() + self.grace_s
+
+    def _hard_kill(self, ex):
+        pass
 
     def _lease_end(self, lease_id, reason):
         self.ended_leases.append(lease_id)
@@ -173,11 +177,11 @@ def test_shrink_frees_idle_then_waiting_then_newest_running_then_leases(tmp_path
     slot, state = a.slots["5@n1"], a._slot_memory(a.slots["5@n1"])
     new = state.guard.update(JobMemory(1400, 2000), 2000, 0.0)  # room 600
     a._lend_changed(slot, state, new, JobMemory(1400, 2000), 2000)
-    assert new == 600 and slot.record["mem_mb"] == 600
-    # idle executor (200), the waiting RUN (100), then the newest running one (200): 1000 -> 600
+    assert new == 576 and slot.record["mem_mb"] == 576
+    # idle executor (200), the waiting RUN (100), then the newest running one (200): 1000 -> 500
     assert a.stopped == ["idle", "new"] and 3 not in a.waiting and a.running[2].reason and a.running[1].reason is None
     assert (P.EVICTED, {"invocation_id": 3, "attempt": 1, "unstarted": True,
-                        "reason": "lend of job 5 on n1 shrank to 600 MiB: the job needs its memory"}) in a.sent
+                        "reason": "lend of job 5 on n1 shrank to 576 MiB: the job needs its memory"}) in a.sent
     assert (P.LEND, {"record": slot.record}) in a.sent
     # the job at 95 %: everything goes, the lease (a remote-memory server) last
     new = state.guard.update(JobMemory(1900, 2000), 2000, 1.0)
@@ -187,15 +191,31 @@ def test_shrink_frees_idle_then_waiting_then_newest_running_then_leases(tmp_path
     assert '"base_mb": 1000' in history and "the job grew" in history
 
 
-def test_a_run_that_does_not_fit_the_shrunk_lend_goes_back_unstarted(tmp_path):
+def test_a_run_that_does_not_fit_is_parked_then_started_or_handed_back_unstarted(tmp_path):
     a = _agent(tmp_path)
+    started = []
+    a._start = lambda msg: started.append(msg["invocation_id"])
     slot, state = a.slots["5@n1"], a._slot_memory(a.slots["5@n1"])
     state.guard.current_mb = 1100
     run = {"invocation_id": 9, "attempt": 2, "slot_id": "5@n1", "mem_mb": 100, "cpus": [7]}
     assert a.memory_admits(run)  # 1000 held + 100 fits 1100
     state.guard.current_mb = 1050
-    assert not a.memory_admits(run)
-    kind, fields = a.sent[-1]
-    assert kind == P.EVICTED and fields["unstarted"] and fields["attempt"] == 2
+    assert not a.memory_admits(run) and 9 in a.parked  # held back, not refused: no bounce
     assert a.memory_admits({**run, "invocation_id": 1})  # a duplicate of what runs: the agent ignores it anyway
+    state.guard.current_mb = 1100
+    a._step_parked(time.monotonic())
+    assert started == [9] and not a.parked  # the lend takes it now
+    state.guard.current_mb, state.guard.shrunk_at = 5000, time.monotonic()
+    assert not a.memory_admits({**run, "invocation_id": 10})  # within the hold-down after a shrink
+    state.guard.current_mb = 1000  # and the lend cannot take it when its time is up
+    a._step_parked(time.monotonic() + 60)
+    kind, fields = a.sent[-1]
+    assert kind == P.EVICTED and fields["unstarted"] and fields["invocation_id"] == 10 and not a.parked
     assert slot.record["mem_mb"] == 1000
+
+
+def test_shrinks_go_down_to_whole_granules():
+    g = LendGuard(1024, GuardConfig(margin_mb=0, margin_percent=0, granule_mb=64))
+    assert g.update(JobMemory(1000, None), 2048, 0.0) is None  # room 1048: the whole base still fits
+    assert g.update(JobMemory(1030, None), 2048, 0.1) == 960  # room 1018 -> 960
+    assert g.update(JobMemory(1050, None), 2048, 0.2) is None  # room 998 still holds 960: no message
