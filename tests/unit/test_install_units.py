@@ -45,6 +45,8 @@ def test_install_head_and_node_put_units_config_and_private_dirs(tmp_path):
     (etc / "agent.toml").write_text('coscheduler = "tcp://head:7800"\n')
     _admin("install-node", "--root", str(root), "--without-plugin")
     assert (etc / "agent.toml").read_text() == 'coscheduler = "tcp://head:7800"\n'
+    refused = CliRunner().invoke(main, ["install-node", "--root", str(root)])  # the plugin needs a booted node
+    assert refused.exit_code == 2 and "--without-plugin" in refused.output
     _admin("uninstall-node", "--root", str(root), "--without-plugin")
     _admin("uninstall-head", "--root", str(root))
     assert not list(units.iterdir()) and (etc / "agent.toml").exists()

@@ -97,6 +97,11 @@ root_option = click.option("--root", type=click.Path(file_okay=False, path_type=
 def install_node_command(ctx, root: Path, with_plugin: bool, plugin_args: tuple[str, ...]) -> None:
     """Install a compute node: the agent's unit and configuration, the spool, the plugin
     (PLUGIN_ARGS as for install-plugin, e.g. spool=/var/spool/slurm-faas)."""
+    if with_plugin and root != Path("/"):
+        # The plugstack line names the plugin by the path it has on the node, and the plugin is
+        # built against the node's Slurm: that is install-plugin's work on a booted node.
+        raise click.UsageError("the SPANK plugin is installed on a running node (faas-admin install-plugin); "
+                               "with --root, use --without-plugin")
     _report("installed", install("node", root))
     if with_plugin:
         from .plugin import install_plugin_command
@@ -119,6 +124,8 @@ def install_head_command(root: Path) -> None:
 @click.pass_context
 def uninstall_node_command(ctx, root: Path, with_plugin: bool) -> None:
     """Remove the agent's unit (and the plugin); configuration and the spool stay."""
+    if with_plugin and root != Path("/"):
+        raise click.UsageError("with --root, use --without-plugin (uninstall-plugin works on a running node)")
     _report("removed", uninstall("node", root))
     if with_plugin:
         from .plugin import uninstall_plugin_command

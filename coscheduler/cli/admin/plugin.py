@@ -112,6 +112,10 @@ def install_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path, igno
     """Build and install the SPANK plugin. ARGS are its plugstack.conf arguments, e.g.
     spool=/var/spool/slurm-faas reserve_cores=1 (see `man`-style docs/spank_faas.8.md)."""
     from spank_plugin.core import ConfigError, parse_config
+
+    # plugstack.conf names the plugin by an absolute path: resolve before anything is written.
+    plugin_dir = plugin_dir.resolve() if plugin_dir is not None else None
+    plugstack_dir = plugstack_dir.resolve()
     from spank_plugin.plugin_build import PluginBuildError, build_plugin, plugstack_line, slurm_header_version
 
     try:
