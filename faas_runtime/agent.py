@@ -57,6 +57,7 @@ from .logsetup import setup_logging
 
 from . import curve, munge
 from . import protocol as P
+from .agent_config import load_config
 from .spool import SpoolWatcher
 from .containers import RUNTIME_NAMES
 from .executors import IMAGE_PYTHON, Executor, ExecutorPool, Running, runtime_packages, user_identity
@@ -434,35 +435,9 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
                 self._stop(ex, f"slot {slot.slot_id} revoked: {reason}")
 
 
-DEFAULT_CONFIG = Path("/etc/slurm-faas/agent.toml")
-
-
-def _load_config(ctx: click.Context, _param: click.Parameter, path: Optional[Path]) -> Optional[Path]:
-    """--config FILE (else /etc/slurm-faas/agent.toml if it exists): TOML whose keys are the
-    long names of the other options, as their defaults (the command line and the
-    environment still win)."""
-    if path is None and not DEFAULT_CONFIG.exists():
-        return None
-    path = path or DEFAULT_CONFIG
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
-    try:
-        doc = tomllib.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from None
-    names = {o[2:].replace("-", "_"): p.name for p in ctx.command.params for o in p.opts if o.startswith("--")}
-    unknown = sorted(set(doc) - set(names) - {"config"})
-    if unknown:
-        raise click.BadParameter(f"unknown key {unknown[0]!r} in {path}", param_hint="--config")
-    ctx.default_map = {names[k]: v for k, v in doc.items()}
-    return path
-
-
 @click.command()
 @click.option("--config", type=click.Path(dir_okay=False, path_type=Path), envvar="FAAS_AGENT_CONFIG",
-              is_eager=True, expose_value=False, callback=_load_config,
+              is_eager=True, expose_value=False, callback=load_config,
               help="TOML file of option defaults [default: /etc/slurm-faas/agent.toml if present]")
 @click.option("--node", envvar="FAAS_NODE", required=True, help="this node's Slurm name")
 @click.option("--spool", envvar="FAAS_SPOOL", type=click.Path(file_okay=False, path_type=Path),

@@ -1,5 +1,5 @@
 """submit-function as a user types it, against the co-scheduler's real loop in-process
-(agents played by ZeroMQ sockets: tests/unit/test_daemon.py): failures with their
+(agents played by ZeroMQ sockets: tests/unit/daemon_harness.py): failures with their
 traceback and output, results in bulk, payloads from files and stdin, error documents,
 pending reasons, register-time bounds, versions in RUN, retention."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ from coscheduler.cli.submit import main
 from coscheduler.slurm import JobInfo
 from faas_runtime import protocol as P
 from faas_runtime import queue_client as client_mod
-from tests.unit import test_daemon
-from tests.unit.test_daemon import FakeAgent, wait_for
+from tests.unit import daemon_harness
+from tests.unit.daemon_harness import FakeAgent, wait_for
 
-harness_factory = test_daemon.harness_factory  # the in-process co-scheduler (a fixture)
+harness_factory = daemon_harness.harness_factory  # the in-process co-scheduler (a fixture)
 
 TRACEBACK = ('Traceback (most recent call last):\n  File "/code/m.py", line 3, in f\n    return d["k"]\n'
              "KeyError: 'k'\n")

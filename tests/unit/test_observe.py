@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from coscheduler.cli.admin import main as admin_main
 from faas_runtime import queue_client as client_mod
 
-from .test_daemon import UID, harness_factory, wait_for  # noqa: F401  (fixture)
+from .daemon_harness import UID, harness_factory, wait_for  # noqa: F401  (fixture)
 
 
 def _port() -> int:

@@ -1,5 +1,5 @@
 """The placement policies through the co-scheduler's real loop (agents played by ZeroMQ
-sockets, tests/unit/test_daemon.py): what each user observes is which invocations the
+sockets, tests/unit/daemon_harness.py): what each user observes is which invocations the
 agent is told to RUN. Fair-share weights, per-user running quotas, priority classes, the
 lend's end (the job's end minus ``until``), and dispatch grace. The same policies on the
 real dev cluster: tests/integration/test_policy.py."""
@@ -13,7 +13,7 @@ import pytest
 from coscheduler.config import UserQuota
 from faas_runtime import queue_client as client_mod
 
-from .test_daemon import FakeAgent, Harness, harness_factory, passes_after, wait_for  # noqa: F401  (fixture)
+from .daemon_harness import FakeAgent, Harness, harness_factory, passes_after, wait_for  # noqa: F401  (fixture)
 
 ALICE, BOB = 5001, 5002
 
