@@ -31,7 +31,9 @@ from typing import Callable, Optional
 NODES = ("n1", "n2", "n3")
 NODE_CPUS = 8
 TEMPLATES = Path(__file__).resolve().parents[2] / "slurm.conf.d" / "dev-cluster"
-DEFAULT_DIR = Path(os.environ.get("FAAS_DEV_CLUSTER_DIR", Path.home() / ".local/state/slurm-faas/dev-cluster"))
+# Not under a home directory: /root is 0700, and munged wants every parent of its socket
+# searchable by all users. /var/tmp outlives a reboot's /tmp cleaning, as a cluster's state should.
+DEFAULT_DIR = Path(os.environ.get("FAAS_DEV_CLUSTER_DIR", "/var/tmp/slurm-faas-dev-cluster"))
 
 
 class ClusterError(Exception):

@@ -35,8 +35,10 @@ def up(ctx, timeout, db_url):
         _cluster(ctx).up(timeout)
     except ClusterError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"dev cluster up in {_cluster(ctx).root}")
-    click.echo('use it from a shell with: eval "$(faas-admin dev-cluster env)"')
+    root = _cluster(ctx).root
+    click.echo(f"dev cluster up in {root}")
+    where = "" if root == DEFAULT_DIR.resolve() else f" --dir {root}"
+    click.echo(f'use it from a shell with: eval "$(faas-admin dev-cluster{where} env)"')
 
 
 @dev_cluster_group.command("down")
