@@ -19,6 +19,16 @@ def _encode(msg_type: str, **fields) -> bytes:
     return msgpack.packb({"v": 1, "type": msg_type, **fields}, use_bin_type=True)
 
 
+def hello_frame(node: str, munge_socket: str | None) -> bytes:
+    """An agent's HELLO holding nothing, with a munge credential of this process's uid."""
+    from faas_runtime import munge
+    from faas_runtime import protocol as P
+
+    body = {"v": P.VERSION, "type": P.HELLO, "node": node, "held": [], "nonce": os.urandom(8).hex()}
+    cred = munge.encode(P.body_digest(body).encode(), munge_socket)
+    return P.encode(P.HELLO, node=node, held=[], nonce=body["nonce"], cred=cred)
+
+
 def run_fast_agents(endpoint: str, slots: list[tuple[str, int]], cores: int, stop_file: str,
                     munge_socket: str | None = None, legacy: bool = False) -> None:
     ctx = zmq.Context()
@@ -26,15 +36,7 @@ def run_fast_agents(endpoint: str, slots: list[tuple[str, int]], cores: int, sto
     poller = zmq.Poller()
 
     def hello(sock: zmq.Socket, node: str) -> None:
-        if legacy:
-            sock.send(_encode("hello", node=node, running=[]))
-            return
-        from faas_runtime import munge
-        from faas_runtime import protocol as P
-
-        body = {"v": P.VERSION, "type": P.HELLO, "node": node, "held": [], "nonce": os.urandom(8).hex()}
-        cred = munge.encode(P.body_digest(body).encode(), munge_socket)
-        sock.send(P.encode(P.HELLO, node=node, held=[], nonce=body["nonce"], cred=cred))
+        sock.send(_encode("hello", node=node, running=[]) if legacy else hello_frame(node, munge_socket))
 
     for node, job_id in slots:
         sock = ctx.socket(zmq.DEALER)

@@ -26,7 +26,6 @@ and how each grows per doubling of the nodes.
 from __future__ import annotations
 
 import argparse
-
 import datetime as dt
 import heapq
 import json
@@ -36,7 +35,6 @@ import os
 import random
 import resource
 import shutil
-
 import subprocess
 import sys
 import tempfile
@@ -49,6 +47,8 @@ sys.path.insert(0, str(REPO))
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
+from _fast_agents import hello_frame  # noqa: E402
+from bench_throughput import free_port  # noqa: E402
 from coscheduler import db as D  # noqa: E402
 from coscheduler.tools.analysis.swf import SWFReader  # noqa: E402
 from faas_runtime.states import State  # noqa: E402
@@ -101,7 +101,6 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
                lend: tuple[int, int], run_mean: float, t0: float, stop_file: str, out_file: str, seed: int) -> None:
     """Agents of ``nodes`` in one process: HELLO with a real credential, LEND/REVOKE as the
     timeline says, every RUN finished after a sampled time, heartbeats every second."""
-    from faas_runtime import munge
     from faas_runtime import protocol as P
 
     _raise_nofile()
@@ -130,9 +129,10 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
             pass
 
     def hello(n: int) -> None:
-        body = {"v": P.VERSION, "type": P.HELLO, "node": f"s{n}", "held": [], "nonce": os.urandom(8).hex()}
-        cred = munge.encode(P.body_digest(body).encode(), munge_socket)
-        send(n, P.HELLO, held=[], nonce=body["nonce"], cred=cred)
+        try:
+            socks[n].send(hello_frame(f"s{n}", munge_socket), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     for n in nodes:
         s = ctx.socket(zmq.DEALER)
@@ -228,7 +228,7 @@ def _pct(values: list[float], q: float) -> float:
 def one_scale(args, nodes: int, munge_socket: str, work: Path) -> dict:
     from faas_runtime.queue_client import Client
 
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     url = args.db or f"sqlite:///{work / f'sim-{nodes}.db'}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAAS_RECONCILE_S": "1e9",  # no Slurm: jobs are simulated
            "FAAS_QUOTA_MAX_QUEUED": "100000000"}
@@ -321,14 +321,6 @@ def _measure(url, nodes, submitted, start, end, cpu_s, rss_mb, stats, revokes) -
         "cpu_cores": cpu_s / (end - start), "rss_mb": rss_mb,
         "lost": submitted - sum(states.values()),
     }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _raise_nofile() -> None:

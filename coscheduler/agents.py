@@ -32,11 +32,11 @@ from faas_runtime.states import ON_SLOT, State
 
 from . import db as D
 from . import fields as F
+from .db.bulk import chunks
 from .hub import AgentSession, Hub, RequestFailed, fn_key
 
 log = logging.getLogger("faas.coscheduler")
 
-REPORTS = frozenset({P.STARTED, P.RESULT, P.EVICTED})  # reports on invocations: handled in bulk
 FINAL_REPORTS = frozenset({P.RESULT, P.EVICTED})  # acknowledged once stored
 ORPHAN_SWEEP_S = 5.0  # how often work on nodes without a session is looked for
 
@@ -144,8 +144,9 @@ class AgentRoom:
         """What heartbeats say agents hold, against the database: work dispatched to a node
         more than ``dispatch_grace_s`` ago, and before the newest RUN its agent had read when
         it beat (or before its session began), that the agent does not hold was lost on the
-        way (a RUN it never got, or an agent that restarted) and is requeued. One query for all the nodes due, each node at most once per grace:
-        thousands of heartbeats a second cost a query or two."""
+        way (a RUN it never got, or an agent that restarted) and is requeued. One query for
+        all the nodes due, each node at most once per grace: thousands of heartbeats a second
+        cost a query or two."""
         grace = self.hub.config.dispatch_grace_s
         now = time.monotonic()
         due = {n: heard for n, heard in self._heard.items() if now - self._checked.get(n, 0.0) >= grace}
@@ -155,7 +156,7 @@ class AgentRoom:
             del self._heard[n]
             self._checked[n] = now
         cutoff = D.utcnow() - dt.timedelta(seconds=grace)
-        for chunk in _chunks(sorted(due), 500):
+        for chunk in chunks(sorted(due)):
             for inv in s.scalars(select(D.Invocation).where(
                     D.Invocation.state.in_([st.value for st in ON_SLOT]), D.Invocation.node.in_(chunk),
                     D.Invocation.dispatched_at < cutoff)):
@@ -171,8 +172,7 @@ class AgentRoom:
         work dispatched longer ago than the grace is known lost: a RUN sent a moment ago
         may cross the agent's message."""
         now = D.utcnow()
-        for inv in s.scalars(select(D.Invocation).where(
-                D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]))):
+        for inv in _on_node(s, node):
             if inv.id in held:
                 continue
             age = (now - inv.dispatched_at).total_seconds() if inv.dispatched_at else grace_s
@@ -207,7 +207,7 @@ class AgentRoom:
         with self.hub.database.session(write=True) as s:
             run: list[tuple[bytes, dict]] = []
             for identity, msg in msgs:
-                if msg["type"] in REPORTS:
+                if msg["type"] in P.REPORT_TYPES:  # reports on invocations: handled in bulk
                     run.append((identity, msg))
                     continue
                 if run:
@@ -425,11 +425,6 @@ class AgentRoom:
                         D.Invocation.node.not_in(list(self.hub.sessions) or [""]))):
                     D.evict(s, inv, f"no agent on {inv.node} since this co-scheduler started")
         self.hub.mark_dirty()
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
 
 
 def _on_node(s: Session, node: str):
