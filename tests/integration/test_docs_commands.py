@@ -128,6 +128,8 @@ PLACEHOLDERS: dict[str, str] = {
                                    "(the plugin is installed by the install-plugin line, into temp dirs)",
     "[--plugin-dir DIR] [--plugstack-dir DIR]": "--plugin-dir <temp dir> --plugstack-dir <temp dir> (absolute)",
     "spool=/var/spool/slurm-faas ... (spank_faas(8) synopsis)": "spool=<the dev cluster's spool> (root's, 0700)",
+    "/etc/slurm-faas/coscheduler.toml (faas-admin db)": "a coscheduler.toml in the working directory naming a new "
+                                                        "SQLite database (the dev cluster's is in use)",
 }
 
 # Commands found in the docs that are not run here, and why.
@@ -384,6 +386,20 @@ def check_uninstall_plugin(out, ctx):
     assert not list(ctx.values["plugstack_dir"].iterdir())
 
 
+def write_db_config(ctx):
+    (ctx.work / "coscheduler.toml").write_text(f'db_url = "sqlite:///{ctx.work / "upgrade.db"}"\n')
+
+
+def check_db_upgrade(out, ctx):
+    assert re.fullmatch(r"sqlite:///\S+: empty -> \w+\n", out.stdout), out.stdout   # the schema made
+    ctx.values["revision"] = out.stdout.split()[-1]
+
+
+def check_db_current(out, ctx):
+    rev = ctx.values["revision"]
+    assert out.stdout.endswith(f": revision {rev}, newest {rev}\n"), out.stdout
+
+
 def _sub(pattern: str, value: Callable[[Ctx], str]):
     def shell(text: str, ctx: Ctx) -> str:
         new = re.sub(pattern, lambda m: value(ctx), text)
@@ -465,6 +481,11 @@ STEPS: list[Step] = [
          _installed(["etc/systemd/system/faas-coscheduler.service", "etc/slurm-faas/coscheduler.toml",
                      "var/lib/slurm-faas", "var/log/slurm-faas"]),
          shell=_sub(r"^faas-admin install-head\b", lambda ctx: f"faas-admin install-head --root {ctx.values['root']}")),
+    # docs/admin.md: install and upgrade, the database migrations
+    Step("faas-admin db upgrade --config /etc/slurm-faas/coscheduler.toml", check_db_upgrade, before=write_db_config,
+         shell=_sub(r"/etc/slurm-faas/coscheduler\.toml", lambda ctx: str(ctx.work / "coscheduler.toml"))),
+    Step("faas-admin db current --config /etc/slurm-faas/coscheduler.toml", check_db_current,
+         shell=_sub(r"/etc/slurm-faas/coscheduler\.toml", lambda ctx: str(ctx.work / "coscheduler.toml"))),
     # docs/spank_faas.8.md synopsis, into temporary directories
     Step("faas-admin install-plugin [--plugin-dir DIR] [--plugstack-dir DIR] spool=/var/spool/slurm-faas ...",
          check_install_plugin,

@@ -72,6 +72,10 @@ def test_status_and_metrics_show_what_was_lent_queued_and_run(harness_factory, m
     served = {name.split("{")[0] for name in m}
     wanted = {n for p in dashboard["panels"] for t in p["targets"] for n in re.findall(r"slurm_faas_\w+", t["expr"])}
     assert wanted - served == set(), wanted - served
+    # and so is every series the recommended alert rules use (docs/admin.md, "What to monitor")
+    rules = (Path(__file__).resolve().parents[2] / "docs" / "prometheus-alerts.yml").read_text()
+    alerted = set(re.findall(r"slurm_faas_\w+", rules))
+    assert len(alerted) >= 6 and alerted - served == set(), alerted - served
 
 
 def test_status_is_root_s(harness_factory):

@@ -56,6 +56,20 @@ def find_plugin_dir() -> tuple[Path, str]:
     return DEBIAN_PLUGIN_DIR, "the Debian default (scontrol show config did not answer)"
 
 
+def packaged_by(path: Path) -> Optional[str]:
+    """The Debian package that owns ``path`` (slurm-faas-spank ships the plugin), or None:
+    install-plugin must not overwrite, nor uninstall-plugin remove, what dpkg manages."""
+    out = _run(["dpkg-query", "-S", str(path)])
+    return out.split(":")[0].strip() if out else None
+
+
+def _refuse_packaged(path: Path, doing: str) -> None:
+    owner = packaged_by(path)
+    if owner is not None:
+        raise click.ClickException(f"{path} belongs to the Debian package {owner}: {doing} it with apt/dpkg "
+                                   "(docs/admin.md, \"The Debian packages\"); nothing was changed")
+
+
 def _install_file(src: Path, dst: Path, mode: int) -> bool:
     """Copy src over dst atomically unless identical; True when dst changed."""
     if dst.exists() and filecmp.cmp(src, dst, shallow=False) and (dst.stat().st_mode & 0o777) == mode:
@@ -147,6 +161,7 @@ def install_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path, igno
         except PluginBuildError as exc:
             raise click.ClickException(str(exc)) from None
         target = Path(plugin_dir) / built.name
+        _refuse_packaged(target, "upgrade")
         so_changed = _install_file(built, target, 0o755)
     snippet = Path(plugstack_dir) / SNIPPET_NAME
     text = ("# slurm-faas SPANK plugin, written by `faas-admin install-plugin`; see spank_faas(8).\n"
@@ -174,6 +189,7 @@ def uninstall_plugin_command(plugin_dir: Optional[Path], plugstack_dir: Path) ->
 
     if plugin_dir is None:
         plugin_dir, _ = find_plugin_dir()
+    _refuse_packaged(Path(plugin_dir) / PLUGIN_NAME, "remove")
     for path in (Path(plugstack_dir) / SNIPPET_NAME, Path(plugin_dir) / PLUGIN_NAME):
         if path.exists():
             path.unlink()
