@@ -2,7 +2,8 @@
 
 munged (own key and socket), MariaDB and slurmdbd (real accounting: ``sacct``; left
 out, with ``accounting_storage/none``, where Debian's mariadb-server or slurmdbd is not
-installed), slurmctld, three slurmd (``slurmd -N n1..n3`` on 127.0.0.1, each declaring
+installed), slurmctld, three slurmd (``slurmd -N n1..n3`` on 127.0.0.1, or with ``netns``
+each node in a network namespace of its own at its own address, devcluster_netns; each declaring
 8 CPUs and 16 GB), the faas SPANK plugin through plugstack.conf.d, one faas-coscheduler
 (SQLite; ``coscheduler_config``: a TOML file it reads) and one faas-agent per node. Everything
 (state, logs, sockets, pid files, the database) lives under one directory, and the ports
@@ -18,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import string
 import subprocess
@@ -26,7 +26,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+
+from .devcluster_netns import NodeNetwork, remove_leftovers
+from .devcluster_procs import ClusterError, free_port as _free_port, terminate as _terminate, wait_for as _wait_for
 
 NODES = ("n1", "n2", "n3")
 NODE_CPUS = 8
@@ -36,29 +39,10 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "slurm.conf.d" / "dev-cluster"
 DEFAULT_DIR = Path(os.environ.get("FAAS_DEV_CLUSTER_DIR", "/var/tmp/slurm-faas-dev-cluster"))
 
 
-class ClusterError(Exception):
-    """The cluster could not be brought to the asked state; the message says where to look."""
-
-
 @dataclass(frozen=True)
 class Component:
     name: str
     program: str  # what /proc/PID/cmdline must mention (guards against reused pids)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(what: str, check: Callable[[], bool], timeout_s: float, log_hint: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise ClusterError(f"{what} not ready after {timeout_s:g} s; see {log_hint}")
 
 
 def accounting_available() -> bool:
@@ -69,14 +53,17 @@ def accounting_available() -> bool:
 
 class DevCluster:
     def __init__(self, root: Path = DEFAULT_DIR, db_url: Optional[str] = None,
-                 accounting: Optional[bool] = None):
+                 accounting: Optional[bool] = None, netns: bool = False):
         """``db_url``: the co-scheduler's database for a new cluster (default: SQLite in
         ``root``); a running cluster keeps the one it was started with. ``accounting``:
-        run MariaDB + slurmdbd (default: when installed)."""
+        run MariaDB + slurmdbd (default: when installed). ``netns``: a new cluster puts each
+        node in a network namespace of its own (docs/dev-cluster.md); a running cluster
+        keeps the layout it was started with."""
         self.root = Path(root).resolve()
         self.state_file = self.root / "cluster.json"
         self._db_url = db_url
         self._accounting = accounting_available() if accounting is None else accounting
+        self._netns = netns
 
     # -- layout -------------------------------------------------------------------------
 
@@ -113,6 +100,30 @@ class DevCluster:
         except (OSError, ValueError, KeyError):
             return self._db_url or f"sqlite:///{self.root / 'faas.db'}"
 
+    @property
+    def network(self) -> Optional[NodeNetwork]:
+        """The nodes' namespaces, when this cluster runs with ``netns`` (else None)."""
+        try:
+            state = json.loads(self.state_file.read_text()).get("netns")
+        except (OSError, ValueError):
+            return None
+        return NodeNetwork.from_state(state) if state else None
+
+    @property
+    def head_address(self) -> str:
+        """Where slurmctld and the co-scheduler are reached from the nodes and clients."""
+        network = self.network
+        return network.head_address if network else "127.0.0.1"
+
+    def node_address(self, node: str) -> str:
+        network = self.network
+        return network.address(node) if network else "127.0.0.1"
+
+    def _in_node(self, node: str) -> list[str]:
+        """The argv prefix that runs a program on ``node`` (its namespace, with netns)."""
+        network = self.network
+        return network.enter(node) if network else []
+
     def components(self) -> list[Component]:
         dbd = [Component("mariadb", "mariadbd"), Component("slurmdbd", "slurmdbd")] if self.accounting else []
         return (
@@ -133,7 +144,7 @@ class DevCluster:
 
     @property
     def coscheduler_endpoint(self) -> str:
-        return f"tcp://127.0.0.1:{self.ports()['coscheduler']}"
+        return f"tcp://{self.head_address}:{self.ports()['coscheduler']}"
 
     def env(self) -> dict[str, str]:
         """What a shell (or a test) needs to use this cluster with the ordinary commands."""
@@ -174,6 +185,10 @@ class DevCluster:
     def up(self, timeout_s: float = 60.0) -> None:
         if not self.running():
             self._prepare_fresh()
+        network = self.network
+        if network is not None and not network.exists():  # fresh, or removed under a running cluster
+            network.remove()
+            network.create()
         dbd = [("mariadb", self._start_mariadb), ("slurmdbd", self._start_slurmdbd)] if self.accounting else []
         steps = [
             ("munged", self._start_munged),
@@ -218,8 +233,11 @@ class DevCluster:
                  "slurmdbd": _free_port(), "mariadb": _free_port()}
         accounting, db_url = self._accounting, self.db_url
         self.state_file.unlink(missing_ok=True)
+        remove_leftovers(NodeNetwork.tag_of(self.root))  # a crashed earlier run of this directory
+        network = NodeNetwork.plan(self.root, NODES) if self._netns else None
         self.state_file.write_text(json.dumps({"ports": ports, "nodes": list(NODES), "db_url": db_url,
-                                               "accounting": accounting}, indent=1))
+                                               "accounting": accounting,
+                                               "netns": network.state() if network else None}, indent=1))
         self._render_configs(ports)
 
     def _render_configs(self, ports: dict) -> None:
@@ -234,6 +252,7 @@ class DevCluster:
         values = {
             "root": str(self.root), "hostname": socket.gethostname().split(".")[0],
             "slurmctld_port": ports["slurmctld"], "munge_socket": str(self.munge_socket),
+            "head_address": self.head_address, **{f"{n}_address": self.node_address(n) for n in NODES},
             **{f"{n}_port": ports[n] for n in NODES}, "accounting": accounting,
             "slurmdbd_port": ports["slurmdbd"], "mariadb_port": ports["mariadb"],
             "storage_pass": os.urandom(12).hex(),
@@ -375,13 +394,13 @@ class DevCluster:
         return out.returncode == 0 and "UP" in out.stdout
 
     def _start_slurmd(self, node: str) -> None:
-        self._run(["slurmd", "-N", node, "-f", str(self.slurm_conf)], f"slurmd {node}")
+        self._run([*self._in_node(node), "slurmd", "-N", node, "-f", str(self.slurm_conf)], f"slurmd {node}")
         _wait_for(f"slurmd {node} pid file", lambda: self.pid_file(f"slurmd-{node}").exists(), 15,
                   self.root / "log" / f"slurmd-{node}.log")
 
-    def _spawn_python(self, name: str, argv: list[str]) -> None:
+    def _spawn_python(self, name: str, argv: list[str], enter: tuple[str, ...] = ()) -> None:
         log = open(self.root / "log" / f"{name}.out", "ab")
-        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen([*enter, sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=self._slurm_env(), start_new_session=True,
                                 cwd=self.root)
         log.close()
@@ -402,7 +421,7 @@ class DevCluster:
             "--munge-socket", str(self.munge_socket), "--log-file", str(self.root / "log" / f"agent-{node}.log"),
             # The test suite submits as root as well as as an unprivileged user; a site never does.
             "--allow-root-functions", "--keep-warm", "30",
-        ])
+        ], enter=tuple(self._in_node(node)))  # its hot-path address: derived from the route to the co-scheduler
 
     def node_states(self) -> dict[str, str]:
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True,
@@ -447,6 +466,7 @@ class DevCluster:
                 _terminate(pid, timeout_s / 2)
             self.pid_file(comp.name).unlink(missing_ok=True)
         self._kill_leftover_stepds()
+        remove_leftovers(NodeNetwork.tag_of(self.root))  # the nodes' namespaces, veths and bridge
 
     def _kill_leftover_stepds(self) -> None:
         """slurmstepd processes of this cluster that outlived their slurmd."""
@@ -462,28 +482,3 @@ class DevCluster:
             if cmd.startswith("slurmstepd") and marker in environ:
                 _terminate(int(proc.name), 5)
 
-
-def _terminate(pid: int, timeout_s: float) -> None:
-    """TERM, wait on a monotonic deadline, then KILL."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-            if state == "Z":
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                return
-        except (ProcessLookupError, FileNotFoundError):
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

@@ -26,11 +26,16 @@ def _cluster(ctx) -> DevCluster:
 @click.option("--timeout", type=float, default=90.0, show_default=True)
 @click.option("--db", "db_url", metavar="URL", help="the co-scheduler's database for a new cluster "
               "(SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db); default: SQLite in --dir")
+@click.option("--netns", is_flag=True, help="a new cluster puts each node (slurmd, agent, executors) in a "
+              "network namespace of its own, at its own address (docs/dev-cluster.md)")
 @click.pass_context
-def up(ctx, timeout, db_url):
+def up(ctx, timeout, db_url, netns):
     """Start (or complete) the cluster; wait until nodes are idle and daemons answer."""
-    if db_url:
-        ctx.obj["cluster"] = DevCluster(_cluster(ctx).root, db_url=db_url)
+    if db_url or netns:
+        ctx.obj["cluster"] = DevCluster(_cluster(ctx).root, db_url=db_url, netns=netns)
+    if netns and _cluster(ctx).running() and _cluster(ctx).network is None:
+        raise click.ClickException(f"a cluster without --netns runs in {_cluster(ctx).root}: "
+                                   "`dev-cluster down` it first")
     try:
         _cluster(ctx).up(timeout)
     except ClusterError as exc:
@@ -59,8 +64,10 @@ def status(ctx):
         any_up |= pid is not None
         click.echo(f"{name:<18} {'running, pid ' + str(pid) if pid else 'stopped'}")
     if any_up:
+        network = cluster.network  # `up --netns`: each node at its own address
         for node, state in sorted(cluster.node_states().items()):
-            click.echo(f"node {node:<13} {state}")
+            click.echo(f"node {node:<13} {state}" + (f" {network.address(node)} (netns {network.namespace(node)})"
+                                                     if network and node in network.nodes else ""))
 
 
 @dev_cluster_group.command("env")
