@@ -15,6 +15,7 @@ Example (``/etc/slurm-faas/coscheduler.toml``; every key is optional)::
     agent_grace_s = 60.0          # an agent silent this long loses its work to the queue
     max_request_bytes = 16777216  # the largest request frame (larger: the peer is disconnected)
     check_code = true             # register checks, as the user, that the code can be read
+    ha = false                    # high availability: several co-schedulers on one PostgreSQL, one active
     max_function_cores = 32       # register refuses functions no lend could ever hold (absent: no bound)
     max_function_mem_mb = 65536
 
@@ -89,6 +90,9 @@ class Config:
     max_batch: int = 1_000
     max_user_priority: int = 10  # priority classes above this are root's (operators' urgent work)
     check_code: bool = True  # register checks, as the user, that the code directory can be read
+    # High availability (coscheduler/leader.py): this co-scheduler is one of several on one
+    # PostgreSQL database; it serves only while it holds the leadership, else stands by.
+    ha: bool = False
     metrics_bind: Optional[str] = None  # host:port of the Prometheus endpoint (None: off)
     queue_window: int = 5_000  # queued invocations claimed per scheduling tick
     user_window: int = 1_000  # of which at most this many per (priority, user)
@@ -190,7 +194,7 @@ def load(path: Optional[Path] = None, env: Optional[Mapping[str, str]] = None,
         if env.get(var):
             setattr(cfg, name, _coerce(name, env[var], f"environment variable {var}"))
     for name, value in (overrides or {}).items():
-        if value is not None:
+        if value is not None and name != "ha":  # a flag: below
             setattr(cfg, name, _coerce(name, value, f"option --{name.replace('_', '-')}"))
     if cfg.slurm_backend not in BACKENDS:
         raise ConfigError(f"slurm_backend must be one of {', '.join(BACKENDS)}, not {cfg.slurm_backend!r}")
@@ -198,7 +202,23 @@ def load(path: Optional[Path] = None, env: Optional[Mapping[str, str]] = None,
         raise ConfigError(f"log_level must be one of {', '.join(LEVELS)}, not {cfg.log_level!r}")
     if not cfg.db_url:
         raise ConfigError("no database: set db_url in the configuration file, FAAS_DB_URL, or --db")
+    if env.get("FAAS_HA"):
+        cfg.ha = _flag(env["FAAS_HA"], "environment variable FAAS_HA")
+    if (overrides or {}).get("ha") is not None:
+        cfg.ha = bool(overrides["ha"])
+    if cfg.ha and not cfg.db_url.startswith("postgresql"):
+        raise ConfigError("ha = true needs PostgreSQL (db_url = \"postgresql+psycopg://...\"): the co-schedulers "
+                          f"elect the active one in the database they share, and {cfg.db_url.split(':')[0]} is one "
+                          "host's file; run one co-scheduler, or move the queue to PostgreSQL")
     return cfg
+
+
+def _flag(value: str, where: str) -> bool:
+    if value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{where} must be true or false (1/0, yes/no), not {value!r}")
 
 
 def _apply_file(cfg: Config, doc: dict, where: str) -> None:
@@ -210,10 +230,10 @@ def _apply_file(cfg: Config, doc: dict, where: str) -> None:
                     not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in value):
                 raise ConfigError(f"{where}: agent_uids must be a non-empty list of uids")
             cfg.agent_uids = frozenset(value)
-        elif key == "check_code":
+        elif key in ("check_code", "ha"):
             if not isinstance(value, bool):
-                raise ConfigError(f"{where}: check_code must be true or false")
-            cfg.check_code = value
+                raise ConfigError(f"{where}: {key} must be true or false")
+            setattr(cfg, key, value)
         elif key == "quotas" and isinstance(value, dict):
             for qk, qv in value.items():
                 if qk in ("max_queued", "max_running"):

@@ -10,9 +10,16 @@ import zmq
 
 from faas_runtime import curve
 from faas_runtime import protocol as P
+from faas_runtime.failover import MIN_DWELL_S, Link
 
 from .auth import make_credential, request_digest
 from .states import TERMINAL, State
+
+
+MAX_SUBSCRIBE_IDS = 100_000  # ids per SUBSCRIBE request (the co-scheduler's bound)
+# wait_many subscribes again after this long without a push: a restarted or failed-over
+# co-scheduler forgot the subscriptions (and pushes to a dropped connection are lost).
+RESUBSCRIBE_S = 5.0
 
 
 class RequestError(Exception):
@@ -34,18 +41,23 @@ class Unavailable(Exception):
 
 class Client:
     def __init__(self, endpoint: str, munge_socket: Optional[str] = None, timeout_s: float = 30.0):
+        """``endpoint``: the co-scheduler's address, or several separated by commas (high
+        availability: requests go to the active one; faas_runtime/failover.py)."""
         self.endpoint = endpoint
         self.munge_socket = munge_socket
         self.timeout_s = timeout_s
         self._rids = itertools.count(1)
         self.pushed: list[list] = []  # [id, state] pairs of ENDED messages, until taken (``take_pushed``)
         self._ctx = zmq.Context.instance()
-        self._sock = P.configure(self._ctx.socket(zmq.DEALER))
-        curve.setup_client(self._sock)  # encrypted when FAAS_CURVE_DIR names the keys
-        self._sock.connect(endpoint)
+        # encrypted when FAAS_CURVE_DIR names the keys
+        self._link = Link(self._ctx, endpoint, setup=curve.setup_client)
+
+    @property
+    def _sock(self) -> zmq.Socket:
+        return self._link.sock
 
     def close(self) -> None:
-        self._sock.close()
+        self._link.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -54,26 +66,49 @@ class Client:
         self.close()
 
     def request(self, msg_type: str, authenticated: bool = True, **fields: Any) -> dict:
-        rid = f"{os.getpid()}-{next(self._rids)}"
-        msg = {"v": P.VERSION, "type": msg_type, "rid": rid, **fields}
-        if authenticated:
-            msg["cred"] = make_credential(request_digest(msg), self.munge_socket)
-        self._sock.send(P.encode(msg_type, **{k: v for k, v in msg.items() if k not in ("v", "type")}))
+        rid = self._send(msg_type, authenticated, fields)
         deadline = time.monotonic() + self.timeout_s
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sock.poll(int(remaining * 1000)):
+            # With several addresses, look at the connection every 0.1 s: a dead co-scheduler
+            # is left for the next one at once, not at the end of the timeout.
+            wait = min(remaining, 0.1) if self._link.several else remaining
+            if remaining <= 0:
                 raise Unavailable(f"no answer from the co-scheduler at {self.endpoint} within {self.timeout_s:g} s")
+            if not self._sock.poll(max(1, int(wait * 1000))):
+                if self._link.check():
+                    rid = self._failover(msg_type, authenticated, fields)
+                continue
             reply = P.decode(self._sock.recv())
             if reply.get("type") == P.ENDED:
                 self._note_push(reply)
                 continue
             if reply.get("rid") != rid:
                 continue  # a late reply to an earlier, timed-out request
+            if reply["type"] == P.ERROR and reply.get("code") == P.E_STANDBY and self._link.several:
+                self._link.broken = True
+                rid = self._failover(msg_type, authenticated, fields)
+                continue
             if reply["type"] == P.ERROR:
                 code = reply.get("code", P.E_INTERNAL)
                 raise (PayloadTooLarge if code == P.E_TOO_LARGE else RequestError)(code, reply.get("message", "error"))
             return reply
+
+    def _send(self, msg_type: str, authenticated: bool, fields: dict) -> str:
+        rid = f"{os.getpid()}-{next(self._rids)}"
+        msg = {"v": P.VERSION, "type": msg_type, "rid": rid, **fields}
+        if authenticated:  # a new credential each time: munged refuses a replayed one
+            msg["cred"] = make_credential(request_digest(msg), self.munge_socket)
+        self._sock.send(P.encode(msg_type, **{k: v for k, v in msg.items() if k not in ("v", "type")}))
+        return rid
+
+    def _failover(self, msg_type: str, authenticated: bool, fields: dict) -> str:
+        """The co-scheduler at the current address is gone or a standby: send the request
+        to the next address. A request the dead one took but never answered is taken twice
+        (an invoke queues twice): at-least-once, as every request over a lost connection."""
+        time.sleep(max(0.0, self._link.opened + MIN_DWELL_S - time.monotonic()))
+        self._link.next()
+        return self._send(msg_type, authenticated, fields)
 
     def _note_push(self, msg: dict) -> None:
         ended = msg.get("ended")
@@ -202,29 +237,50 @@ class Client:
 
     def wait_many(self, ids: list[int], timeout_s: Optional[float] = None, poll_s: float = 0.2,
                   window: int = 1000, progress: Optional[Callable[[int], None]] = None) -> dict[int, dict]:
-        """Poll until every invocation ends; return {id: its row from ``list``}.
+        """Wait until every invocation ends; return {id: its row from ``list``}.
 
-        Each poll asks about the first ``window`` invocations not yet seen ending, and moves
-        on at once while whole windows have ended: invocations mostly end in the order they
-        were submitted, so a wait for N costs about N/window requests, not N per poll."""
+        The co-scheduler pushes ENDED as they end (SUBSCRIBE), and the rows of those that
+        ended are read by id, at most every ``poll_s`` or a ``window`` at a time: a wait for
+        N costs about N/window requests and each row is read once, while polling would read
+        the unfinished ones again every turn. Pushes lost with the connection (a restart,
+        a failover) are made up for by subscribing again when none came for a while (its
+        reply names those that ended meanwhile)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         done: dict[int, dict] = {}
-        todo = list(dict.fromkeys(ids))
+        todo = dict.fromkeys(ids)  # not seen ending yet, in order
+        ended: dict[int, None] = {}  # told they ended, rows not read yet
+        resubscribe_at, read_at = 0.0, time.monotonic() + poll_s
         while todo:
-            part = todo[:window]
-            ended = 0
-            for row in self.list(ids=part, limit=len(part)):
-                if State(row["state"]) in TERMINAL:
-                    done[row["invocation_id"]] = row
-                    ended += 1
-            if progress is not None and ended:
-                progress(ended)  # how many more ended: a progress bar's step
-            todo = [i for i in todo if i not in done]
-            if any(i not in done for i in part):  # this window is still running: wait
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"{len(todo)} of {len(done) + len(todo)} invocations still "
-                                       f"running after {timeout_s:g} s")
-                time.sleep(poll_s)
+            if time.monotonic() >= resubscribe_at:
+                unread = [i for i in todo if i not in ended]
+                for start in range(0, len(unread), MAX_SUBSCRIBE_IDS):
+                    reply = self.subscribe(unread[start:start + MAX_SUBSCRIBE_IDS])
+                    ended.update((e[0], None) for e in reply["ended"])
+                resubscribe_at = time.monotonic() + RESUBSCRIBE_S
+            until = min(read_at, resubscribe_at) if ended else resubscribe_at
+            if deadline is not None:
+                until = min(until, deadline)
+            ended.update((e[0], None) for e in self.take_pushed(max(0.0, until - time.monotonic())) if e[0] in todo)
+            if ended and (len(ended) >= min(window, len(todo)) or time.monotonic() >= read_at):
+                part = list(itertools.islice(ended, window))
+                got = 0
+                for row in self.list(ids=part, limit=len(part)):
+                    inv_id = row["invocation_id"]
+                    if State(row["state"]) in TERMINAL and inv_id in todo:
+                        del todo[inv_id]
+                        done[inv_id] = row
+                        got += 1
+                for inv_id in part:
+                    ended.pop(inv_id, None)
+                if progress is not None and got:
+                    progress(got)  # how many more ended: a progress bar's step
+                now = time.monotonic()
+                read_at = now + poll_s
+                if got:
+                    resubscribe_at = now + RESUBSCRIBE_S  # the pushes are coming
+            if todo and deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(todo)} of {len(done) + len(todo)} invocations still "
+                                   f"running after {timeout_s:g} s")
         return done
 
     def wait(self, invocation_id: int, timeout_s: Optional[float] = None, poll_s: float = 0.1,

@@ -1,6 +1,7 @@
 """Shared fixtures: real services, started by the tests themselves.
 
 - ``cluster``: a real Slurm cluster with slurm-faas (coscheduler.tools.devcluster), one per session.
+- ``netns_cluster``: the same with every node in a network namespace of its own (``up --netns``).
 - ``postgres_url``: a private PostgreSQL server in a temporary directory.
 - ``database``: a fresh schema on SQLite and on PostgreSQL (parametrised).
 
@@ -9,11 +10,8 @@ started fails the tests instead of skipping them.
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -45,6 +43,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.fixture(scope="session")
 def cluster():
+    yield from _dev_cluster(netns=False)
+
+
+@pytest.fixture(scope="session")
+def netns_cluster():
+    """The dev cluster with each node in a network namespace of its own (``up --netns``):
+    tests/integration/test_netns_cluster.py runs the backfill, eviction and hot-lease tests on it."""
+    from coscheduler.tools import devcluster_netns
+
+    usable, why = devcluster_netns.available()
+    if not usable:
+        missing(f"network namespaces: {why}")
+    yield from _dev_cluster(netns=True)
+
+
+def _dev_cluster(netns: bool):
     from coscheduler.tools.devcluster import DevCluster
 
     if os.geteuid() != 0:
@@ -53,8 +67,8 @@ def cluster():
         if shutil.which(tool) is None:
             missing(f"{tool} is not installed (make deps)")
     # Not under pytest's tmp dir: munged wants every parent of its socket world-searchable.
-    root = Path(tempfile.mkdtemp(prefix="faas-cluster-"))
-    c = DevCluster(root)
+    root = Path(tempfile.mkdtemp(prefix="faas-netns-cluster-" if netns else "faas-cluster-"))
+    c = DevCluster(root, netns=netns)
     try:
         c.up(timeout_s=90)
     except Exception:
@@ -64,12 +78,6 @@ def cluster():
     c.down()
     if os.environ.get("FAAS_KEEP_CLUSTER") != "1":
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -85,26 +93,16 @@ def native_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb:
-        missing("PostgreSQL server binaries are not installed (make deps)")
-    bindir = Path(initdb[-1]).parent
+    from coscheduler.tools.private_postgres import PostgresMissing, private_postgres
+
     # Not under pytest's tmp dir: its parents are private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="faas-pg-"))
-    data, port = root / "data", _free_port()
-    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if run_as:
-        shutil.chown(root, "postgres")
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "faas"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "pg.log"),
-                    "-o", f"-k {root} -p {port} -c listen_addresses=''", "start"], check=True, capture_output=True)
     try:
-        subprocess.run([*run_as, str(bindir / "createdb"), "-h", str(root), "-p", str(port), "-U", "faas", "faas"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg://faas@/faas?host={root}&port={port}"
+        with private_postgres(root) as url:
+            yield url
+    except PostgresMissing as exc:
+        missing(str(exc))
     finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -16,7 +16,8 @@ def coscheduler_options(f: Callable) -> Callable:
     f = click.option("--munge-socket", envvar="FAAS_MUNGE_SOCKET", default=None,
                      help="munged socket (default: munge's own)  [env: FAAS_MUNGE_SOCKET]")(f)
     f = click.option("--coscheduler", "endpoint", envvar="FAAS_COSCHEDULER", default="tcp://127.0.0.1:7800",
-                     show_default=True, help="co-scheduler address  [env: FAAS_COSCHEDULER]")(f)
+                     show_default=True, help="co-scheduler address; several, comma-separated: the active one of "
+                     "them (high availability)  [env: FAAS_COSCHEDULER]")(f)
     return f
 
 

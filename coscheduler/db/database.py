@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -95,6 +95,11 @@ class Database:
                 if write and self.dialect == "sqlite":
                     s.connection(execution_options={"sqlite_immediate": True})
                 yield s
+
+    def check_each_transaction(self, check: Callable[[Connection], None]) -> None:
+        """Run ``check(connection)`` in every ``session()`` before its first statement; what
+        it raises fails the transaction (coscheduler/leader.py: the active co-scheduler's fence)."""
+        event.listen(self._sessions, "after_begin", lambda _session, _tx, connection: check(connection))
 
     def dispose(self) -> None:
         self.engine.dispose()

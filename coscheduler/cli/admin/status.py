@@ -20,8 +20,11 @@ def status_command(ctx, output):
 
 def _screen(ov: dict) -> str:
     h, q, cap = ov["health"], ov["queue"], ov["capacity"]
+    ha = h.get("ha")
     lines = [f"co-scheduler up {h['uptime_s']:.0f} s; loop step p99 (ms): "
              + ", ".join(f"{k.removeprefix('step_')} {v}" for k, v in sorted(h["steps_p99_ms"].items())),
+             *([f"high availability: the active one is {ha['active']} since {ha['since']} (epoch {ha['epoch']})"]
+               if ha else []),
              "",
              f"{'NODE':<12} {'AGENT':<9} {'HEARD':>7} {'LENDS':>5} {'LENT':>5} {'USED':>5} {'MEM_MB':>8} {'WARM':>4}"]
     for node, a in ov["agents"].items():
