@@ -17,7 +17,6 @@ May not touch: client requests, placement, Slurm (reconcile.py asks it and calls
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import secrets
@@ -33,6 +32,7 @@ from faas_runtime.states import ON_SLOT, State
 from . import db as D
 from . import fields as F
 from .db.bulk import chunks
+from .heartbeats import Heartbeats
 from .hub import AgentSession, Hub, RequestFailed, fn_key
 
 log = logging.getLogger("faas.coscheduler")
@@ -41,7 +41,7 @@ FINAL_REPORTS = frozenset({P.RESULT, P.EVICTED})  # acknowledged once stored
 ORPHAN_SWEEP_S = 5.0  # how often work on nodes without a session is looked for
 
 
-class AgentRoom:
+class AgentRoom(Heartbeats):
     def __init__(self, hub: Hub, issue: Callable[[bytes], str]):
         self.hub = hub
         self.issue = issue  # a munge credential of the co-scheduler's uid with this payload (WELCOME)
@@ -49,8 +49,7 @@ class AgentRoom:
         self.handlers: dict[str, Callable[[Session, AgentSession, dict], None]] = {}
         self.on_revoke: list[Callable[[str, str], None]] = []  # told of every revoked slot (leases.py)
         hub.binary_results = True  # _outcome stores RESULT's VALUE_BIN
-        self._heard: dict[str, tuple[float, set[int]]] = {}  # node -> (seen, held) of its latest heartbeat
-        self._checked: dict[str, float] = {}  # node -> when its holdings were last checked (monotonic)
+        self._init_heartbeats()
         self.started = time.monotonic()
         self._next_orphan_sweep = self.started + hub.config.agent_grace_s
 
@@ -74,7 +73,7 @@ class AgentRoom:
             self._requeue_unheld(s, node, {h["invocation_id"] for h in held}, self.hub.config.dispatch_grace_s)
         welcome = json.dumps({"node": node, "nonce": nonce, "key": key.hex()}).encode()
         # The WELCOME itself is proven by the credential; every later message by the key's MAC.
-        self.hub.send(identity, P.WELCOME, node=node, cred=self.issue(welcome))
+        self.hub.send(identity, P.WELCOME, node=node, cred=self.issue(welcome), heartbeat_s=self.heartbeat_s())
         self.hub.mark_dirty()
         log.info("agent %s registered (%d held)", node, len(held))
 
@@ -101,7 +100,7 @@ class AgentRoom:
         if not held:
             return
         rows = D.report_rows(s, [h["invocation_id"] for h in held])
-        slots = {sl.id: sl for sl in D.active_slots(s) if sl.node == node}
+        slots = {sl.id: sl for sl in s.scalars(select(D.Slot).where(D.Slot.node == node, D.Slot.state == "ACTIVE"))}
         fns = D.functions_by_id(s, {r.function_id for r in rows.values()})
         at, changes = D.utcnow(), []
         for h in held:
@@ -140,33 +139,6 @@ class AgentRoom:
                                 reason="the co-scheduler has no such work on this node")
         D.transition_many(s, changes)
 
-    def _check_held(self, s: Session) -> None:
-        """What heartbeats say agents hold, against the database: work dispatched to a node
-        more than ``dispatch_grace_s`` ago, and before the newest RUN its agent had read when
-        it beat (or before its session began), that the agent does not hold was lost on the
-        way (a RUN it never got, or an agent that restarted) and is requeued. One query for
-        all the nodes due, each node at most once per grace: thousands of heartbeats a second
-        cost a query or two."""
-        grace = self.hub.config.dispatch_grace_s
-        now = time.monotonic()
-        due = {n: heard for n, heard in self._heard.items() if now - self._checked.get(n, 0.0) >= grace}
-        if not due:
-            return
-        for n in due:
-            del self._heard[n]
-            self._checked[n] = now
-        cutoff = D.utcnow() - dt.timedelta(seconds=grace)
-        for chunk in chunks(sorted(due)):
-            for inv in s.scalars(select(D.Invocation).where(
-                    D.Invocation.state.in_([st.value for st in ON_SLOT]), D.Invocation.node.in_(chunk),
-                    D.Invocation.dispatched_at < cutoff)):
-                seen, held = due[inv.node]
-                session = self.hub.sessions.get(inv.node)
-                reached = max(seen, session.began if session else 0.0)  # RUNs it has read, or never will
-                if inv.id not in held and inv.dispatched_at.timestamp() <= reached + 1e-3:  # clock rounding
-                    D.evict(s, inv, f"agent on {inv.node} does not run it")
-                    self.hub.mark_dirty()
-
     def _requeue_unheld(self, s: Session, node: str, held: set[int], grace_s: float) -> None:
         """Requeue work the database places on ``node`` that its agent does not hold. Only
         work dispatched longer ago than the grace is known lost: a RUN sent a moment ago
@@ -200,23 +172,28 @@ class AgentRoom:
 
     def batch(self, msgs: list[tuple[bytes, dict]]) -> None:
         """Agents' messages in one transaction (a burst of results costs one commit), in the
-        order they arrived: each run of reports in bulk, every other message in a
-        savepoint of its own, so that a bad one is refused alone."""
+        order they arrived: each run of reports, and each run of LENDs, in bulk; every other
+        message in a savepoint of its own, so that a bad one is refused alone. (Heartbeats
+        are not here: heartbeats.py takes them as they are read.)"""
         acks: dict[str, list[list[int]]] = {}
         self.hub.metrics.count("agent_messages", len(msgs))
+
+        def reports(s: Session, run: list[tuple[bytes, dict]]) -> None:
+            self._reports(s, run, acks)
+
+        bulk = {P.LEND: self._lends, **dict.fromkeys(P.REPORT_TYPES, reports)}
         with self.hub.database.session(write=True) as s:
-            run: list[tuple[bytes, dict]] = []
+            run: list[tuple[bytes, dict]] = []  # consecutive reports, or consecutive LENDs: handled in bulk
             for identity, msg in msgs:
-                if msg["type"] in P.REPORT_TYPES:  # reports on invocations: handled in bulk
-                    run.append((identity, msg))
-                    continue
-                if run:
-                    self._reports(s, run, acks)
+                if run and bulk.get(msg["type"]) is not bulk[run[0][1]["type"]]:
+                    bulk[run[0][1]["type"]](s, run)
                     run = []
-                self._message(s, identity, msg)
+                if msg["type"] in bulk:
+                    run.append((identity, msg))
+                else:
+                    self._message(s, identity, msg)
             if run:
-                self._reports(s, run, acks)
-            self._check_held(s)
+                bulk[run[0][1]["type"]](s, run)
         for node, done in acks.items():  # queued after the commit above (the loop sends them)
             self.hub.send_agent(node, P.ACK, reports=done)
 
@@ -241,16 +218,7 @@ class AgentRoom:
         if kind in self.handlers:
             self.handlers[kind](s, session, msg)
         elif kind == P.HEARTBEAT:
-            self.hub.metrics.count("heartbeats")
-            held = msg.get("running", [])
-            if not isinstance(held, list) or len(held) > F.MAX_IDS:
-                raise F.invalid("running must be a list of [invocation id, attempt]")
-            # Checked against the database in bulk, once a grace per node (_check_held), for
-            # work dispatched no later than the newest RUN the agent had read (``seen``).
-            seen = msg.get("seen")
-            seen = float(seen) if isinstance(seen, (int, float)) and not isinstance(seen, bool) else 0.0
-            self._heard[node] = (seen, {h[0] for h in held if isinstance(h, list) and h and isinstance(h[0], int)})
-            self._note_warm(msg.get("warm"))
+            self._beat(session, msg)
         elif kind == P.LEND:
             self._lend(s, node, msg.get("record"))
         elif kind == P.REVOKE:
@@ -347,7 +315,39 @@ class AgentRoom:
 
     # -- lends -----------------------------------------------------------------------------
 
+    def _lends(self, s: Session, msgs: list[tuple[bytes, dict]]) -> None:
+        """LENDs in bulk: one read of the slots they name, the new ones added in one flush.
+        One at a time (a savepoint and a read each) they were most of the agents' step on a
+        cluster of thousands of nodes. If the bulk write fails, each is tried alone."""
+        valid: list[tuple[bytes, dict, D.Slot]] = []
+        for identity, msg in msgs:
+            try:
+                session = self.session_of(identity, msg)
+                if session is not None:
+                    valid.append((identity, msg, self._lend_record(session.node, msg.get("record"))))
+            except (P.ProtocolError, RequestFailed) as exc:
+                log.info("refused a LEND: %s: %s", exc.code, exc)
+                self.hub.send(identity, P.ERROR, code=exc.code, message=str(exc))
+        if not valid:
+            return
+        try:
+            with s.begin_nested():
+                existing: dict[str, Optional[D.Slot]] = {}
+                for chunk in chunks(sorted({slot.id for _, _, slot in valid})):
+                    existing.update((sl.id, sl) for sl in s.scalars(select(D.Slot).where(D.Slot.id.in_(chunk))))
+                for _, _, slot in valid:
+                    existing[slot.id] = self._apply_lend(s, slot, existing.get(slot.id))
+        except Exception:
+            log.exception("a batch of %d LENDs failed; handling them one by one", len(valid))
+            for identity, msg, _ in valid:
+                self._message(s, identity, msg)
+
     def _lend(self, s: Session, node: str, rec: Any) -> None:
+        slot = self._lend_record(node, rec)
+        self._apply_lend(s, slot, s.get(D.Slot, slot.id))
+
+    def _lend_record(self, node: str, rec: Any) -> D.Slot:
+        """The slot a LEND's record describes (not yet in the session), or a typed error."""
         if not isinstance(rec, dict):
             raise F.invalid("a LEND carries a lend record")
         job_id = F.whole(rec.get("job_id"), "job_id", 1, 2**32)
@@ -357,22 +357,29 @@ class AgentRoom:
         end_time = F.number(rec.get("end_time") or 0, "end_time", 0, 1e11) or None
         until = F.whole(rec.get("until_min") or 0, "until_min", 0, 10**7)
         slot_id = _slot_id(job_id, node)
-        existing = s.get(D.Slot, slot_id)
+        if len(cpus) != len(os_cpus):
+            raise F.invalid(f"lend record {slot_id}: slurm_cpus and os_cpus differ in length")
+        return D.Slot(id=slot_id, job_id=job_id, node=node, owner_uid=uid, slurm_cpus=cpus, os_cpus=os_cpus,
+                      mem_mb=mem_mb, end_time=end_time, until_min=until, state="ACTIVE")  # read before its flush
+
+    def _apply_lend(self, s: Session, slot: D.Slot, existing: Optional[D.Slot]) -> D.Slot:
+        """Store a lend (lends are idempotent: agents announce them all again at each
+        WELCOME); the slot now in the session."""
         if existing is not None:
             # The node's agent resizes an active lend's memory as its job grows and shrinks
             # (faas_runtime/memory_watch.py); a revoked lend never comes back.
-            if existing.state == "ACTIVE" and existing.mem_mb != mem_mb:
-                log.info("slot %s: memory %d -> %d MiB (the agent's memory guard)", slot_id, existing.mem_mb, mem_mb)
-                existing.mem_mb = mem_mb
-                self.hub.mark_dirty()
-            return
-        if len(cpus) != len(os_cpus):
-            raise F.invalid(f"lend record {slot_id}: slurm_cpus and os_cpus differ in length")
-        s.add(D.Slot(id=slot_id, job_id=job_id, node=node, owner_uid=uid, slurm_cpus=cpus,
-                     os_cpus=os_cpus, mem_mb=mem_mb, end_time=end_time, until_min=until))
-        self.hub.lends_to_check.add(slot_id)  # the reconciler asks Slurm for the job's end now
-        self.hub.mark_dirty()
-        log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot_id, len(cpus), sorted(set(os_cpus)), mem_mb)
+            if existing.state == "ACTIVE" and existing.mem_mb != slot.mem_mb:
+                log.info("slot %s: memory %d -> %d MiB (the agent's memory guard)", slot.id, existing.mem_mb,
+                         slot.mem_mb)
+                existing.mem_mb = slot.mem_mb
+                self.hub.slot_changed(slot.id)
+            return existing
+        s.add(slot)
+        self.hub.lends_to_check.add(slot.id)  # the reconciler asks Slurm for the job's end now
+        self.hub.slot_changed(slot.id)
+        log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot.id, len(slot.slurm_cpus), sorted(set(slot.os_cpus)),
+                 slot.mem_mb)
+        return slot
 
     def revoke_slot(self, s: Session, slot_id: str, reason: str) -> None:
         """A lend is over (its agent said so, or Slurm did): requeue its work, tell the agent."""
@@ -380,8 +387,11 @@ class AgentRoom:
         if slot is None or slot.state == "REVOKED":
             return
         slot.state, slot.revoked_at, slot.revoke_reason = "REVOKED", D.utcnow(), reason[:255]
-        for inv in D.on_slot(s, [slot_id]):
-            D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
+        self.hub.slot_changed(slot_id)
+        # By node (index on node, state): by slot, SQLite walked every invocation on a slot.
+        for inv in _on_node(s, slot.node):
+            if inv.slot_id == slot_id:
+                D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
         self.hub.stats.warm.pop(slot_id, None)
         self.hub.end_known.discard(slot_id)
         for on_revoke in self.on_revoke:
@@ -392,20 +402,13 @@ class AgentRoom:
         self.hub.send_agent(slot.node, P.REVOKE, job_id=slot.job_id, node=slot.node, reason=reason)
         log.info("slot %s revoked: %s", slot_id, reason)
 
-    def _note_warm(self, warm: Any) -> None:
-        """Optional heartbeat field ``warm``: {slot_id: [function ids with an idle executor]}."""
-        if not isinstance(warm, dict) or len(warm) > 1024:
-            return
-        for slot_id, fns in warm.items():
-            if isinstance(fns, list):
-                for fn in fns[:1024]:
-                    self.hub.stats.note_warm(str(slot_id)[:300], fn_key(fn))
-
     # -- liveness ----------------------------------------------------------------------------
 
     def step_liveness(self) -> None:
         """Agents silent for ``agent_grace_s`` lose their sessions and their work goes back
-        to the queue; so does work on nodes that never said HELLO to this co-scheduler."""
+        to the queue; so does work on nodes that never said HELLO to this co-scheduler, and
+        work heartbeats say their agents do not hold (_check_held, once a second)."""
+        self.check_held()
         now = time.monotonic()
         grace = self.hub.config.agent_grace_s
         dead = [n for n, a in self.hub.sessions.items() if now - a.last_seen > grace]

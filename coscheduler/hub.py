@@ -102,6 +102,9 @@ class Hub:
         # and those it has answered for: placement offers a lend only once its end is known.
         self.lends_to_check: set[str] = set()
         self.end_known: set[str] = set()
+        # Slots written in this process since placement last read them (``slot_changed``):
+        # placement keeps the active slots in memory and rereads only these.
+        self.slots_changed: set[str] = set()
         self.dirty = True
         self.outbox: list[tuple[bytes, list[bytes]]] = []
         self.metrics = LoopMetrics()
@@ -117,6 +120,12 @@ class Hub:
         self.just_ended.append((inv_id, state))
 
     def mark_dirty(self) -> None:
+        self.dirty = True
+
+    def slot_changed(self, slot_id: str) -> None:
+        """A room wrote this slot (lent, resized, revoked, its end learned): placement rereads
+        it. Marking one whose write then rolls back is harmless; missing one is not."""
+        self.slots_changed.add(slot_id)
         self.dirty = True
 
     def send(self, identity: bytes, msg_type: str, **fields: Any) -> None:

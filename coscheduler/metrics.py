@@ -1,7 +1,8 @@
 """What the loop measures of itself and of the work it runs.
 
 - each step's durations, in a bounded ring (the last ``WINDOW``), so percentiles cost
-  nothing until asked for;
+  nothing until asked for; and the CPU time the loop's thread spent in them (a step slow
+  in wall time but not in CPU time waited: for the database, or for a loaded host's CPUs);
 - counters that only grow (heartbeats, dispatched, evictions, results by outcome, the
   core-seconds functions ran on lent cores);
 - histograms of the queue wait (submit to dispatch) and of run times, in fixed buckets.
@@ -45,13 +46,14 @@ class LoopMetrics:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.durations: dict[str, collections.deque[float]] = {}
+        self.cpu_times: dict[str, collections.deque[float]] = {}
         self.counters: collections.Counter[str] = collections.Counter()
         self.histograms: dict[str, Histogram] = collections.defaultdict(Histogram)
         self.completions: collections.deque[float] = collections.deque()  # monotonic times, last minute
         self.started = time.monotonic()
 
     def timed(self, name: str, step: Callable[[], None]) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             step()
         finally:
@@ -59,7 +61,9 @@ class LoopMetrics:
                 ring = self.durations.get(name)
                 if ring is None:
                     ring = self.durations[name] = collections.deque(maxlen=WINDOW)
+                    self.cpu_times[name] = collections.deque(maxlen=WINDOW)
                 ring.append(time.perf_counter() - t0)
+                self.cpu_times[name].append(time.thread_time() - c0)
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
@@ -86,10 +90,11 @@ class LoopMetrics:
         with self.lock:
             steps = {}
             for name, ring in self.durations.items():
-                q = sorted(ring)
+                q, cpu = sorted(ring), sorted(self.cpu_times[name])
                 if q:
                     steps[name] = {"n": len(q), "p50_s": q[len(q) // 2],
-                                   "p99_s": q[min(len(q) - 1, int(len(q) * 0.99))], "max_s": q[-1]}
+                                   "p99_s": q[min(len(q) - 1, int(len(q) * 0.99))], "max_s": q[-1],
+                                   "cpu_p50_s": cpu[len(cpu) // 2], "cpu_p99_s": cpu[min(len(cpu) - 1, int(len(cpu) * 0.99))]}
             recent = sum(1 for t in self.completions if t >= now - RATE_WINDOW_S)
             return {"uptime_s": now - self.started, "steps": steps, "counters": dict(self.counters),
                     "histograms": {k: h.snapshot() for k, h in self.histograms.items()},

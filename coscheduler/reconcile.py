@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from sqlalchemy.orm import Session
 
 from . import db as D
+from .db.bulk import chunks
 from .hub import Hub
 from .slurm import JobInfo, SlurmAccess, SlurmError
 
@@ -31,6 +32,7 @@ class Reconciler:
         self._last = 0.0
         self._worker: Optional[ThreadPoolExecutor] = None
         self._answer: Optional[Future] = None  # a question to Slurm under way
+        self._asked: Optional[set[str]] = None  # the slots it is about (None: every active slot)
 
     def step_reconcile(self) -> None:
         if self._answer is not None:
@@ -42,14 +44,22 @@ class Reconciler:
             except SlurmError as exc:
                 log.warning("cannot reconcile with Slurm: %s", exc)
                 return
-            self._apply(jobs)
+            self._apply(jobs, self._asked)
             return
-        if time.monotonic() - self._last < self.hub.config.reconcile_s and not self.hub.lends_to_check:
+        full = time.monotonic() - self._last >= self.hub.config.reconcile_s
+        if not full and not self.hub.lends_to_check:
             return  # a new lend is asked about at once: placement waits for its job's end
-        self._last = time.monotonic()
-        self.hub.lends_to_check.clear()
-        with self.hub.database.session() as s:
-            job_ids = {slot.job_id for slot in D.active_slots(s)}
+        if full:
+            self._last = time.monotonic()
+            self.hub.lends_to_check.clear()
+            self._asked = None
+            with self.hub.database.session() as s:
+                job_ids = {slot.job_id for slot in D.active_slots(s)}
+        else:
+            # Only the new lends' jobs: at scale lends come every second, and reading every
+            # active slot for each was a cost of the loop (the full round is every reconcile_s).
+            self._asked, self.hub.lends_to_check = self.hub.lends_to_check, set()
+            job_ids = {int(slot_id.split("@", 1)[0]) for slot_id in self._asked}
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="slurm")
         self._answer = self._worker.submit(self._ask, job_ids)
@@ -75,9 +85,12 @@ class Reconciler:
             answer[job_id] = job
         return answer
 
-    def _apply(self, jobs: dict[int, Optional[JobInfo]]) -> None:
+    def _apply(self, jobs: dict[int, Optional[JobInfo]], slot_ids: Optional[set[str]]) -> None:
         with self.hub.database.session() as s:
-            for slot in D.active_slots(s):
+            slots = D.active_slots(s) if slot_ids is None else [
+                sl for chunk in chunks(sorted(slot_ids))
+                for sl in s.scalars(D.select(D.Slot).where(D.Slot.id.in_(chunk), D.Slot.state == "ACTIVE"))]
+            for slot in slots:
                 if slot.job_id not in jobs:
                     continue  # lent after the question, or Slurm could not say
                 job = jobs[slot.job_id]
@@ -86,7 +99,7 @@ class Reconciler:
                     continue
                 if job.end_time is not None and slot.end_time != job.end_time:
                     slot.end_time = job.end_time  # learned, or changed (scontrol update TimeLimit=...)
-                    self.hub.mark_dirty()
+                    self.hub.slot_changed(slot.id)
                 if slot.id not in self.hub.end_known:
                     self.hub.end_known.add(slot.id)  # Slurm answered: no end time means none
                     self.hub.mark_dirty()

@@ -139,6 +139,8 @@ class Invocation(Base):
         # 0003 dropped the single-column indexes on those.
         Index("ix_invocations_claim", "state", "priority", "owner_uid", "id"),
         Index("ix_invocations_owner_state", "owner_uid", "state"),
+        # Since migration 0007: the work on a node (HELLO, liveness, heartbeat checks).
+        Index("ix_invocations_node_state", "node", "state"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -195,3 +197,16 @@ class StateTransition(Base):
 
     from_state: Mapped[str] = mapped_column(String(16), primary_key=True)
     to_state: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+
+class Leader(Base):
+    """High availability (coscheduler/leader.py): one row, the epoch of the active
+    co-scheduler. Each one that becomes active raises ``epoch``; every transaction of the
+    active one reads it (FOR SHARE) and fails once it is not its own any more (fencing)."""
+
+    __tablename__ = "coscheduler_leader"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    epoch: Mapped[int] = mapped_column(Integer)
+    holder: Mapped[Optional[str]] = mapped_column(String(300), nullable=True)  # host:pid of the active one
+    since: Mapped[Optional[dt.datetime]] = mapped_column(UTCDateTime(), nullable=True)

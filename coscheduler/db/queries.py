@@ -65,15 +65,23 @@ def function_named(s: Session, uid: int, name: str) -> Optional[Function]:
                                            Function.deleted_at.is_(None)))
 
 
+SLOTS_BY_NAME = 100  # slot_usage: above this many slots, one read of all the work on slots
+
+
 def slot_usage(s: Session, slot_ids: list[str]) -> list:
     """(slot_id, slurm_cpus, mem_mb, function_id, timeout_s) of each invocation on these slots."""
+    q = (select(Invocation.slot_id, Invocation.slurm_cpus, Invocation.mem_mb, Invocation.function_id,
+                Function.timeout_s)
+         .join(Function, Function.id == Invocation.function_id)
+         .where(Invocation.state.in_([st.value for st in ON_SLOT])))
+    if len(slot_ids) > SLOTS_BY_NAME:
+        # Placement asks about every active slot: at scale, reading all the work on slots
+        # once costs less than binding thousands of slot ids and probing each.
+        wanted = set(slot_ids)
+        return [row for row in s.execute(q) if row.slot_id in wanted]
     out = []
     for chunk in chunks(slot_ids):
-        out.extend(s.execute(
-            select(Invocation.slot_id, Invocation.slurm_cpus, Invocation.mem_mb, Invocation.function_id,
-                   Function.timeout_s)
-            .join(Function, Function.id == Invocation.function_id)
-            .where(Invocation.state.in_([st.value for st in ON_SLOT]), Invocation.slot_id.in_(chunk))))
+        out.extend(s.execute(q.where(Invocation.slot_id.in_(chunk))))
     return out
 
 
