@@ -3,6 +3,7 @@ submit-to-start latency on an idle slot, on a real dev cluster (Slurm + munge).
 
     python bench/bench_throughput.py                 # SQLite and PostgreSQL (if installed)
     python bench/bench_throughput.py -n 20000 --db sqlite
+    .venv-bench/bin/python bench/bench_throughput.py -n 5000 --real-n 5000   # with Parsl (make bench-venv)
 
 Parts, all in one run:
   baseline   raw ZeroMQ DEALER->ROUTER->DEALER pipeline of N small messages (what the
@@ -26,12 +27,21 @@ Parts, all in one run:
              and submit-to-start latency
              (QUEUED -> RUNNING in the invocation's history) of 30 invocations submitted
              one at a time on an idle slot.
+  cli        on the same job, after the real-agent run: `submit-function invoke noop
+             --batch FILE --wait` of --cli-n no-ops, timed from the command's start to its
+             exit (Python start, checks, queueing, waiting; real Slurm, munge, cgroups).
+  before     the real-agent runs again with the co-scheduler, agents and executors of
+             ``--before`` (a git worktree, bench/_trees.py): CPU per invocation per process
+             before and after, in one run.
+  peers      the same no-op workload on Python's ProcessPoolExecutor and Parsl's
+             HighThroughputExecutor, 4 workers each (bench/_peers.py), and the ratios the
+             scale issue sets: real agents / ProcessPoolExecutor (SQLite >= 0.5,
+             PostgreSQL >= 0.3) and CLI / Parsl HTEX (>= 4).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import glob
 import multiprocessing as mp
 import os
 import shutil
@@ -41,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -51,9 +62,12 @@ import zmq  # noqa: E402
 from coscheduler import db as D  # noqa: E402
 from faas_runtime.queue_client import Client  # noqa: E402
 from coscheduler.tools.devcluster import DevCluster  # noqa: E402
+from coscheduler.tools.private_postgres import private_postgres  # noqa: E402
 from faas_runtime.states import State  # noqa: E402
 from faas_runtime import protocol as P  # noqa: E402
 from _fast_agents import run_fast_agents  # noqa: E402
+from _peers import parsl_htex_rate, process_pool_rate  # noqa: E402
+from _trees import TreeCluster, checkout  # noqa: E402
 
 FUNCTIONS = Path(__file__).resolve().parent.parent / "tests" / "functions"
 
@@ -130,26 +144,11 @@ def baseline_db(url: str, n: int) -> float:
 
 
 def start_postgres(root: Path) -> tuple[str, callable]:
-    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not initdb:
-        raise RuntimeError("PostgreSQL is not installed")
-    bindir = Path(initdb[-1]).parent
-    data, port = root / "data", free_port()
-    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if run_as:
-        shutil.chown(root, "postgres")
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "faas"], check=True,
-                   capture_output=True)
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "pg.log"), "-o",
-                    f"-k {root} -p {port} -c listen_addresses='' -c synchronous_commit=off", "start"],
-                   check=True, capture_output=True)
-    subprocess.run([*run_as, str(bindir / "createdb"), "-h", str(root), "-p", str(port), "-U", "faas", "faas"],
-                   check=True, capture_output=True)
-
-    def stop():
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-
-    return f"postgresql+psycopg://faas@/faas?host={root}&port={port}", stop
+    """A private server (coscheduler.tools.private_postgres) that does not wait for its disk
+    on commit, as a throughput-tuned site would; returns its URL and the call that stops it."""
+    stack = ExitStack()
+    url = stack.enter_context(private_postgres(root, ("synchronous_commit=off",)))
+    return url, stack.close
 
 
 def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: list[int]) -> dict:
@@ -216,7 +215,7 @@ def _cpu_seconds(root: Path, pg_data: Optional[Path] = None) -> dict[str, float]
             continue
         if postmaster is not None and postmaster in (proc.name, stat[1]):  # stat[1]: the parent pid
             kind = "database server"
-        elif not (str(root) in cmd or cwd.startswith(str(root))):
+        elif not (f"{root}/" in cmd or f"{cwd}/".startswith(f"{root}/")):
             continue
         else:
             kind = ("co-scheduler" if "coscheduler.daemon" in cmd else "agents" if "faas_runtime.agent" in cmd
@@ -226,10 +225,25 @@ def _cpu_seconds(root: Path, pg_data: Optional[Path] = None) -> dict[str, float]
     return out
 
 
-def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int, pg_data: Optional[Path] = None) -> dict:
+def cli_batch_rate(cluster: DevCluster, n: int) -> float:
+    """``submit-function invoke noop --batch FILE --wait`` of ``n`` no-ops: invocations/s
+    from the command's start to its exit."""
+    batch = cluster.root / "cli-batch.jsonl"
+    batch.write_text("null\n" * n)
+    t0 = time.perf_counter()
+    out = subprocess.run(["submit-function", "invoke", "noop", "--batch", str(batch), "--wait"],
+                         env=cluster.client_env(), capture_output=True, text=True, timeout=900, cwd="/tmp")
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0 or out.stdout.split() != ["SUCCEEDED", str(n)]:
+        raise RuntimeError(f"invoke --batch --wait: {out.stdout[-500:]} {out.stderr[-2000:]}")
+    return n / elapsed
+
+
+def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int, pg_data: Optional[Path] = None,
+                   cli_n: int = 0) -> dict:
     """The dev cluster's own co-scheduler, agents and warm executors on ``cores`` lent cores
     of one job: ``n`` no-ops submitted at once, after a warm-up that lets the co-scheduler
-    learn the function's run time (dispatch-ahead)."""
+    learn the function's run time (dispatch-ahead); then, if ``cli_n``, the CLI's batch."""
     env = cluster.client_env()
     out = subprocess.run(["sbatch", "--parsable", "-N1", "-c8", "--output=/dev/null", f"--faas-share=cores={cores}",
                           "--wrap", "sleep 900"], env=env, capture_output=True, text=True, check=True, cwd="/tmp")
@@ -262,9 +276,11 @@ def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int, pg_data:
             last = s.scalar(D.select(D.func.max(D.InvocationEvent.at)).where(
                 D.InvocationEvent.to_state == State.SUCCEEDED.value, D.InvocationEvent.invocation_id >= min(ids)))
         db.dispose()
+        cli = cli_batch_rate(cluster, cli_n) if cli_n else None  # on the same warm executors
         elapsed = (last - wall0).total_seconds()
         lat.sort()
         return {"n": n, "rate": n / elapsed, "elapsed": elapsed, "cpu_us": {k: v / n * 1e6 for k, v in cpu.items()},
+                "cli_rate": cli,
                 "p50_ms": statistics.median(lat) * 1e3, "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1e3}
     finally:
         subprocess.run(["scancel", str(job)], env=env, capture_output=True)
@@ -272,9 +288,77 @@ def real_agent_run(cluster: DevCluster, n: int, lat_n: int, cores: int, pg_data:
 
 def print_real(name: str, r: dict, cores: int, lat_n: int) -> None:
     cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["cpu_us"].items()))
+    cli = f"; CLI invoke --batch --wait {r['cli_rate']:,.0f}/s" if r.get("cli_rate") else ""
     print(f"real agents {name:<10}: {r['n']} no-ops on {cores} lent cores (warm executors, dispatch-ahead), "
           f"sustained end to end {r['rate']:,.0f}/s ({r['elapsed']:.1f} s); CPU us per invocation: {cpu}; "
-          f"submit-to-start on an idle slot p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms ({lat_n} samples)")
+          f"submit-to-start on an idle slot p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms ({lat_n} samples){cli}")
+
+
+# What the scale issue asks of the real-agent path, as ratios to peers measured in the same run.
+TARGETS = {"sqlite": 0.5, "postgresql": 0.3}
+CLI_OVER_PARSL = 4.0
+
+
+def print_summary(real: dict[tuple[str, str], dict], before: str) -> None:
+    """The ratios to the peers measured beside each run, and CPU per invocation per
+    process before and after."""
+    for (name, when), r in sorted(real.items()):
+        target = f" (target >= {TARGETS[name]})" if when == "after" else ""
+        print(f"ratio real agents {name} {when} / ProcessPoolExecutor: {r['rate']:,.0f} / {r['ppe']:,.0f} = "
+              f"{r['rate'] / r['ppe']:.2f}{target}")
+    after = real.get(("sqlite", "after"), {})
+    if after.get("cli_rate") and after.get("htex"):
+        print(f"ratio CLI invoke --batch --wait (SQLite) / Parsl HTEX: {after['cli_rate']:,.0f} / {after['htex']:,.0f} "
+              f"= {after['cli_rate'] / after['htex']:.2f} (target >= {CLI_OVER_PARSL:g})")
+    elif after:
+        print("Parsl HTEX: not installed (run with .venv-bench/bin/python; make bench-venv)")
+    for name in TARGETS:
+        if (name, "before") in real and (name, "after") in real:
+            b, a = real[(name, "before")]["cpu_us"], real[(name, "after")]["cpu_us"]
+            rows = [f"{k} {b.get(k, 0):.0f} -> {a.get(k, 0):.0f}" for k in sorted(set(a) | set(b))]
+            print(f"CPU us per invocation, {name}, before ({before}) -> after: {'; '.join(rows)}; total "
+                  f"{sum(b.values()):.0f} -> {sum(a.values()):.0f}")
+
+
+def real_runs(work: Path, cluster: DevCluster, urls: dict[str, str], before: Optional[Path],
+              args: argparse.Namespace) -> dict[tuple[str, str], dict]:
+    """The real-agent runs of this tree ("after", with the CLI's batch) and of ``before``,
+    per database; ``cluster`` is this tree's SQLite cluster, already up. The machine's load
+    changes (a shared machine), so the peers run right beside the runs they are compared
+    with: a ProcessPoolExecutor before each run, Parsl's HTEX after the CLI's batch."""
+    real: dict[tuple[str, str], dict] = {}
+    for name, url in urls.items():
+        for when, tree in (("after", None), ("before", before)):
+            if when == "before" and tree is None:
+                continue
+            pg_data = work / "pg" / "data" if name == "postgresql" else None
+            if pg_data is not None:  # each cluster starts on an empty PostgreSQL queue
+                with D.Database(url).engine.begin() as conn:
+                    conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+            db_url = url if pg_data is not None else None
+            if tree is None and pg_data is None:
+                c = cluster
+            elif tree is None:
+                c = DevCluster(work / "cluster-pg", db_url=db_url)
+            else:
+                c = TreeCluster(work / f"{when}-{name}", tree, db_url=db_url)
+            try:
+                if c is not cluster:
+                    c.up(timeout_s=120)
+                ppe = process_pool_rate(args.real_n)
+                r = real_agent_run(c, args.real_n, args.latency_n, args.cores, pg_data,
+                                   cli_n=args.cli_n if when == "after" else 0)
+                r["ppe"] = ppe
+                if (name, when) == ("sqlite", "after"):
+                    r["htex"] = parsl_htex_rate(args.real_n)
+            finally:
+                if c is not cluster:
+                    c.down()
+            print_real(f"{name} {when}", r, args.cores, args.latency_n)
+            htex = f", Parsl HTEX {r['htex']:,.0f}/s" if r.get("htex") else ""
+            print(f"  beside it, same no-op workload, 4 workers: ProcessPoolExecutor {r['ppe']:,.0f}/s{htex}")
+            real[(name, when)] = r
+    return real
 
 
 def main() -> None:
@@ -284,6 +368,10 @@ def main() -> None:
     ap.add_argument("--real-n", type=int, default=10_000, help="invocations in the real-agent runs")
     ap.add_argument("--latency-n", type=int, default=30)
     ap.add_argument("--cores", type=int, default=4, help="lent cores of the real-agent runs' job")
+    ap.add_argument("--cli-n", type=int, default=2000, help="invocations of the CLI's invoke --batch --wait (0: none)")
+    ap.add_argument("--before", default="d0c7464",
+                    help="the revision whose real-agent runs are the 'before' column ('': none)")
+    ap.add_argument("--no-queue", dest="queue", action="store_false", help="skip the stand-in agents' queue runs")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="faas-bench-"))
     work.chmod(0o755)
@@ -318,24 +406,14 @@ def main() -> None:
                                   "--faas-share=no", "--wrap", "sleep 900"], env=env, capture_output=True,
                                  text=True, check=True, cwd="/tmp")
             jobs.append(int(out.stdout.strip().split(";")[0]))
-        for name, url in urls.items():
+        for name, url in (urls if args.queue else {}).items():
             r = queue_run(cluster, url, args.n, work, jobs)
             print(f"queue {name:<10}: {r['n']} no-ops, submitted at {r['submit_rate']:,.0f}/s, "
                   f"sustained end to end {r['sustained']:,.0f}/s ({r['elapsed']:.1f} s)")
         subprocess.run(["scancel", *map(str, jobs)], env=env, capture_output=True)
-        for name, url in urls.items():
-            if name == "sqlite":
-                r = real_agent_run(cluster, args.real_n, args.latency_n, args.cores)
-            else:  # a second dev cluster whose co-scheduler keeps its queue in PostgreSQL
-                with D.Database(url).engine.begin() as conn:
-                    conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-                pg_cluster = DevCluster(work / "cluster-pg", db_url=url)
-                try:
-                    pg_cluster.up(timeout_s=120)
-                    r = real_agent_run(pg_cluster, args.real_n, args.latency_n, args.cores, pg_root / "data")
-                finally:
-                    pg_cluster.down()
-            print_real(name, r, args.cores, args.latency_n)
+        with checkout(args.before, work / "before") if args.before else nullcontext() as before:
+            real = real_runs(work, cluster, urls, before, args)
+        print_summary(real, args.before)
     finally:
         cluster.down()
         for stop in stops:

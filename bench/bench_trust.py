@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,6 +44,7 @@ import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
 from _fast_agents import run_fast_agents  # noqa: E402
+from _trees import OWN_TREE, checkout, module_argv  # noqa: E402
 from bench_throughput import free_port  # noqa: E402
 from coscheduler import db as D  # noqa: E402
 from coscheduler.tools.devcluster import DevCluster  # noqa: E402
@@ -50,9 +52,6 @@ from faas_runtime import munge  # noqa: E402
 from faas_runtime.states import State  # noqa: E402
 
 FUNCTIONS = REPO / "tests" / "functions"
-# A tree other than the installed one runs with the editable install's finder removed, so
-# that its packages come from its own directory (PYTHONPATH), not this checkout.
-OWN_TREE = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
 # The driver runs with the tree's own client (the old one forks `munge` per request).
 DRIVER = OWN_TREE + r"""
 import json, sys, time, datetime as dt
@@ -84,8 +83,7 @@ class Daemon:
         self.db = work / f"queue-{time.monotonic_ns()}.db"
         self.env = {**os.environ, "SLURM_CONF": str(cluster.slurm_conf), "PYTHONPATH": str(root), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", OWN_TREE + "import runpy; runpy.run_module('coscheduler.daemon', run_name='__main__')",
-             "--foreground", "--db", f"sqlite:///{self.db}", "--bind",
+            [sys.executable, *module_argv("coscheduler.daemon"), "--foreground", "--db", f"sqlite:///{self.db}", "--bind",
              self.endpoint, "--munge-socket", str(cluster.munge_socket), "--slurm-backend", "cli", "--log-file",
              str(work / f"{self.db.stem}.log"), "--log-level", "WARNING"],
             env=self.env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -222,11 +220,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="faas-bench-trust-"))
     work.chmod(0o755)
     cluster = DevCluster(work / "cluster")
-    before: Optional[Path] = work / "before"
-    if subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(before), args.before],
-                      capture_output=True).returncode != 0:
-        print(f"before: cannot check out {args.before} (not a git checkout?): the cost row is skipped")
-        before = None
+    trees = ExitStack()
+    before: Optional[Path] = trees.enter_context(checkout(args.before, work / "before"))
     try:
         cluster.up(timeout_s=120)
         env = cluster.client_env()
@@ -279,8 +274,7 @@ def main() -> None:
                 d.close()
     finally:
         cluster.down()
-        if before is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before)], capture_output=True)
+        trees.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

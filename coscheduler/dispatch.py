@@ -18,19 +18,28 @@ from faas_runtime import protocol as P
 from faas_runtime.states import State
 
 from . import db as D
+from .db.bulk import chunks
 from .hub import Hub, fn_key
 from .scheduler import Lane, PendingInvocation, Policy, SlotView, place_ahead
 
 SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 # While agents hold work dispatched ahead, the loop runs at most this often: each pass
 # then claims, places and commits many invocations at once (a pass costs a few database
-# round trips whatever it places). Idle slots are scheduled at once, as before.
+# round trips whatever it places). Idle slots are scheduled at once, as before. When every
+# lane that took work holds more, the gap grows to half the shortest lane's backlog (the
+# work expected on it), at most MAX_PIPELINED_GAP_S: fewer, fuller passes, no core idles.
 PIPELINED_GAP_S = 0.01
+MAX_PIPELINED_GAP_S = 0.05
 # A lend record carries no end time (slurmstepd does not know it): the reconciler asks Slurm
 # as soon as a lend arrives (hub.lends_to_check). Until Slurm answered (hub.end_known) a lend
 # is not offered, or a function could be dispatched that cannot finish before the job ends;
 # after this many reconcile rounds without an answer it is offered as unlimited.
 UNKNOWN_END_ROUNDS = 3
+# Placement keeps the active slots in memory (reading thousands of lends every pass was
+# most of a pass at scale) and rereads those the rooms wrote (Hub.slot_changed), and all
+# of them this often, in case a write elsewhere was not marked (a reload of 4,000 slots
+# is a pass's p99 by itself, so not often).
+SLOT_RELOAD_S = 300.0
 
 
 class Dispatcher:
@@ -41,7 +50,10 @@ class Dispatcher:
         self.reservations: list[Callable[[dict[str, set[int]], dict[str, int]], None]] = []
         self.pipelined = False  # the last pass dispatched work ahead
         self.last_schedule = 0.0
+        self.gap_s = PIPELINED_GAP_S  # while pipelined: from the last pass to the next
         self._next_schedule = 0.0
+        self._slots: list[D.Slot] = []  # the active slots, by id (detached: read only)
+        self._slots_reload_at = 0.0
 
     def policy(self) -> Policy:
         cfg = self.hub.config
@@ -64,6 +76,22 @@ class Dispatcher:
                 out[fn] = n
         return out
 
+    def _active_slots(self, s) -> list[D.Slot]:
+        """The active slots, from memory where nothing changed (SLOT_RELOAD_S)."""
+        hub, mono = self.hub, time.monotonic()
+        if mono >= self._slots_reload_at:
+            hub.slots_changed.clear()
+            self._slots = D.active_slots(s)
+            self._slots_reload_at = mono + SLOT_RELOAD_S
+        elif hub.slots_changed:
+            changed, hub.slots_changed = hub.slots_changed, set()
+            keep = {sl.id: sl for sl in self._slots if sl.id not in changed}
+            for chunk in chunks(sorted(changed)):
+                keep.update((sl.id, sl) for sl in s.scalars(D.select(D.Slot).where(
+                    D.Slot.id.in_(chunk), D.Slot.state == "ACTIVE")))
+            self._slots = [keep[k] for k in sorted(keep)]
+        return self._slots
+
     def step_schedule(self) -> None:
         hub = self.hub
         mono = time.monotonic()
@@ -71,12 +99,13 @@ class Dispatcher:
             return
         self.last_schedule = mono
         self.pipelined = False
+        self.gap_s = PIPELINED_GAP_S
         hub.dirty = False
         self._next_schedule = mono + SCHEDULE_EVERY_S
         now = time.time()
         unknown_end_s = UNKNOWN_END_ROUNDS * hub.config.reconcile_s
         with hub.database.session(write=True) as s:
-            slots = [sl for sl in D.active_slots(s) if sl.node in hub.sessions and (
+            slots = [sl for sl in self._active_slots(s) if sl.node in hub.sessions and (
                 sl.end_time is not None or sl.id in hub.end_known or now - sl.lent_at.timestamp() >= unknown_end_s)]
             if not slots:
                 return
@@ -153,6 +182,7 @@ class Dispatcher:
                        else {"payload_json": payload[row.id]}))))
             D.transition_many(s, changes)
             hub.metrics.count("dispatched", len(runs))
+            hub.metrics.count("dispatch_passes")  # dispatched / dispatch_passes: the batch a pass carries
             by_node: dict[str, list[dict]] = {}
             for node, fields in runs:
                 by_node.setdefault(node, []).append(fields)
@@ -161,7 +191,27 @@ class Dispatcher:
                     hub.send_agent(node, P.RUN, **batch[0])
                 else:
                     hub.send_agent(node, P.RUNS, runs=batch)  # one frame per node per pass
-            free_cores = {(v.slot_id, c) for v in views for c in v.free_cpus}
+            placed_on = {p.slot_id for p in placements}  # not every view's cores: thousands at scale
+            free_cores = {(v.slot_id, c) for v in views if v.slot_id in placed_on for c in v.free_cpus}
             self.pipelined = any((p.slot_id, c) not in free_cores for p in placements for c in p.cpus)
             if len(placements) == len(pending):
                 hub.mark_dirty()  # the window was used up: there may be more to place now
+            elif self.pipelined:
+                self.gap_s = self._gap(views, placements, by_id, fns)
+
+    def _gap(self, views: list[SlotView], placements: list, rows: dict, fns: dict) -> float:
+        """Half the work expected on the shortest lane that took an invocation this pass
+        (PIPELINED_GAP_S .. MAX_PIPELINED_GAP_S)."""
+        backlog = {(v.slot_id, c): lane.backlog_s for v in views for c, lane in v.queued.items()}
+        run_time = self.hub.stats.run_time
+        for p in placements:
+            fn = fns[rows[p.invocation_id].function_id]
+            for c in p.cpus:
+                backlog[p.slot_id, c] = backlog.get((p.slot_id, c), 0.0) + run_time.get(fn_key(fn.id), fn.timeout_s)
+        shortest = min(backlog[p.slot_id, c] for p in placements for c in p.cpus)
+        return min(MAX_PIPELINED_GAP_S, max(PIPELINED_GAP_S, shortest / 2))
+
+    @property
+    def next_pass_at(self) -> float:
+        """While pipelined: when the loop runs its next pass (monotonic)."""
+        return self.last_schedule + self.gap_s

@@ -1,0 +1,44 @@
+"""Client.wait_many against the co-scheduler's loop in process (tests/unit/daemon_harness.py,
+SQLite and PostgreSQL): the pushes (SUBSCRIBE, ENDED) say what ended, each row is read
+once, and a wait whose pushes are lost (a restarted co-scheduler forgot them) still ends by
+subscribing again."""
+from __future__ import annotations
+
+import json
+
+from faas_runtime import queue_client as client_mod
+
+from .daemon_harness import client, harness_factory  # noqa: F401  (fixtures)
+
+
+def _count_listed(c) -> list[int]:
+    """The ids the client's LIST requests ask about, from now on."""
+    asked: list[int] = []
+    real_list = c.list
+
+    def counting(**kw):
+        asked.extend(kw.get("ids") or [])
+        return real_list(**kw)
+
+    c.list = counting
+    return asked
+
+
+def test_wait_many_reads_each_row_once_as_the_pushes_tell_what_ended(client):
+    client.harness.agent()
+    ids = client.invoke_batch("echo", [json.dumps(i) for i in range(250)])
+    asked = _count_listed(client)
+    steps: list[int] = []
+    rows = client.wait_many(ids, timeout_s=60, window=100, progress=steps.append)
+    assert set(rows) == set(ids) and {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+    assert sorted(asked) == sorted(ids)  # each row read once, none polled again
+    assert sum(steps) == len(ids)
+
+
+def test_wait_many_ends_when_every_push_is_lost(client, monkeypatch):
+    monkeypatch.setattr(client_mod, "RESUBSCRIBE_S", 0.3)
+    client.take_pushed = lambda timeout_s=0.0: []  # as if every ENDED went to a dropped connection
+    client.harness.agent()
+    ids = client.invoke_batch("echo", ["1"] * 30)
+    rows = client.wait_many(ids, timeout_s=60)
+    assert {r["state"] for r in rows.values()} == {"SUCCEEDED"} and len(rows) == 30
