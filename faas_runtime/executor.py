@@ -155,6 +155,8 @@ class Executor:
         self.rma_failed: dict[str, str] = {}  # provider -> why it could not open
         self.rma_threads: dict[str, threading.Thread] = {}
         self._rma_cpus: Optional[list[int]] = None  # the RMA thread's affinity
+        self._pinned_to: Optional[list[int]] = None  # the CPU list this thread was last pinned to
+        self._pinned_cpus: list[int] = []  # and the affinity that gave
         self.native: Optional[NativeFunction] = None  # a C function (path/lib.so:symbol)
         self.output = OutputCapture()  # a queued invocation's stdout and stderr
         try:
@@ -185,8 +187,9 @@ class Executor:
         """Run the function once on JSON text, or on bytes (``binary``: the function gets
         the bytes, and may return bytes). ``capture``: its stdout and stderr go with the
         result (``output``; queued invocations, not hot calls)."""
-        if cpus:
+        if cpus and cpus is not self._pinned_to:  # a lease's CPUs (the same list each call): once
             os.sched_setaffinity(0, cpus)
+            self._pinned_to, self._pinned_cpus = cpus, sorted(os.sched_getaffinity(0))
         if self.fn is None:
             return {"outcome": "error", "error": self.load_error}
         if capture:
@@ -215,7 +218,7 @@ class Executor:
                 output = self.output.stop()
         if capture:
             result["output"] = output
-        result["cpus"] = sorted(os.sched_getaffinity(0))
+        result["cpus"] = self._pinned_cpus if cpus and cpus is self._pinned_to else sorted(os.sched_getaffinity(0))
         return result
 
     def _native_json(self, payload: bytes) -> str:
@@ -228,14 +231,16 @@ class Executor:
     # -- the loop -------------------------------------------------------------------------
 
     def serve(self) -> None:
+        poller, polled = None, None
         while not self.stopping:
             # The RMA control sockets are this thread's while their serving thread is not running.
             idle_rma = {p: r for p, r in self.rma.items() if not self._rma_running(p)}
-            poller = zmq.Poller()
-            poller.register(self.control, zmq.POLLIN)
-            poller.register(self.hot, zmq.POLLIN)
-            for r in idle_rma.values():
-                poller.register(r.sock, zmq.POLLIN)
+            if poller is None or polled != idle_rma.keys():  # built again only when that changes:
+                poller, polled = zmq.Poller(), set(idle_rma)  # not per hot call
+                poller.register(self.control, zmq.POLLIN)
+                poller.register(self.hot, zmq.POLLIN)
+                for r in idle_rma.values():
+                    poller.register(r.sock, zmq.POLLIN)
             try:
                 ready = dict(poller.poll(timeout=100 if self.rma else 500))
             except zmq.ZMQError:
@@ -247,6 +252,8 @@ class Executor:
             for provider, r in idle_rma.items():
                 if r.sock in ready and not self.stopping:
                     self._rma_control(provider, r)
+        if self.tokens:
+            self._take_lease_ends()
         reason = "the executor was stopped (the lend was revoked or the executor retired)"
         for token in list(self.tokens):
             self._rma_end(token, reason)
@@ -311,17 +318,26 @@ class Executor:
         return token
 
     def _rma_handler(self, payload: memoryview) -> bytes:
-        """JSON bytes in, JSON bytes out; a raising function fails the call with a JSON
-        error document (error, traceback) as its text."""
+        """JSON bytes in, JSON bytes out, or a binary call (``P.RMA_BINARY`` first: the
+        function gets the bytes after it; bytes it returns go back after the same byte); a
+        raising function fails the call with a JSON error document (error, traceback) as
+        its text."""
         from .rma import HandlerError
 
         cpus = self._rma_cpus
         if cpus and cpus != getattr(threading.current_thread(), "faas_cpus", None):
             os.sched_setaffinity(0, cpus)  # this thread's affinity
             threading.current_thread().faas_cpus = cpus
+        binary = payload[:1] == P.RMA_BINARY
         with self.fn_lock:
             try:
-                value_json = value_to_json(self.fn(json.loads(bytes(payload))))
+                if binary:
+                    value = self.fn(bytes(payload[1:]))  # bytes, as over ZeroMQ (the slot is reused)
+                    if isinstance(value, (bytes, bytearray, memoryview)):
+                        return P.RMA_BINARY + value
+                    value_json = value_to_json(value)
+                else:
+                    value_json = value_to_json(self.fn(json.loads(bytes(payload))))
             except NotJSON as exc:
                 raise HandlerError(json.dumps({"error": str(exc), "traceback": None})) from None
             except BaseException as exc:
@@ -378,11 +394,14 @@ class Executor:
                 return
             except Exception as exc:  # never die on one bad request
                 self._reply(sock, identity, P.ERROR, rid=rid, code=P.E_INTERNAL, message=str(exc))
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # asked, not raised: zmq.Again costs per call
+                return
 
     def _reply(self, sock: zmq.Socket, identity: Optional[bytes], msg_type: str, **fields: Any) -> None:
         frame = P.encode(msg_type, **fields)
         try:
-            sock.send_multipart([frame] if identity is None else [identity, frame], flags=zmq.NOBLOCK)
+            # copy=False: a large result is not copied again (small ones are, below pyzmq's copy_threshold)
+            sock.send_multipart([frame] if identity is None else [identity, frame], flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError:
             pass  # the peer is gone or not reading: its own timeout covers it
 
@@ -428,6 +447,22 @@ class Executor:
             self._reply(sock, identity, P.OK, rid=msg.get("rid"), pong=True)
         else:
             raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"an executor does not take {kind!r}")
+
+    def _take_lease_ends(self, wait_ms: int = 100) -> None:
+        """Stopping with leases still granted: the agent may have sent their LEASE_END (with
+        the real reason, e.g. the memory guard's shrink) just before its SIGTERM, which ended
+        the loop before it read it. Take those, so their clients hear that reason."""
+        for _ in range(64):
+            try:
+                if not self.tokens or not self.control.poll(wait_ms):
+                    return
+                msg = P.decode(self.control.recv_multipart(flags=zmq.NOBLOCK)[-1])
+            except zmq.ZMQError:
+                return
+            except P.ProtocolError:
+                continue
+            if msg.get("type") == P.LEASE_END:
+                self._handle(self.control, None, msg, trusted=True)
 
     def _lease_ended_all(self, reason: str) -> None:
         for peer in self.hot_peers:

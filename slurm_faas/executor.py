@@ -37,6 +37,7 @@ log = logging.getLogger("slurm_faas")
 SWEEP_S = 5.0  # ask about outstanding calls when no push came for this long
 TICK_S = 0.01  # the connection thread's wait for pushes between batches
 RESULTS_CHUNK = 1000
+MAX_AUTO_CHUNK = 1000  # items per invocation when map chooses (payload and latency bound)
 
 
 class InvocationFuture(cf.Future):
@@ -106,23 +107,38 @@ class Executor(cf.Executor):
         ``ex.options(cores=4, mem="8G", priority=5).submit(fn, x)``."""
         return _Bound(self, self.resources.with_options(options))
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None, chunksize: int = 1,
-            **options: Any) -> Iterator:
-        """``fn`` over the iterables, in order; ``chunksize`` items per invocation (many
-        small calls: fewer, larger invocations)."""
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: Optional[int] = None, **options: Any) -> Iterator:
+        """``fn`` over the iterables, in order; ``chunksize`` items per invocation. By
+        default (None) the items are split in about four chunks per lent core, as
+        ``multiprocessing.Pool.map`` does per worker: many small calls become a few larger
+        invocations while every lent core still gets work. ``chunksize=1``: one invocation
+        per item (long calls, each on its own core)."""
         return self._map(fn, iterables, timeout, chunksize, self.resources.with_options(options))
 
-    def _map(self, fn: Callable, iterables: tuple, timeout: Optional[float], chunksize: int, res: Resources
-             ) -> Iterator:
-        if chunksize < 1:
+    def _map(self, fn: Callable, iterables: tuple, timeout: Optional[float], chunksize: Optional[int],
+             res: Resources) -> Iterator:
+        if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
+        items = list(zip(*iterables))
+        if chunksize is None:
+            chunksize = max(1, min(MAX_AUTO_CHUNK, len(items) // (4 * self._lent_cores())))
         if chunksize == 1:
-            futures = [self._submit(fn, fn, args, {}, res) for args in zip(*iterables)]
+            futures = [self._submit(fn, fn, args, {}, res) for args in items]
         else:
-            chunks = _chunks(zip(*iterables), chunksize)
+            chunks = _chunks(iter(items), chunksize)
             futures = [self._submit(fn, pyapi.call_chunk, (fn, chunk), {}, res) for chunk in chunks]
         results = _ordered(futures, timeout)
         return results if chunksize == 1 else itertools.chain.from_iterable(results)
+
+    def _lent_cores(self) -> int:
+        """Cores lent now (at least 1): a connection of its own, the thread owns the other."""
+        try:
+            with Client(self.endpoint, self.munge_socket, timeout_s=10.0) as client:
+                slots = client.slots()
+        except (RequestError, Unavailable):
+            return 1
+        return max(1, sum(len(s.get("slurm_cpus") or ()) for s in slots if s.get("state") == "ACTIVE"))
 
     def attach(self, invocation_ids: list[int]) -> list[InvocationFuture]:
         """Futures for invocations queued earlier (by another connection or process): a
@@ -343,6 +359,6 @@ class _Bound:
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> InvocationFuture:
         return self._executor._submit(fn, fn, args, kwargs, self._res)
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None, chunksize: int = 1
-            ) -> Iterator:
+    def map(self, fn: Callable, *iterables: Iterable, timeout: Optional[float] = None,
+            chunksize: Optional[int] = None) -> Iterator:
         return self._executor._map(fn, iterables, timeout, chunksize, self._res)

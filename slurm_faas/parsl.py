@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Optional
 
 from parsl.executors.base import ParslExecutor
+from parsl.executors.errors import InvalidResourceSpecification
 
 from .executor import Executor
 
@@ -41,8 +42,7 @@ class SlurmFaasExecutor(ParslExecutor):
             raise RuntimeError(f"executor {self.label} is not started")
         unknown = set(resource_specification or {}) - set(_SPEC_OPTIONS)
         if unknown:
-            raise ValueError(f"{self.label}: unsupported resource specification {sorted(unknown)} "
-                             f"(supported: {', '.join(_SPEC_OPTIONS)})")
+            raise InvalidResourceSpecification(unknown, f"{self.label} supports {', '.join(_SPEC_OPTIONS)}")
         options = {_SPEC_OPTIONS[k]: v for k, v in (resource_specification or {}).items()}
         target = self._executor.options(**options) if options else self._executor
         return target.submit(func, *args, **kwargs)

@@ -60,6 +60,9 @@ def _session(cluster, fab):
         out["big"] = echo.call(big) == big
         out["async"] = [p.result(timeout_s=30) for p in [echo.submit(n) for n in range(20)]]
         out["json_text"] = echo.call_json('{"k": [true, null, 1.5]}')
+        out["bytes"] = echo.call(b"\x00\xffraw")  # binary both ways (over RMA: protocol.RMA_BINARY)
+        blob = os.urandom(1 << 20)  # and above the slot: read in place
+        out["big_bytes"] = echo.call(blob) == blob
     with _lease(cluster, "rma-boom", fab) as boom:
         with pytest.raises(FunctionError) as info:
             boom.call(7)

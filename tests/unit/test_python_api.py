@@ -7,6 +7,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import math
+import os
+import pickle
 import sys
 
 import pytest
@@ -50,6 +52,49 @@ def test_a_call_by_value_carries_a_closure():
     data = pyapi.encode_call(lambda x: x + k, (4,), {}, by_value=True)
     assert pyapi.read_header(data)[1] & pyapi.BY_VALUE
     assert pyapi.decode_result(pyapi.call(data)) == 7
+
+
+def test_arguments_and_values_without_an_importable_home_go_by_value():
+    class Local:  # plain pickle cannot take it (Parsl's test_lifted returns one)
+        def __init__(self, v):
+            self.v = v
+
+    def make(cls, v):
+        return cls(v)
+
+    data = pyapi.encode_call(square, (Local(2),), {}, by_value=False)
+    assert pyapi.read_header(data)[1] & pyapi.BY_VALUE  # the argument took the call by value
+    assert pyapi.decode_result(pyapi.call(pyapi.encode_call(square, (6,), {}, by_value=False))) == 36
+    value = pyapi.decode_result(pyapi.call(pyapi.encode_call(make, (Local, 5), {}, by_value=True)))
+    assert type(value).__name__ == "Local" and value.v == 5  # the value came back by value
+
+
+class Blob:
+    """Pickles its buffer out of band, as a numpy array does (protocol 5)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return Blob, (pickle.PickleBuffer(self.data),)
+
+
+def echo(value):
+    return value
+
+
+def test_large_buffers_go_out_of_band_and_come_back_writable():
+    data = bytearray(os.urandom(1 << 16))
+    call = pyapi.encode_call(echo, (Blob(data),), {}, by_value=False)
+    assert pyapi.read_header(call)[1] & pyapi.OUT_OF_BAND
+    assert call.endswith(bytes(data))  # after the pickle stream, not inside it
+    result = pyapi.call(call)
+    assert pyapi.read_header(result)[1] & pyapi.OUT_OF_BAND
+    back = pyapi.decode_result(result).data
+    assert back == data and isinstance(back, bytearray)  # its own writable copy
+    for broken in (result[:-1], result[:12]):
+        with pytest.raises(pyapi.BadCall):
+            pyapi.decode_result(broken)
 
 
 def test_json_documents_carry_the_same_bytes_both_ways():
