@@ -14,6 +14,12 @@ LEASE_END to the agent), when it expires (the agent ends it), or when the lend i
 revoked: the executor is stopped, tells its client LEASE_ENDED, and the agent reports
 LEASE_ENDED here, which frees the reservation.
 
+A batch job that grows takes its memory back (the agent's memory guard,
+faas_runtime/memory_watch.py): the slot's ``mem_mb`` follows the agent's LEND (0 for the
+hold-down after a shrink), so ``_fit`` grants no lease there; a LEASE_START that crossed the
+shrink is refused by the agent (LEASE_FAILED), and leases the job needs the memory of are
+ended by it (LEASE_ENDED, the reason says the lend shrank).
+
 Leases live in memory: they last minutes and every party can tell when one is gone (a
 restarted co-scheduler forgets them; the agents end them at their expiry).
 

@@ -25,7 +25,8 @@ Errors are typed:
   LeaseUnavailable  no capacity, unknown function, or the executor could not start
   LeaseEnded        the lease is over: released, expired, or revoked because the batch job
                     took its cores back (``reason`` says which); in-flight calls get it too
-  CallTimeout       no reply within the call's timeout (the lease may still be alive)
+  CallTimeout       no reply within the call's timeout, and the co-scheduler does not say the
+                    lease ended (it may still be alive)
   FunctionError     the function raised; ``remote_traceback`` has its traceback
 """
 from __future__ import annotations
@@ -96,6 +97,9 @@ class PendingCall:
         return _value(self._lease._wait_reply(self.rid, timeout_s))
 
 
+ZERO_COPY_BYTES = 64 * 1024  # frames this large are sent without a copy (below: zero-copy costs more)
+
+
 class HotLease:
     """A leased executor. Not thread-safe (one socket); use one lease per thread."""
 
@@ -114,6 +118,8 @@ class HotLease:
         self._ctx = zmq.Context.instance()
         self._sock = P.configure(self._ctx.socket(zmq.DEALER))
         self._sock.connect(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
         self.rma = rma  # what the grant offered: {control, provider}, or None
         self._rma = None  # faas_runtime.rma.RmaClient once attached
         self.rma_error: Optional[str] = None  # why RMA is not used, when it was offered
@@ -156,14 +162,17 @@ class HotLease:
         return json.loads(self.call_json(json.dumps(payload), timeout_s))
 
     def call_bytes(self, data: Any, timeout_s: Optional[float] = None) -> Any:
-        """One binary call over ZeroMQ: the function gets the bytes; returns the bytes it
-        returned (or its JSON value, decoded, if it returned something else)."""
+        """One binary call: the function gets the bytes; returns the bytes it returned (or
+        its JSON value, decoded, if it returned something else)."""
+        if self._rma is not None:
+            out = self._rma_call(P.RMA_BINARY + data, timeout_s)
+            return out[1:] if out[:1] == P.RMA_BINARY else json.loads(out)
         return _value(self._wait_reply(self._send(None, data), timeout_s))
 
     def call_json(self, payload_json: str, timeout_s: Optional[float] = None) -> str:
         """One call with the payload as JSON text; returns the value as JSON text."""
         if self._rma is not None:
-            return self._rma_call(payload_json, timeout_s)
+            return self._rma_call(payload_json.encode(), timeout_s).decode()
         return self._wait_reply(self._send(payload_json), timeout_s)["value_json"]
 
     def submit(self, payload: Any = None) -> PendingCall:
@@ -177,14 +186,14 @@ class HotLease:
         if self.ended is not None:
             raise LeaseEnded(self.ended)
 
-    def _rma_call(self, payload_json: str, timeout_s: Optional[float]) -> str:
+    def _rma_call(self, body: bytes, timeout_s: Optional[float]) -> bytes:
         from .rma import ExecutorLost, RemoteFunctionError, RmaLeaseEnded
 
         if self.ended is not None:
             raise LeaseEnded(self.ended)
         timeout = self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            out = self._rma.invoke(payload_json.encode(), timeout=timeout, check=self._rma_check)
+            out = self._rma.invoke(body, timeout=timeout, check=self._rma_check)
         except RemoteFunctionError as exc:
             text = str(exc)
             try:
@@ -209,7 +218,7 @@ class HotLease:
             self._pump(1.0)  # the executor says LEASE_ENDED before it goes
             self.ended = self.ended or f"the executor was lost: {exc}"
             raise LeaseEnded(self.ended) from None
-        return out.decode()
+        return out
 
     def _send(self, payload_json: Optional[str], data: Any = None) -> str:
         """Send one CALL: JSON text, or ``data`` (bytes-like) as a binary payload."""
@@ -217,7 +226,8 @@ class HotLease:
             raise LeaseEnded(self.ended)
         rid = f"{self._prefix}{next(self._rids)}"
         body = {"payload_json": payload_json} if data is None else {P.PAYLOAD_BIN: bytes(data)}
-        self._sock.send(P.encode(P.CALL, rid=rid, token=self.token, **body), copy=False)
+        frame = P.encode(P.CALL, rid=rid, token=self.token, **body)
+        self._sock.send(frame, copy=len(frame) < ZERO_COPY_BYTES)  # zero-copy only pays for large frames
         self._outstanding.add(rid)
         return rid
 
@@ -230,6 +240,7 @@ class HotLease:
                 raise LeaseEnded(self.ended)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._ask_if_ended()
                 raise CallTimeout(f"no reply from the executor at {self.endpoint} in time")
             self._pump(remaining)
         self._outstanding.discard(rid)
@@ -243,15 +254,31 @@ class HotLease:
             raise FunctionError(reply.get("error") or "the function failed", reply.get("traceback"))
         return reply
 
+    def _ask_if_ended(self) -> None:
+        """No reply in time: an executor that ended before this client first called it (the
+        memory guard's SIGKILL follows its LEASE_END by 0.5 s) told nobody here. The
+        co-scheduler knows: LeaseEnded with its reason, else the caller's CallTimeout."""
+        if self._control is None:
+            return
+        try:
+            st = self._control.request(P.LEASE_STATUS, lease_id=self.lease_id)
+        except Exception:
+            return  # the co-scheduler cannot say: a plain timeout
+        if st.get("state") in ("ended", "failed"):
+            self.ended = self.ended or str(st.get("reason") or st["state"])
+            self._outstanding.clear()
+            raise LeaseEnded(self.ended)
+
     def _pump(self, timeout_s: float) -> None:
         """Receive what arrived (waiting up to ``timeout_s`` for the first message)."""
-        if not self._sock.poll(max(0, int(timeout_s * 1000))):
+        if not self._poller.poll(max(0, int(timeout_s * 1000))):  # one Poller: Socket.poll makes one a call
             return
         while True:
             try:
                 frame = self._sock.recv(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+            more = self._sock.get(zmq.EVENTS) & zmq.POLLIN  # asked, not raised: zmq.Again costs per call
             try:
                 msg = P.decode(frame)
             except P.ProtocolError:
@@ -260,6 +287,8 @@ class HotLease:
                 self.ended = str(msg.get("reason", "ended"))
             elif msg.get("rid") in self._outstanding:
                 self._replies[msg["rid"]] = msg
+            if not more:
+                return
 
     # -- lifetime -------------------------------------------------------------------------
 

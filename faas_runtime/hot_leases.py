@@ -1,7 +1,8 @@
 """Hot leases on the node agent: one warm executor dedicated to one client for a while
 (``coscheduler.leases`` grants them; ``faas_runtime.client`` calls the executor directly).
 
-Owns: LEASE_START (an executor for the lease, the GRANT with its token and, when the client
+Owns: LEASE_START (refused when the memory guard shrank the lend below it; else an
+executor for the lease, the GRANT with its token and, when the client
 asked for RMA and this node's fabric allows it, what the executor opens,
 ``faas_runtime.fabric``), the lease's clock (not ready in time, expired) and LEASE_END.
 
@@ -31,13 +32,18 @@ class HotLeases:
     fabric: FabricConfig
     slots: dict[str, Slot]
     executors: dict[str, Executor]
-    # and: send() (faas_runtime.agent), _executor_for(), _call(), _stop() (faas_runtime.executors)
+    # and: send() (faas_runtime.agent), _executor_for(), _call(), _stop() (faas_runtime.executors),
+    # lease_refusal() (faas_runtime.memory_watch: a lend the job's growth shrank takes no lease)
 
     def _lease_start(self, msg: dict) -> None:
         lease_id = str(msg["lease_id"])
         slot = self.slots.get(msg["slot_id"])
         if slot is None or slot.revoked:
             self.send(P.LEASE_FAILED, lease_id=lease_id, reason=f"slot {msg['slot_id']} is not lent here")
+            return
+        refused = self.lease_refusal(msg)  # the memory guard shrank or closed the lend (memory_watch)
+        if refused is not None:
+            self.send(P.LEASE_FAILED, lease_id=lease_id, reason=refused)
             return
         try:
             ex = self._executor_for(msg, slot)

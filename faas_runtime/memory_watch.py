@@ -23,13 +23,17 @@ pressure for the job (v2 ``memory.pressure``, ``some avg10`` above ``pressure_pe
 nothing is lent. The lend grows again only after the room stayed above it for
 ``hold_down_s``, and then only to the least room seen in that time (no flapping).
 
-A RUN the lend cannot take now (or within the hold-down after a shrink) is parked here
-(held, so the co-scheduler does not place it again) and started when the lend takes it,
-else handed back unstarted after the hold-down. Each change is sent to the co-scheduler as
-a LEND with the updated record (``mem_mb``; this release's co-scheduler ignores it: a LEND
-of a known slot is idempotent there, docs/runtime.md) and logged, and the slot's history is kept in ``<workdir>/lends/<job>.json``. A job whose
-memory cannot be read (not confined, no ``job_mem_mb``) keeps its lend as the plugin wrote
-it (logged once).
+For the hold-down after a shrink the lend is **closed** to new work: the job is growing, and
+work started there now would only be evicted again. The co-scheduler is sent a LEND whose
+``mem_mb`` is the memory it may place new work in (``offered_record``): 0 while the lend is
+closed, the lend's size otherwise (coscheduler/agents.py follows an ACTIVE slot's
+``mem_mb``), so neither queued work nor a hot lease is placed there. What still comes (sent
+before the co-scheduler heard) is checked here: a RUN the lend cannot take is parked (held,
+so the co-scheduler does not place it again) and started when the lend takes it, else
+handed back unstarted after the hold-down; a LEASE_START is refused (``lease_refusal``:
+LEASE_FAILED with the reason). Each change is logged and the slot's history is kept in
+``<workdir>/lends/<job>.json``. A job whose memory cannot be read (not confined, no
+``job_mem_mb``) keeps its lend as the plugin wrote it (logged once).
 """
 from __future__ import annotations
 
@@ -154,6 +158,10 @@ class LendGuard:
         if self.current_mb < 0:
             self.current_mb = self.base_mb
 
+    def closed(self, now: float) -> bool:
+        """Within the hold-down after a shrink: no new work (the job is still growing)."""
+        return self.shrunk_at is not None and now - self.shrunk_at < self.config.hold_down_s
+
     def room(self, sample: JobMemory, job_mem_mb: float) -> float:
         if sample.pressure is not None and sample.pressure > self.config.pressure_percent:
             return 0.0
@@ -187,6 +195,7 @@ class SlotMemory:
     cgroup: Optional[tuple[int, Path]] = None
     history: list = field(default_factory=list)  # [unix time, lent MiB, job usage MiB, job memory MiB, why]
     warned: bool = False
+    offered_mb: int = -1  # the mem_mb the co-scheduler was last sent (-1: the plugin's, via the spool)
 
 
 class MemoryGuard:
@@ -234,6 +243,7 @@ class MemoryGuard:
             new = state.guard.update(sample, job_mem, now)
             if new is not None:
                 self._lend_changed(slot, state, new, sample, job_mem)
+            self._offer(slot, state)  # the hold-down after a shrink may have ended
 
     def _slot_memory(self, slot: "Slot") -> Optional[SlotMemory]:
         state = self.memory_slots.get(slot.slot_id)
@@ -241,8 +251,27 @@ class MemoryGuard:
             base = int(slot.record.get("mem_mb") or 0)
             if base <= 0:
                 return None
-            state = self.memory_slots[slot.slot_id] = SlotMemory(LendGuard(base, self.memory))
+            state = self.memory_slots[slot.slot_id] = SlotMemory(LendGuard(base, self.memory), offered_mb=base)
         return state
+
+    def offered_record(self, slot: "Slot") -> dict:
+        """The lend record as the co-scheduler is sent it (LEND, and again after a WELCOME):
+        ``mem_mb`` is the memory it may place new work in, 0 while the lend is closed."""
+        state = self.memory_slots.get(slot.slot_id)
+        if state is None or not state.guard.closed(time.monotonic()):
+            return slot.record
+        return {**slot.record, "mem_mb": 0}
+
+    def _offer(self, slot: "Slot", state: SlotMemory) -> None:
+        """Send the co-scheduler a LEND when what it may place on the slot changed."""
+        record = self.offered_record(slot)
+        if record["mem_mb"] == state.offered_mb or not self.welcomed:
+            return
+        log.info("job %d on %s: the co-scheduler may place %d MiB of new work there (lend %d MiB%s)",
+                 slot.job_id, self.node, record["mem_mb"], state.guard.current_mb,
+                 ", closed for the hold-down after a shrink" if record is not slot.record else "")
+        state.offered_mb = int(record["mem_mb"])
+        self.send(P.LEND, record=record)
 
     def _lend_changed(self, slot: "Slot", state: SlotMemory, new_mb: int, sample: JobMemory, job_mem: float) -> None:
         old = int(slot.record.get("mem_mb") or 0)
@@ -253,8 +282,7 @@ class MemoryGuard:
         slot.record = {**slot.record, "mem_mb": new_mb}
         if new_mb < old:
             self._shrink(slot, new_mb)
-        if self.welcomed:
-            self.send(P.LEND, record=slot.record)
+        self._offer(slot, state)
         state.history.append([round(time.time(), 3), new_mb, round(sample.usage_mb, 1), round(job_mem, 1), why])
         self._write_history(slot, state)
 
@@ -337,10 +365,22 @@ class MemoryGuard:
         return False
 
     def _fits(self, state: SlotMemory, msg: dict, now: float) -> bool:
-        g = state.guard
-        if g.shrunk_at is not None and now - g.shrunk_at < self.memory.hold_down_s:
+        if state.guard.closed(now):
             return False
-        return self._held_mb(str(msg["slot_id"]), stopping=True) + int(msg["mem_mb"]) <= g.current_mb
+        return self._held_mb(str(msg["slot_id"]), stopping=True) + int(msg["mem_mb"]) <= state.guard.current_mb
+
+    def lease_refusal(self, msg: dict) -> Optional[str]:
+        """Why a LEASE_START may not have an executor on its slot now (None: it may). A
+        lease is not parked like a RUN: its client waits for it, so it is refused at once
+        (LEASE_FAILED) and the client asks again. The co-scheduler places none on a closed
+        or full lend; this catches one sent before it heard of the shrink."""
+        state = self.memory_slots.get(str(msg.get("slot_id")))
+        if state is None or self._fits(state, msg, time.monotonic()):
+            return None
+        held = self._held_mb(str(msg["slot_id"]), stopping=True)
+        closed = " and closed for the hold-down after a shrink" if state.guard.closed(time.monotonic()) else ""
+        return (f"the lend of {msg['slot_id']} is {state.guard.current_mb} MiB now ({held} MiB held){closed}: "
+                f"the job needs its memory; {int(msg['mem_mb'])} MiB do not fit")
 
     def _step_parked(self, now: float) -> None:
         for inv_id, (msg, until) in list(self.parked.items()):

@@ -156,8 +156,8 @@ class FakeAgent(MemoryGuard):
         self.ended_leases.append(lease_id)
 
 
-def _agent(tmp_path) -> FakeAgent:
-    a = FakeAgent(workdir=tmp_path)
+def _agent(tmp_path, kind: type = FakeAgent) -> FakeAgent:
+    a = kind(workdir=tmp_path)
     slot = FakeSlot("5@n1", 5, {"job_id": 5, "uid": 0, "mem_mb": 1000, "job_mem_mb": 2000, "os_cpus": [1]})
     a.slots[slot.slot_id] = slot
     idle = FakeEx("idle", slot.slot_id, 200, 0.0)
@@ -182,7 +182,7 @@ def test_shrink_frees_idle_then_waiting_then_newest_running_then_leases(tmp_path
     assert a.stopped == ["idle", "new"] and 3 not in a.waiting and a.running[2].reason and a.running[1].reason is None
     assert (P.EVICTED, {"invocation_id": 3, "attempt": 1, "unstarted": True,
                         "reason": "lend of job 5 on n1 shrank to 576 MiB: the job needs its memory"}) in a.sent
-    assert (P.LEND, {"record": slot.record}) in a.sent
+    assert (P.LEND, {"record": slot.record}) in a.sent  # shrunk at monotonic 0.0: the hold-down is long over
     # the job at 95 %: everything goes, the lease (a remote-memory server) last
     new = state.guard.update(JobMemory(1900, 2000), 2000, 1.0)
     a._lend_changed(slot, state, new, JobMemory(1900, 2000), 2000)
@@ -219,3 +219,50 @@ def test_shrinks_go_down_to_whole_granules():
     assert g.update(JobMemory(1000, None), 2048, 0.0) is None  # room 1048: the whole base still fits
     assert g.update(JobMemory(1030, None), 2048, 0.1) == 960  # room 1018 -> 960
     assert g.update(JobMemory(1050, None), 2048, 0.2) is None  # room 998 still holds 960: no message
+
+
+def test_a_shrunk_lend_is_closed_to_new_work_for_the_hold_down_then_offers_its_size(tmp_path):
+    a = _agent(tmp_path)
+    slot, state = a.slots["5@n1"], a._slot_memory(a.slots["5@n1"])
+    a._offer(slot, state)
+    assert a.sent == [] and a.offered_record(slot) is slot.record  # as the plugin lent it: nothing to say
+    new = state.guard.update(JobMemory(1400, 2000), 2000, time.monotonic())
+    a._lend_changed(slot, state, new, JobMemory(1400, 2000), 2000)
+    lends = [f["record"]["mem_mb"] for k, f in a.sent if k == P.LEND]
+    assert lends == [0] and a.offered_record(slot)["mem_mb"] == 0 and slot.record["mem_mb"] == 576
+    a._offer(slot, state)
+    assert len([k for k, _ in a.sent if k == P.LEND]) == 1  # said once
+    state.guard.shrunk_at -= 5.1  # the hold-down (5 s here) is over: the lend as it is now
+    a._offer(slot, state)
+    assert [f["record"]["mem_mb"] for k, f in a.sent if k == P.LEND] == [0, 576]
+    a.welcomed = False  # no session: nothing is sent (a new WELCOME announces offered_record)
+    state.guard.shrunk_at = time.monotonic()
+    a._offer(slot, state)
+    assert [f["record"]["mem_mb"] for k, f in a.sent if k == P.LEND] == [0, 576]
+
+
+def test_a_lease_is_refused_on_a_closed_or_full_lend(tmp_path):
+    a = _agent(tmp_path)  # lend 1000 MiB, 1000 held
+    state = a._slot_memory(a.slots["5@n1"])
+    start = {"lease_id": "L9", "slot_id": "5@n1", "mem_mb": 100}
+    assert "1000 MiB held" in a.lease_refusal(start) and "100 MiB do not fit" in a.lease_refusal(start)
+    state.guard.current_mb = 1100
+    assert a.lease_refusal(start) is None
+    assert a.lease_refusal({**start, "slot_id": "6@n1"}) is None  # a lend the guard does not watch
+    state.guard.shrunk_at = time.monotonic()
+    assert "closed for the hold-down" in a.lease_refusal(start)
+
+
+def test_the_agent_answers_a_lease_start_on_a_shrunk_lend_with_lease_failed(tmp_path):
+    from faas_runtime.hot_leases import HotLeases
+
+    @dataclass
+    class LeasingAgent(HotLeases, FakeAgent):
+        def _executor_for(self, msg, slot):
+            raise AssertionError("no executor for a lease the lend cannot hold")
+
+    a = _agent(tmp_path, LeasingAgent)  # lend 1000 MiB, 1000 held
+    a._slot_memory(a.slots["5@n1"])  # the guard watches the slot from the loop turn after it came
+    a._lease_start({"lease_id": "L9", "slot_id": "5@n1", "mem_mb": 100, "token": "t", "os_cpus": [1]})
+    kind, fields = a.sent[-1]
+    assert kind == P.LEASE_FAILED and fields["lease_id"] == "L9" and "the job needs its memory" in fields["reason"]
