@@ -48,7 +48,7 @@ from faas_runtime.logsetup import setup_logging
 from . import db as D
 from .agents import AgentRoom
 from .config import Config, ConfigError, load as load_config
-from .dispatch import PIPELINED_GAP_S, Dispatcher
+from .dispatch import Dispatcher
 from .hub import Hub, RequestFailed
 from .identity import CredentialChecks
 from .leases import install as install_leases
@@ -61,7 +61,10 @@ from .slurm import SlurmAccess, make_backend
 log = logging.getLogger("faas.coscheduler")
 
 RECEIVE_BATCH = 2000  # frames per receive step, so scheduling is never starved
-RECEIVE_BUDGET_S = 0.02  # ... and at most this long
+RECEIVE_BUDGET_S = 0.02  # ... and at most this long, or as long as the rest of the last turn
+# took (at most RECEIVE_MAX_S): with thousands of agents, a fixed budget read less than
+# they sent, and their messages (a revoke among them) waited in ZeroMQ's queues for seconds.
+RECEIVE_MAX_S = 0.25
 
 
 class Coscheduler:
@@ -74,6 +77,8 @@ class Coscheduler:
         self.config = config
         self.database = database
         self.stop_requested = False
+        self.receive_backlog = False  # the last receive step left frames on the socket
+        self._rest_of_turn_s = 0.0  # how long the steps after it took, last turn
         self.hub = Hub(config, database)
         verify = verify or (lambda cred, digest: auth.verify_credential(cred, digest, config.munge_socket).uid)
         issue = issue or (lambda payload: munge.encode(payload, config.munge_socket))
@@ -85,6 +90,7 @@ class Coscheduler:
         self.retention = Retention(self.hub)
         self.leases = install_leases(self.hub, self.clients, self.agent_room, self.dispatcher)
         self.subscriptions = install_subscriptions(self.hub, self.clients)
+        self.leadership = None  # high availability: set by main (leader.py); its step watches the lock
         self.exporter = None
         if config.metrics_bind:
             from .prometheus import Exporter  # prometheus_client only where metrics are served
@@ -111,24 +117,27 @@ class Coscheduler:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.checks.wake_fd, zmq.POLLIN)
         while not self.stop_requested:
-            if self.dispatcher.pipelined:
+            if self.dispatcher.pipelined and not self.receive_backlog:
                 # Agents hold work dispatched ahead: no core idles while the loop waits, so
                 # let reports and requests gather and take them in one transaction each.
-                time.sleep(max(0.0, self.dispatcher.last_schedule + PIPELINED_GAP_S - time.monotonic()))
+                time.sleep(max(0.0, self.dispatcher.next_pass_at - time.monotonic()))
             idle = not (self.dispatcher.pipelined or self.clients.bulk)
             ready = dict(poller.poll(timeout=int(self.config.tick_s * 1000) if idle else 0))
             if self.sock in ready:
                 self._guarded(self.step_receive)
+            turn = time.monotonic()
             for step in (self.step_verified, self.clients.step_bulk, self.dispatcher.step_schedule,
                          self.agent_room.step_liveness, self.reconciler.step_reconcile,
                          self.retention.step_retention, self.subscriptions.step_push, *self._extra_steps()):
                 if self.stop_requested:
                     break
                 self._guarded(step)
+            self._rest_of_turn_s = time.monotonic() - turn
         self.shutdown()
 
     def _extra_steps(self) -> tuple:
-        return (self.exporter.step_observe,) if self.exporter is not None else ()
+        steps = (self.exporter.step_observe,) if self.exporter is not None else ()
+        return steps + ((self.leadership.step_watch,) if self.leadership is not None else ())
 
     def shutdown(self) -> None:
         """Finish the bookkeeping of what already arrived, send its replies, close."""
@@ -165,12 +174,14 @@ class Coscheduler:
 
     def step_receive(self) -> None:
         agent_msgs: list[tuple[bytes, dict]] = []
-        deadline = time.monotonic() + RECEIVE_BUDGET_S
+        deadline = time.monotonic() + max(RECEIVE_BUDGET_S, min(self._rest_of_turn_s, RECEIVE_MAX_S))
         client_kinds = self.clients.kinds()
+        self.receive_backlog = True  # until the socket is found empty
         for _ in range(RECEIVE_BATCH):
             try:
                 parts = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=self.curve is None)
             except zmq.Again:
+                self.receive_backlog = False
                 break
             if len(parts) != 2:
                 continue  # [connection, frame] is the only shape we send and take: anything else is dropped
@@ -189,6 +200,8 @@ class Coscheduler:
                         self._check_hello(identity, msg)
                     elif kind == P.REPORTS:
                         agent_msgs.extend((identity, report) for report in _unbatch(msg))
+                    elif kind == P.HEARTBEAT:  # memory only: no transaction (thousands a second at scale)
+                        self.agent_room.heartbeat(identity, msg)
                     else:
                         agent_msgs.append((identity, msg))
                 elif kind in client_kinds:
@@ -284,14 +297,17 @@ def _daemonize(pid_file: Optional[Path]) -> None:
               help="stay attached to the terminal (logging to stderr too), or detach")
 @click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="with --background: write the daemon's pid here")
+@click.option("--ha", is_flag=True, default=None,
+              help="high availability: one of several co-schedulers on one PostgreSQL database, active while it "
+                   "holds the leadership, else standing by [config ha; env FAAS_HA]")
 def main(config_path: Optional[Path], db_url: Optional[str], bind: Optional[str], munge_socket: Optional[str],
          log_file: Optional[str], log_level: Optional[str], reconcile_s: Optional[float],
-         slurm_backend: Optional[str], foreground: bool, pid_file: Optional[Path]) -> None:
+         slurm_backend: Optional[str], foreground: bool, pid_file: Optional[Path], ha: Optional[bool]) -> None:
     """Run the slurm-faas co-scheduler."""
     try:
         config = load_config(config_path, overrides={
             "db_url": db_url, "bind": bind, "munge_socket": munge_socket, "log_file": log_file,
-            "log_level": log_level, "reconcile_s": reconcile_s, "slurm_backend": slurm_backend})
+            "log_level": log_level, "reconcile_s": reconcile_s, "slurm_backend": slurm_backend, "ha": ha})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if not foreground and not config.log_file:
@@ -304,21 +320,52 @@ def main(config_path: Optional[Path], db_url: Optional[str], bind: Optional[str]
         _daemonize(pid_file)
     setup_logging(config.log_level, config.log_file)
     database = D.Database(config.db_url)
+    running: dict[str, Coscheduler] = {}
+    stopping: list[int] = []
+
+    def request_stop(signum, _frame):
+        stopping.append(signum)
+        if "daemon" in running:
+            running["daemon"].stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    leadership = None
     try:
+        if config.ha:  # only the active one migrates the schema and serves (leader.py)
+            from .leader import Leadership, stand_by
+
+            leadership = Leadership(database)
+            if not stand_by(config, leadership, lambda: bool(stopping)):
+                leadership.close()
+                database.dispose()
+                return
         database.create_schema()
         D.make_private(config.db_url)
-        daemon = Coscheduler(config, database, make_backend(config.slurm_backend))
+        if leadership is not None:
+            leadership.take_over()
+        daemon = running["daemon"] = Coscheduler(config, database, make_backend(config.slurm_backend))
+        daemon.leadership = leadership
+        daemon.stop_requested = bool(stopping)
     except Exception as exc:
         log.error("cannot start: %s", exc)
         database.dispose()
         sys.exit(1)
+    _run(daemon, database)
 
-    def request_stop(signum, _frame):
-        daemon.stop_requested = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    daemon.run()
+def _run(daemon: Coscheduler, database: D.Database) -> None:
+    from .leader import EXIT_LOST, LeadershipLost
+
+    try:
+        daemon.run()
+    except LeadershipLost as exc:
+        # Nothing this process prepared may go out; its threads must not hold the exit up.
+        log.error("%s: exiting, so that the supervisor restarts this co-scheduler as a standby", exc)
+        logging.shutdown()
+        os._exit(EXIT_LOST)
+    if daemon.leadership is not None:
+        daemon.leadership.close()
     database.dispose()
 
 

@@ -14,7 +14,7 @@ Steps of the loop (each small, none blocking for long):
   memory     each lending job's memory (its cgroup): job usage + lent + margin stays
              within the job's memory; the lend shrinks at once and regrows after a
              hold-down (faas_runtime.memory_watch)
-  heartbeat  every second, with the ids of the invocations running here
+  heartbeat  every ``heartbeat_s`` (the co-scheduler sets it: WELCOME, ACK), with what is held
 
 This module owns the loop, the conversation with the co-scheduler (HELLO with a munge
 credential, the WELCOME's proof and every later message's MAC, ACK of the final reports
@@ -55,11 +55,12 @@ import zmq
 
 from .logsetup import setup_logging
 
-from . import curve, munge
+from . import munge
 from . import protocol as P
-from .agent_config import load_config
+from .addresses import agent_addresses
+from .agent_config import agent_options
+from .failover import AgentFailover
 from .spool import SpoolWatcher
-from .containers import RUNTIME_NAMES
 from .executors import IMAGE_PYTHON, Executor, ExecutorPool, Running, runtime_packages, user_identity
 from .fabric import FabricConfig
 from .hot_leases import HotLeases
@@ -85,7 +86,7 @@ class Slot:
 
 
 @dataclass
-class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
+class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
     node: str
     spool: Path
     endpoint: str
@@ -129,6 +130,7 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
     _hello_nonce: Optional[str] = None
     _session_key: Optional[bytes] = None  # from the WELCOME; every later message is MACed with it
     seen_run: float = 0.0  # sent_at of the newest RUN read (heartbeats carry it)
+    heartbeat_s: float = P.HEARTBEAT_INTERVAL_S  # the co-scheduler sets it (WELCOME, ACK): longer on big clusters
     _batch: list = field(default_factory=list)  # reports of this loop turn (flush_reports)
     _spool_watcher: Optional[SpoolWatcher] = None
 
@@ -138,12 +140,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
         self.ctx = zmq.Context()
         # No chosen identity: the co-scheduler's ROUTER names each connection itself, and
         # binds this node to the connection whose HELLO proved root (docs/security.md).
-        self.sock = P.configure(self.ctx.socket(zmq.DEALER))
-        if self.curve_dir is not None:
-            curve.setup_agent(self.sock, self.curve_dir, self.node)
-        self.sock.connect(self.endpoint)
         self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
+        self._open_link()  # faas_runtime.failover: one address, or the active co-scheduler of several
 
     def send(self, msg_type: str, **fields) -> None:
         if msg_type in P.REPORT_TYPES:
@@ -198,9 +196,10 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
                 next_scan = now + SPOOL_SCAN_S
             self._guarded(self.step_reap)
             self._guarded(self.step_memory)
+            self._guarded(self.step_link)
             if now >= next_beat:
                 self._guarded(self.step_heartbeat)
-                next_beat = now + P.HEARTBEAT_INTERVAL_S
+                next_beat = now + (self.heartbeat_s if self.welcomed else HELLO_EVERY_S)
             self._guarded(self.flush_reports)
         self.shutdown()
 
@@ -253,10 +252,10 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
     def _authentic(self, msg: dict, parts: list[bytes]) -> bool:
         """Whether a message really comes from the co-scheduler: WELCOME proves it with a
         munge credential of the co-scheduler's uid that carries this session's key and the
-        nonce of our HELLO; every later message carries that key's MAC. Only an
-        ``unknown-agent`` error (which merely makes us say HELLO again) needs no proof."""
+        nonce of our HELLO; every later message carries that key's MAC. Only the errors
+        ``unknown-agent`` and ``standby`` (say HELLO again, here or elsewhere) need no proof."""
         kind = msg["type"]
-        if kind == P.ERROR and msg.get("code") == P.E_UNKNOWN_AGENT:
+        if kind == P.ERROR and msg.get("code") in (P.E_UNKNOWN_AGENT, P.E_STANDBY):
             return True
         if kind == P.WELCOME:
             try:
@@ -278,11 +277,13 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
 
     def _dispatch(self, msg: dict) -> None:
         kind = msg["type"]
+        if kind in (P.WELCOME, P.ACK):
+            self.heartbeat_s = P.heartbeat_period(msg.get("heartbeat_s"), self.heartbeat_s)
         if kind == P.WELCOME:
             self.welcomed = True
             for slot in self.slots.values():  # lends are idempotent: announce them all again
                 if not slot.revoked:
-                    self.send(P.LEND, record=slot.record)
+                    self.send(P.LEND, record=self.offered_record(slot))  # as the memory guard has it
             self._resend_reports()  # what a lost session never acknowledged (duplicates are ignored)
         elif kind == P.ACK:
             for inv_id, attempt in msg.get("reports") or ():
@@ -292,6 +293,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
             # A restarted co-scheduler, or this connection is new to it: prove who we are again.
             self.welcomed = False
             self._hello()
+        elif kind == P.ERROR and msg.get("code") == P.E_STANDBY:
+            self.standby_answered()  # step_link tries the next address
         elif kind == P.ERROR:
             log.warning("co-scheduler error: %s: %s", msg.get("code"), msg.get("message"))
         elif kind in (P.RUN, P.RUNS):
@@ -356,11 +359,12 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
             self._hello()
             return
         self._resend_reports(older_than_s=REPORT_RESEND_S)
+        self.flush_reports()  # first: a heartbeat must not overtake the RESULT of work it no longer lists
         warm: dict[str, list] = {}  # slot -> functions with an idle executor (placement prefers them)
         for ex in self.executors.values():
             if ex.idle and ex.function_id is not None:
                 warm.setdefault(ex.slot_id, []).append(ex.function_id)
-        self.send(P.HEARTBEAT, running=self._held(), warm=warm, seen=self.seen_run)
+        self.send(P.HEARTBEAT, running=self._held(), warm=warm, seen=self.seen_run, every=self.heartbeat_s)
 
     # -- spool --------------------------------------------------------------------------
 
@@ -436,48 +440,17 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard):
 
 
 @click.command()
-@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), envvar="FAAS_AGENT_CONFIG",
-              is_eager=True, expose_value=False, callback=load_config,
-              help="TOML file of option defaults [default: /etc/slurm-faas/agent.toml if present]")
-@click.option("--node", envvar="FAAS_NODE", required=True, help="this node's Slurm name")
-@click.option("--spool", envvar="FAAS_SPOOL", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("/var/spool/slurm-faas"), show_default=True, help="the plugin's spool directory")
-@click.option("--coscheduler", "endpoint", envvar="FAAS_COSCHEDULER", required=True, help="e.g. tcp://head:7800")
-@click.option("--workdir", envvar="FAAS_AGENT_WORKDIR", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("/var/lib/slurm-faas/agent"), show_default=True)
-@click.option("--grace", type=float, default=2.0, show_default=True, help="seconds between SIGTERM and SIGKILL on revoke")
-@click.option("--keep-warm", "keep_warm_s", type=float, default=60.0, show_default=True,
-              help="seconds an idle warm executor is kept")
-@click.option("--container-runtime", type=click.Choice([r for r in RUNTIME_NAMES if r != "none"]),
-              default="charliecloud", show_default=True, help="for functions that name an image but no runtime")
-@click.option("--hot-host", default="127.0.0.1", show_default=True,
-              help="address of this node that hot clients reach executors at")
-@click.option("--cgroups/--no-cgroups", default=True, show_default=True,
-              help="confine executors in cgroups (needs root, or a delegated subtree)")
-@click.option("--pids-max", type=click.IntRange(min=8), default=512, show_default=True, help="processes per executor")
-@click.option("--allow-root-functions", is_flag=True,
-              help="run functions that root submitted as root (test clusters only)")
-@click.option("--munge-socket", envvar="FAAS_MUNGE_SOCKET", default=None,
-              help="munged's socket (default: munge's own): the HELLO's credential, and the WELCOME's check")
-@click.option("--coscheduler-uid", "coscheduler_uids", type=int, multiple=True, default=(0,), show_default=True,
-              help="uid the co-scheduler runs as (its WELCOME must carry a munge credential of it); repeatable")
-@click.option("--curve-dir", envvar=curve.ENV, type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="CurveZMQ keys from `faas-admin keygen` (this node's secret, the co-scheduler's public key)")
-@click.option("--memory-margin", "memory_margin", type=(float, float), default=(128.0, 5.0), show_default=True,
-              help="MIB PERCENT: a lend keeps max(MIB, PERCENT % of the job's memory) free for the job")
-@click.option("--memory-hold-down", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="seconds the job must leave room before a shrunk lend grows again")
-@click.option("--log-file", type=click.Path(dir_okay=False), default=None)
-@click.option("--log-level", default="INFO", show_default=True)
+@agent_options
 def main(node: str, spool: Path, endpoint: str, workdir: Path, grace: float, keep_warm_s: float,
-         container_runtime: str, hot_host: str, cgroups: bool, pids_max: int, allow_root_functions: bool,
+         container_runtime: str, hot_host: Optional[str], cgroups: bool, pids_max: int, allow_root_functions: bool,
          munge_socket: Optional[str], coscheduler_uids: tuple[int, ...], curve_dir: Optional[Path],
          memory_margin: tuple[float, float], memory_hold_down: float, log_file: Optional[str],
          log_level: str) -> None:
     """Run the slurm-faas node agent in the foreground."""
     setup_logging(log_level, log_file)
+    hot_host, fabric = agent_addresses(endpoint, hot_host, FabricConfig.from_env())
     agent = Agent(node=node, spool=spool, endpoint=endpoint, workdir=workdir / node, grace_s=grace,
-                  keep_warm_s=keep_warm_s, container_runtime=container_runtime, hot_host=hot_host,
+                  keep_warm_s=keep_warm_s, container_runtime=container_runtime, hot_host=hot_host, fabric=fabric,
                   cgroups=cgroups, pids_max=pids_max, allow_root=allow_root_functions, munge_socket=munge_socket,
                   coscheduler_uids=frozenset(coscheduler_uids), curve_dir=curve_dir,
                   memory=GuardConfig(margin_mb=memory_margin[0], margin_percent=memory_margin[1],

@@ -129,6 +129,10 @@ OUTPUT_GET = "output-get"
 # binary RESULT as VALUE_BIN; RESULT_GET / RESULTS rows carry VALUE_BIN instead of value_json.
 PAYLOAD_BIN = "payload"
 VALUE_BIN = "value"
+# A hot call over RMA (faas_runtime.rma) is one body: JSON text, or, starting with this byte
+# (JSON text never does), bytes for the function; its result likewise (bytes the function
+# returned after the same byte, else JSON text).
+RMA_BINARY = b"\x00"
 # SUBSCRIBE (ids) -> subscribed, ended: the co-scheduler pushes ENDED (ended: [[id, state]])
 # on this connection when any of them ends; INVOKE_BATCH ``subscribe`` = true subscribes the
 # new ids. A client that reconnects collects by id (RESULTS).
@@ -156,8 +160,19 @@ E_EVICTED = "evicted"  # the executor was stopped (revoke) during the call
 E_REVOKED = "revoked"  # remote memory whose lend was revoked
 E_BUSY = "busy"  # the co-scheduler has too many requests waiting for their credential check
 E_TOO_LARGE = "too-large"  # a request, field or batch above its documented bound
+# A standby co-scheduler (high availability) answers everything with this: try the next address.
+E_STANDBY = "standby"
 
-HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_INTERVAL_S = 1.0  # an agent's heartbeat period unless the co-scheduler sets another
+MAX_HEARTBEAT_S = 60.0  # the longest period an agent accepts (WELCOME's and ACK's heartbeat_s)
+
+
+def heartbeat_period(value: Any, current: float) -> float:
+    """A WELCOME's or ACK's ``heartbeat_s`` if it is one an agent accepts, else ``current``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            HEARTBEAT_INTERVAL_S <= value <= MAX_HEARTBEAT_S:
+        return float(value)
+    return current
 HIGH_WATER_MARK = 10_000
 # The largest frame any socket of ours accepts (ZMQ_MAXMSGSIZE): a peer that sends more is
 # disconnected by ZeroMQ before the frame is buffered. Requests are bounded further by the
