@@ -151,6 +151,24 @@ def start_postgres(root: Path) -> tuple[str, callable]:
     return url, stack.close
 
 
+QUEUE_RUN_TIMEOUT_S = 600
+
+
+def wait_running(env: dict, job_ids: list[int], timeout_s: float = 120.0) -> None:
+    """Until Slurm runs every job: a lend for a job still PENDING is revoked by the first
+    reconciliation (the plugin only lends at launch), and the fast agents lend at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", ",".join(map(str, job_ids))], env=env,
+                             capture_output=True, text=True)
+        states = out.stdout.split()
+        if len(states) == len(job_ids) and set(states) == {"RUNNING"}:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobs {job_ids} not all running after {timeout_s:g} s: {states}")
+        time.sleep(0.2)
+
+
 def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: list[int]) -> dict:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "SLURM_CONF": str(cluster.slurm_conf)}
@@ -179,8 +197,8 @@ def queue_run(cluster: DevCluster, url: str, n: int, workdir: Path, job_ids: lis
                 counts = c.function("noop")["invocations"]
                 if counts.get("SUCCEEDED", 0) >= n:
                     break
-                if time.perf_counter() - t0 > 600:
-                    raise RuntimeError(f"not done after 600 s: {counts}")
+                if time.perf_counter() - t0 > QUEUE_RUN_TIMEOUT_S:
+                    raise RuntimeError(f"not done after {QUEUE_RUN_TIMEOUT_S} s: {counts}")
                 time.sleep(0.2)
             assert len(ids) == n
         db = D.Database(url)
@@ -406,6 +424,7 @@ def main() -> None:
                                   "--faas-share=no", "--wrap", "sleep 900"], env=env, capture_output=True,
                                  text=True, check=True, cwd="/tmp")
             jobs.append(int(out.stdout.strip().split(";")[0]))
+        wait_running(env, jobs)
         for name, url in (urls if args.queue else {}).items():
             r = queue_run(cluster, url, args.n, work, jobs)
             print(f"queue {name:<10}: {r['n']} no-ops, submitted at {r['submit_rate']:,.0f}/s, "
