@@ -61,16 +61,23 @@ def netns_cluster():
 def _dev_cluster(netns: bool):
     from coscheduler.tools.devcluster import DevCluster
 
+    yield from running_cluster(lambda root: DevCluster(root, netns=netns),
+                               "faas-netns-cluster-" if netns else "faas-cluster-", timeout_s=90)
+
+
+def running_cluster(make, prefix: str, timeout_s: float):
+    """(generator, for a fixture) ``make(root)``'s cluster, up in a fresh directory for the
+    fixture's lifetime, then down and removed (kept with FAAS_KEEP_CLUSTER=1)."""
     if os.geteuid() != 0:
         missing("the dev cluster runs Slurm daemons and needs root")
     for tool in ("slurmctld", "slurmd", "munged", "cc"):
         if shutil.which(tool) is None:
             missing(f"{tool} is not installed (make deps)")
     # Not under pytest's tmp dir: munged wants every parent of its socket world-searchable.
-    root = Path(tempfile.mkdtemp(prefix="faas-netns-cluster-" if netns else "faas-cluster-"))
-    c = DevCluster(root, netns=netns)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    c = make(root)
     try:
-        c.up(timeout_s=90)
+        c.up(timeout_s=timeout_s)
     except Exception:
         c.down()
         raise

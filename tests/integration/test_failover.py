@@ -7,9 +7,7 @@ agents and the client follow it, every invocation ends SUCCEEDED and none runs t
 import collections
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from sqlalchemy import create_engine, text
 from coscheduler.tools.devcluster import Component
 from coscheduler.tools.devcluster_ha import PROGRAM
 from faas_runtime.queue_client import Client
-from tests.conftest import missing
+from tests.conftest import running_cluster
 
 from .helpers import FUNCTIONS, sbatch, wait_until
 
@@ -40,23 +38,8 @@ def separate_database(postgres_url: str, name: str) -> str:
 def ha_cluster(postgres_url):
     from coscheduler.tools.devcluster_ha import HADevCluster
 
-    if os.geteuid() != 0:
-        missing("the dev cluster runs Slurm daemons and needs root")
-    for tool in ("slurmctld", "slurmd", "munged", "cc"):
-        if shutil.which(tool) is None:
-            missing(f"{tool} is not installed (make deps)")
-    # Not under pytest's tmp dir: munged wants every parent of its socket world-searchable.
-    root = Path(tempfile.mkdtemp(prefix="faas-ha-cluster-"))
-    cluster = HADevCluster(root, separate_database(postgres_url, "faas_ha"))
-    try:
-        cluster.up(timeout_s=120)
-    except Exception:
-        cluster.down()
-        raise
-    yield cluster
-    cluster.down()
-    if os.environ.get("FAAS_KEEP_CLUSTER") != "1":
-        shutil.rmtree(root, ignore_errors=True)
+    database = separate_database(postgres_url, "faas_ha")
+    yield from running_cluster(lambda root: HADevCluster(root, database), "faas-ha-cluster-", timeout_s=120)
 
 
 def lend_everywhere(cluster, client, cores: int) -> list[int]:
@@ -75,18 +58,26 @@ def tally_counts(path: Path) -> collections.Counter:
         return collections.Counter()
 
 
+def tally_batch_under_way(cluster, client, name: str, tally: Path, n: int, jobs: list[int]) -> list[int]:
+    """``name`` registered (each no-op appends its number to ``tally``), a lend on every node
+    (its job ids added to ``jobs``, which the caller cancels), ``n`` of them submitted: their
+    ids, once a fifth of them ran."""
+    client.register(name=name, entrypoint="failover_fns:tally", code_dir=str(FUNCTIONS), cores=1,
+                    mem_mb=64, timeout_s=60, max_attempts=3)
+    jobs.extend(lend_everywhere(cluster, client, cores=4))
+    ids = client.invoke_batch(name, [json.dumps({"file": str(tally), "n": i}) for i in range(n)])
+    wait_until("a fifth of the batch ran", lambda: sum(tally_counts(tally).values()) >= n // 5,
+               timeout_s=600, interval_s=0.1)
+    return ids
+
+
 def test_kill_9_of_the_active_coscheduler_mid_batch(ha_cluster):
     cluster = ha_cluster
     tally = cluster.root / "jobs" / "tally.txt"  # the jobs directory is everyone's (1777)
     jobs: list[int] = []
     try:
         with Client(cluster.coscheduler_endpoint, str(cluster.munge_socket), timeout_s=60) as client:
-            client.register(name="tally", entrypoint="failover_fns:tally", code_dir=str(FUNCTIONS), cores=1,
-                            mem_mb=64, timeout_s=60, max_attempts=3)
-            jobs = lend_everywhere(cluster, client, cores=4)
-            ids = client.invoke_batch("tally", [json.dumps({"file": str(tally), "n": n}) for n in range(N)])
-            wait_until("a fifth of the batch ran", lambda: sum(tally_counts(tally).values()) >= N // 5,
-                       timeout_s=600, interval_s=0.1)
+            ids = tally_batch_under_way(cluster, client, "tally", tally, N, jobs)
             killed = cluster.kill_active()
             rows = client.wait_many(ids, timeout_s=1200)
             assert {r["state"] for r in rows.values()} == {"SUCCEEDED"}
@@ -118,12 +109,7 @@ def test_a_stopped_active_coscheduler_is_replaced_and_fenced(ha_cluster):
     jobs: list[int] = []
     try:
         with Client(cluster.coscheduler_endpoint, str(cluster.munge_socket), timeout_s=60) as client:
-            client.register(name="tally-stop", entrypoint="failover_fns:tally", code_dir=str(FUNCTIONS), cores=1,
-                            mem_mb=64, timeout_s=60, max_attempts=3)
-            jobs = lend_everywhere(cluster, client, cores=4)
-            ids = client.invoke_batch("tally-stop", [json.dumps({"file": str(tally), "n": i}) for i in range(n)])
-            wait_until("a fifth of the batch ran", lambda: sum(tally_counts(tally).values()) >= n // 5,
-                       timeout_s=600, interval_s=0.1)
+            ids = tally_batch_under_way(cluster, client, "tally-stop", tally, n, jobs)
             stopped = wait_until("an active co-scheduler", cluster.active, timeout_s=60)
             pid = cluster.pid_of(Component(stopped, PROGRAM))
             os.kill(pid, signal.SIGSTOP)
