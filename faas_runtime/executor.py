@@ -65,60 +65,15 @@ import zmq
 
 from . import protocol as P
 from .output_capture import OutputCapture
-from .fabric import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, is_native_entrypoint, json_valid
+from .executor_rma import RmaServing
+from .executor_values import NotJSON, bounded_traceback, call_payload, value_out
+from .native import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, is_native_entrypoint, json_valid
 
 log = logging.getLogger("faas.executor")
 
 
 class Evicted(BaseException):
     """Raised into a running call by SIGTERM: the executor is being stopped."""
-
-
-class NotJSON(Exception):
-    """A return value that cannot be sent: not JSON (a set, numpy.int64, NaN) or too large."""
-
-
-def value_to_json(value: Any) -> str:
-    """A return value as strict JSON text (no NaN or Infinity, which JSON does not have),
-    at most ``protocol.MAX_RESULT_BYTES``."""
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise NotJSON(f"the return value is not JSON: {type(exc).__name__}: {exc} (return lists, dicts, "
-                      "str, int, float, bool or None; e.g. int(x) for numpy.int64, x.tolist() for an array)") from None
-    if len(text) > P.MAX_RESULT_BYTES:
-        raise NotJSON(f"the return value is {len(text)} bytes of JSON; at most {P.MAX_RESULT_BYTES} are kept "
-                      "(write large results to a file and return its path)")
-    return text
-
-
-def value_out(value: Any, binary: bool) -> dict[str, Any]:
-    """A return value as RESULT fields: bytes (``VALUE_BIN``) from a binary call that
-    returned bytes-like data, else JSON text (``value_json``); each bounded."""
-    if binary and isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        if len(data) > P.MAX_RESULT_BYTES:
-            raise NotJSON(f"the return value is {len(data)} bytes; at most {P.MAX_RESULT_BYTES} are kept "
-                          "(write large results to a file and return its path)")
-        return {P.VALUE_BIN: data}
-    return {"value_json": value_to_json(value)}
-
-
-def call_payload(msg: dict) -> tuple[Any, bool]:
-    """A CALL's payload: (bytes, True) for a binary one, (JSON text, False) otherwise.
-    Binary payloads come as ``PAYLOAD_BIN``, or as bytes where JSON text was (a RUN whose
-    ``payload_json`` the co-scheduler filled with a stored binary payload)."""
-    data = msg.get(P.PAYLOAD_BIN, msg.get("payload_json", "null"))
-    if isinstance(data, bytes):
-        return data, True
-    if not isinstance(data, str):
-        raise P.ProtocolError(P.E_MALFORMED, "a payload is JSON text or bytes")
-    return data, False
-
-
-def _bounded(text: str) -> str:
-    """A traceback's end: the frames nearest the error matter most."""
-    return text if len(text) <= P.MAX_ERROR_CHARS else "...\n" + text[-(P.MAX_ERROR_CHARS - 4):]
 
 
 def load_callable(entrypoint: str, code_dir: Optional[str] = None):
@@ -137,7 +92,7 @@ def load_callable(entrypoint: str, code_dir: Optional[str] = None):
     return obj
 
 
-class Executor:
+class Executor(RmaServing):
     def __init__(self, entrypoint: str, code_dir: str, run_dir: str, hot_host: str, control: str):
         self.run_dir = run_dir
         self.stopping = False
@@ -211,7 +166,7 @@ class Executor:
             result = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": None}
         except BaseException as exc:  # the function's failure is a result, not a crash
             result = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}",
-                      "traceback": _bounded(traceback.format_exc(limit=20))}
+                      "traceback": bounded_traceback(traceback.format_exc(limit=20))}
         finally:
             self.in_call = False
             if capture:
@@ -269,104 +224,6 @@ class Executor:
             os._exit(0)
         for r in self.rma.values():
             r.close()
-
-    # -- RMA --------------------------------------------------------------------------------
-
-    def _rma_running(self, provider: str) -> bool:
-        t = self.rma_threads.get(provider)
-        return t is not None and t.is_alive()
-
-    def _rma_open(self, fabric: Any) -> Optional[dict]:
-        """The RMA endpoint for a GRANT's ``fabric`` request, opened on first use; None if
-        libfabric, the binding or the provider is not usable here (said once)."""
-        if not isinstance(fabric, dict) or not fabric.get("provider") or self.fn is None:
-            return None
-        provider = str(fabric["provider"])
-        if provider in self.rma_failed:
-            return None
-        r = self.rma.get(provider)
-        if r is None:
-            try:
-                from .fabric import FabricConfig
-                from .rma import RmaExecutor
-
-                config = FabricConfig(provider, str(fabric.get("domain") or ""), bool(fabric.get("no_cqdata")))
-                if not config.enabled:
-                    return None
-                handler: Any = self._rma_handler
-                if self.native is not None:  # answered by the C loop (no Python per call)
-                    from .rma import NativeHandler
-
-                    handler = NativeHandler(self.native, error_text=_native_error_doc, check_json=True)
-                r = RmaExecutor(handler, f"tcp://{self.hot_host}:0", config, ctx=zmq.Context(),
-                                authorize=self._rma_authorize)
-            except Exception as exc:  # FabricUnavailable, FabricError, ImportError: ZeroMQ alone
-                self.rma_failed[provider] = f"{type(exc).__name__}: {exc}"
-                log.warning("RMA with provider %s is off in this executor, hot calls use ZeroMQ: %s", provider, exc)
-                return None
-            self.rma[provider] = r
-            # libfabric (its shm code) installs its own SIGTERM/SIGINT handlers, which exit the
-            # process: ours must run, so that clients hear LEASE_ENDED first.
-            signal.signal(signal.SIGTERM, self.on_sigterm)
-            signal.signal(signal.SIGINT, self.on_sigterm)
-        return {"control": r.control, "provider": r.ep.provider}
-
-    def _rma_authorize(self, msg: dict) -> str:
-        token = msg.get("token")
-        if not isinstance(token, str) or token not in self.tokens:
-            raise P.ProtocolError(P.E_LEASE, "no valid lease for this executor (ended or never granted)")
-        return token
-
-    def _rma_handler(self, payload: memoryview) -> bytes:
-        """JSON bytes in, JSON bytes out, or a binary call (``P.RMA_BINARY`` first: the
-        function gets the bytes after it; bytes it returns go back after the same byte); a
-        raising function fails the call with a JSON error document (error, traceback) as
-        its text."""
-        from .rma import HandlerError
-
-        cpus = self._rma_cpus
-        if cpus and cpus != getattr(threading.current_thread(), "faas_cpus", None):
-            os.sched_setaffinity(0, cpus)  # this thread's affinity
-            threading.current_thread().faas_cpus = cpus
-        binary = payload[:1] == P.RMA_BINARY
-        with self.fn_lock:
-            try:
-                if binary:
-                    value = self.fn(bytes(payload[1:]))  # bytes, as over ZeroMQ (the slot is reused)
-                    if isinstance(value, (bytes, bytearray, memoryview)):
-                        return P.RMA_BINARY + value
-                    value_json = value_to_json(value)
-                else:
-                    value_json = value_to_json(self.fn(json.loads(bytes(payload))))
-            except NotJSON as exc:
-                raise HandlerError(json.dumps({"error": str(exc), "traceback": None})) from None
-            except BaseException as exc:
-                raise HandlerError(json.dumps({"error": f"{type(exc).__name__}: {exc}",
-                                               "traceback": traceback.format_exc(limit=20)})) from None
-        return value_json.encode()
-
-    def _rma_control(self, provider: str, r: Any) -> None:
-        """Answer the RMA control socket here; start its serving thread once a slot is attached."""
-        r._control()
-        r.apply_ends()
-        if r.leased and not self._rma_running(provider):
-            t = threading.Thread(target=self._rma_serve, args=(provider, r), name=f"rma-{provider}", daemon=True)
-            self.rma_threads[provider] = t
-            t.start()
-
-    def _rma_serve(self, provider: str, r: Any) -> None:
-        try:
-            if self._rma_cpus:  # this thread's affinity (a native function never returns to Python)
-                os.sched_setaffinity(0, self._rma_cpus)
-                threading.current_thread().faas_cpus = self._rma_cpus
-            r.serve(poll=0.01, until_idle=True)
-        except Exception:
-            log.exception("RMA serving loop (%s) failed; hot calls use ZeroMQ", provider)
-            self.rma_failed[provider] = "the serving loop failed"
-
-    def _rma_end(self, token: Optional[str], reason: str) -> None:
-        for r in self.rma.values():
-            r.end(token, reason)
 
     def _drain(self, sock: zmq.Socket, trusted: bool) -> None:
         while not self.stopping:
@@ -468,11 +325,6 @@ class Executor:
         for peer in self.hot_peers:
             self._reply(self.hot, peer, P.LEASE_ENDED, reason=reason)
         self.hot_peers.clear()
-
-
-def _native_error_doc(exc: NativeFunctionError) -> str:
-    """An RMA error result of a native function: the document _rma_handler sends."""
-    return json.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": None})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Optional
 
-from faas_runtime.fabric import NativeFunction, is_native_entrypoint
+from faas_runtime.native import NativeFunction, is_native_entrypoint
 
 from .server import Handler, NativeHandler, RmaExecutor
 from .wire import DEFAULT_SLOT_SIZE, DEFAULT_SLOTS

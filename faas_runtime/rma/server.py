@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional
 import zmq
 
 from faas_runtime import protocol
-from faas_runtime.fabric import (Endpoint, FabricConfig, FabricError, MemoryRegion, NativeFunction,
-                                 NativeFunctionError, NATIVE_NOT_JSON, NATIVE_TOO_SMALL, _check, json_valid, load)
+from faas_runtime.fabric import Endpoint, FabricConfig, FabricError, MemoryRegion, _check, load
+from faas_runtime.native import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, NATIVE_TOO_SMALL, json_valid
 
 from .wire import (DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, EV_DATA, EV_NATIVE, EV_NONE, EV_RX_ERROR, EV_TX_ERROR, F_BULK,
                    F_ENDED, F_ERROR, HEADER, HSIZE)

@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from faas_runtime import fabric
+from faas_runtime.native import NativeFunction
 from tests.conftest import missing
 from tests.functions import native_build
 
@@ -112,7 +113,7 @@ def test_the_c_loop_answers_without_python(provider, native_dir):
             Counting.calls += 1
             return super().__call__(payload)
 
-    native = fabric.NativeFunction(f"{LIB}:echo", str(native_dir))
+    native = NativeFunction(f"{LIB}:echo", str(native_dir))
     ex = RmaExecutor(Counting(native), "tcp://127.0.0.1:0", config(provider))
     assert ex.native_fast_path
     t = threading.Thread(target=ex.serve, daemon=True)
@@ -146,7 +147,7 @@ def test_end_reaches_requests_in_the_c_loop_and_in_python(provider, native_dir, 
     from faas_runtime.rma import NativeHandler, RmaClient, RmaExecutor, RmaLeaseEnded
     from faas_runtime.rma.testing import echo
 
-    native = fabric.NativeFunction(f"{LIB}:echo", str(native_dir)) if kind == "native" else None
+    native = NativeFunction(f"{LIB}:echo", str(native_dir)) if kind == "native" else None
     ex = RmaExecutor(NativeHandler(native) if native else echo, "tcp://127.0.0.1:0", config(provider),
                      authorize=lambda msg: msg.get("token"))
     assert ex.native_fast_path == (kind == "native")

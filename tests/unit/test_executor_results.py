@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from faas_runtime import protocol as P
-from faas_runtime.executor import NotJSON, value_to_json
+from faas_runtime.executor_values import NotJSON, value_to_json
 
 
 @pytest.mark.parametrize("value,why", [

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from faas_runtime import fabric
-from faas_runtime.fabric import NativeFunction, NativeFunctionError, NativeLoadError, is_native_entrypoint
+from faas_runtime import fabric, native
+from faas_runtime.native import NativeFunction, NativeFunctionError, NativeLoadError, is_native_entrypoint
 from tests.conftest import missing
 from tests.functions import native_build
 
@@ -79,6 +79,6 @@ def test_a_library_that_is_not_a_shared_object(tmp_path, backend):
 
 def test_json_check():
     for good in (b"null", b" [1, 2.5e3, \"\\u00e9\"] ", "\"é\"".encode(), b"{\"a\": NaN}"):
-        assert fabric.json_valid(good), good
+        assert native.json_valid(good), good
     for bad in (b"", b"[1,]", b"\"\xff\"", b"01", b"1 2", hashlib.sha256(b"x").digest()):
-        assert not fabric.json_valid(bad), bad
+        assert not native.json_valid(bad), bad

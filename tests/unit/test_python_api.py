@@ -16,7 +16,7 @@ import pytest
 import slurm_faas
 from faas_runtime import auth, pyapi
 from faas_runtime import protocol as P
-from faas_runtime.executor import call_payload, value_out
+from faas_runtime.executor_values import call_payload, value_out
 from slurm_faas.functions import Resources, function_spec, mem_mb, shipping
 from tests.unit.daemon_harness import FakeAgent, harness_factory  # noqa: F401  (fixture)
 
