@@ -39,7 +39,14 @@ def test_install_head_and_node_put_units_config_and_private_dirs(tmp_path):
     assert "Delegate=yes" in (units / "faas-agent.service").read_text()  # the agent's cgroups
     etc = root / "etc/slurm-faas"
     assert _mode(etc / "coscheduler.toml") == 0o600 and _mode(etc / "agent.toml") == 0o600
-    assert _mode(root / "var/lib/slurm-faas") == 0o700 and _mode(root / "var/spool/slurm-faas") == 0o700
+    assert _mode(root / "var/lib/slurm-faas") == 0o711 and _mode(root / "var/spool/slurm-faas") == 0o700
+    # Head and node on one host: every directory above the agent's run directories is searchable by
+    # the function owners, none of them listable (the co-scheduler's unit sets the same mode).
+    for d in (root / "var/lib/slurm-faas/agent").relative_to(root).parents:
+        if d != Path("."):
+            assert _mode(root / d) & 0o001, d
+    assert not _mode(root / "var/lib/slurm-faas") & 0o004
+    assert "StateDirectoryMode=0711" in (units / "faas-coscheduler.service").read_text()
     assert _mode(root / "var/log/slurm-faas") == 0o700 and _mode(root / "var/lib/slurm-faas/agent") == 0o711
     # A site's configuration is its own: a re-run keeps it.
     (etc / "agent.toml").write_text('coscheduler = "tcp://head:7800"\n')

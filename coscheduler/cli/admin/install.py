@@ -5,7 +5,7 @@ install-node  the agent's systemd unit, /etc/slurm-faas/agent.toml (kept if pres
               spool (root's, 0700) and the agent's work directory; then, unless
               --without-plugin, the SPANK plugin (as `faas-admin install-plugin` does)
 install-head  the co-scheduler's unit, /etc/slurm-faas/coscheduler.toml (kept if present),
-              /var/lib/slurm-faas and /var/log/slurm-faas (0700)
+              /var/lib/slurm-faas (0711) and /var/log/slurm-faas (0700)
 uninstall-*   remove the units (and, for a node, the plugin); configuration, the queue and
               the spool stay (remove them by hand, as `apt purge` would)
 
@@ -29,7 +29,9 @@ ROLES = {
     "node": {"unit": "faas-agent.service", "config": "agent.toml",
              "dirs": {"var/spool/slurm-faas": 0o700, "var/lib/slurm-faas/agent": 0o711}},
     "head": {"unit": "faas-coscheduler.service", "config": "coscheduler.toml",
-             "dirs": {"var/lib/slurm-faas": 0o700, "var/log/slurm-faas": 0o700}},
+             # 0711: searchable for the run directories of an agent on the same host, never listable
+             # (the unit's StateDirectoryMode says the same; the queue inside is 0600)
+             "dirs": {"var/lib/slurm-faas": 0o711, "var/log/slurm-faas": 0o700}},
 }
 
 
