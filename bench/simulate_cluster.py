@@ -111,7 +111,7 @@ def lend_timeline(trace: Path, nodes: int, duration_s: float, speed: float, seed
 
 def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dict[int, list], cores: int,
                lend: tuple[int, int], run_mean: float, t0: float, stop_file: str, out_file: str, seed: int,
-               early_ends_per_s: float = 0.0) -> None:
+               early_ends_per_s: float = 0.0, cpus: set[int] | None = None) -> None:
     """Agents of ``nodes`` in one process: HELLO with a real credential, LEND/REVOKE as the
     timeline says, every RUN finished after a sampled time, heartbeats at the period the
     co-scheduler sets; and, ``early_ends_per_s`` times a second (Poisson), a job ending
@@ -119,6 +119,8 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
     from faas_runtime import protocol as P
 
     _raise_nofile()
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # before ZeroMQ starts its threads: they inherit it
     rng = random.Random(seed)
     ctx = zmq.Context(io_threads=1)
     ctx.setsockopt(zmq.MAX_SOCKETS, 65536)
@@ -200,11 +202,14 @@ def run_agents(endpoint: str, munge_socket: str, nodes: list[int], timeline: dic
             if busy:
                 n = rng.choice(busy)
                 end_lend(n, int(next(iter(running[n].values())).split("@")[0]))
+        finished: dict[int, list[dict]] = {}
         while done and done[0][0] <= now:
             _, n, inv, attempt = heapq.heappop(done)
             if running[n].pop((inv, attempt), None) is not None:
-                send(n, P.RESULT, invocation_id=inv, attempt=attempt, outcome="ok", value_json="null",
-                     run_s=run_mean)
+                finished.setdefault(n, []).append({"type": P.RESULT, "invocation_id": inv, "attempt": attempt,
+                                                   "outcome": "ok", "value_json": "null", "run_s": run_mean})
+        for n, reports in finished.items():  # a turn's reports in one message, as a real agent sends them
+            send(n, P.REPORTS, reports=reports)
         # Sleep until the next thing due (polling 1,000 sockets is not free), at most 50 ms.
         due = min([q[0][0] for q in (events, done, beats) if q] + [now + 0.05]) - time.time()
         for s, _ in poller.poll(0 if to_hello else max(0, min(50, int(due * 1000)))):
@@ -282,11 +287,23 @@ def one_scale(args, nodes: int, munge_socket: str, work: Path, tree: Path = REPO
     url = args.db or f"sqlite:///{work / f'sim-{name}.db'}"
     env = {**os.environ, "PYTHONPATH": str(tree), "FAAS_RECONCILE_S": "1e9",  # no Slurm: jobs are simulated
            "FAAS_QUOTA_MAX_QUEUED": "100000000"}
+    # --pin: the co-scheduler on one CPU, the simulated agents on the others (a site runs
+    # the co-scheduler on a host of its own, not beside thousands of agents).
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+    daemon_cpus, agent_cpus = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
+
+    def prepare() -> None:  # in the co-scheduler's process, before exec: its threads inherit it
+        _raise_nofile()
+        if daemon_cpus:
+            os.sched_setaffinity(0, daemon_cpus)
+
     profile = ["-m", "cProfile", "-o", str(args.profile / f"coscheduler-{name}.prof")] if args.profile else []
     daemon = subprocess.Popen([sys.executable, *profile, "-m", "coscheduler.daemon", "--foreground", "--db", url, "--bind",
                                endpoint, "--munge-socket", munge_socket, "--log-file", str(work / f"sim-{name}.log"),
                                "--log-level", "INFO"], env=env, cwd=tree, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, preexec_fn=_raise_nofile)
+                              stderr=subprocess.DEVNULL, preexec_fn=prepare)
+    launched = time.time()
     timeline = lend_timeline(args.trace, nodes, args.duration, args.speed, args.seed)
     t0 = time.time() + 5 + nodes / 2000  # every agent has said HELLO by then
     stop_file = str(work / f"stop-{name}")
@@ -297,7 +314,8 @@ def one_scale(args, nodes: int, munge_socket: str, work: Path, tree: Path = REPO
         outs.append(work / f"revokes-{name}-{i}.json")
         p = mp.Process(target=run_agents, args=(endpoint, munge_socket, share, {n: timeline[n] for n in share},
                                                 args.cores, tuple(args.lend), args.run_mean, t0, stop_file,
-                                                str(outs[-1]), args.seed + i, args.early_ends / n_procs))
+                                                str(outs[-1]), args.seed + i, args.early_ends / n_procs,
+                                                agent_cpus))
         p.start()
         procs.append(p)
     submitted = 0
@@ -308,6 +326,7 @@ def one_scale(args, nodes: int, munge_socket: str, work: Path, tree: Path = REPO
                 if time.time() > t0 + 60 + nodes / HELLOS_PER_TURN:  # a HELLO is a munge round trip each way
                     raise RuntimeError(f"only {len(c.agents())} of {nodes} agents registered")
                 time.sleep(0.5)
+            registered_s = time.time() - launched  # 99 % of the agents welcomed
             c.register(name="sim", entrypoint="probe:where", code_dir=str(FUNCTIONS), cores=1, mem_mb=64,
                        timeout_s=args.timeout, max_attempts=10)
             time.sleep(max(0.0, t0 - time.time()))
@@ -340,8 +359,8 @@ def one_scale(args, nodes: int, munge_socket: str, work: Path, tree: Path = REPO
         daemon.wait(30)
     revokes = {slot: at for out in outs if out.exists() for slot, at in json.loads(out.read_text())}
     row = _measure(url, nodes, submitted, start, end, cpu1 - cpu0, max(r for _, r in samples), stats, revokes)
-    row.update(tree="baseline" if tree != REPO else "this tree", agent_procs=n_procs,
-               agents_cpu_cores=agents_cpu / (end - start), load_avg=load)
+    row.update(tree="baseline" if tree != REPO else "this tree", agent_procs=n_procs, pinned=pin,
+               agents_cpu_cores=agents_cpu / (end - start), load_avg=load, registered_s=registered_s)
     return row
 
 
@@ -399,7 +418,8 @@ COLUMNS = [("tick_p50_ms", "tick p50 ms"), ("tick_p99_ms", "tick p99 ms"), ("tic
            ("wait_p50_s", "start p50 s"), ("wait_p99_s", "start p99 s"), ("completed_per_s", "done/s"),
            ("revoke_p50_s", "revoke->queue p50 s"), ("revoke_p99_s", "revoke->queue p99 s"),
            ("heartbeats_per_s", "heartbeats/s"), ("cpu_cores", "CPU cores"), ("cpu_ms_per_done", "CPU ms/done"),
-           ("rss_mb", "RSS MiB"), ("agents_cpu_cores", "agents' CPU cores"), ("load_avg", "host load"),
+           ("rss_mb", "RSS MiB"), ("agents_cpu_cores", "agents' CPU cores"), ("registered_s", "registered s"),
+           ("load_avg", "host load"),
            ("lost", "lost")]
 
 
@@ -433,6 +453,8 @@ def main() -> None:
     ap.add_argument("--trace", type=Path, default=SWF / "CTC-SP2-1996-3.1-cln.swf.gz")
     ap.add_argument("--procs", type=int, default=None,
                     help=f"processes that play the agents [default: one per {SOCKETS_PER_PROC:,} nodes, at least 2]")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="the co-scheduler on one CPU, the simulated agents on the others [default: on]")
     ap.add_argument("--db", default=None, help="SQLAlchemy URL (default: a fresh SQLite file per scale)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--baseline", type=Path, default=None,

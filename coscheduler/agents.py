@@ -23,7 +23,7 @@ import secrets
 import time
 from typing import Any, Callable, Optional
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from faas_runtime import protocol as P
@@ -34,30 +34,37 @@ from . import fields as F
 from .db.bulk import chunks
 from .heartbeats import Heartbeats
 from .hub import AgentSession, Hub, RequestFailed, fn_key
+from .started import HeldStarts
 
 log = logging.getLogger("faas.coscheduler")
 
 FINAL_REPORTS = frozenset({P.RESULT, P.EVICTED})  # acknowledged once stored
 ORPHAN_SWEEP_S = 5.0  # how often work on nodes without a session is looked for
+DEAD_CHECK_S = 1.0  # how often sessions are looked at for agents silent past their grace
 
 
 class AgentRoom(Heartbeats):
-    def __init__(self, hub: Hub, issue: Callable[[bytes], str]):
+    def __init__(self, hub: Hub, issue: Callable[[bytes], str], offload: Callable[..., bool]):
         self.hub = hub
         self.issue = issue  # a munge credential of the co-scheduler's uid with this payload (WELCOME)
+        self.offload = offload  # (item, fn, *args): fn(*args) off the loop (identity.OffLoop.call)
         # Other agent message kinds (leases.py): kind -> handler(session, transaction, session, msg).
         self.handlers: dict[str, Callable[[Session, AgentSession, dict], None]] = {}
         self.on_revoke: list[Callable[[str, str], None]] = []  # told of every revoked slot (leases.py)
         hub.binary_results = True  # _outcome stores RESULT's VALUE_BIN
         self._init_heartbeats()
+        self.held_starts = HeldStarts()  # STARTEDs held for a turn (started.py)
         self.started = time.monotonic()
         self._next_orphan_sweep = self.started + hub.config.agent_grace_s
+        self._next_dead_check = self.started
 
     # -- HELLO: a session ------------------------------------------------------------------
 
     def hello(self, identity: bytes, msg: dict, uid: int) -> None:
-        """A HELLO whose credential proved ``uid``: open the node's session (replacing an
-        older one: the agent restarted or reconnected), adopt what it holds, WELCOME it."""
+        """A HELLO whose credential proved ``uid``: its WELCOME's credential is made off the
+        loop (``offload``: a munge round trip, milliseconds on a loaded host, and thousands
+        of agents say HELLO at once when a co-scheduler starts); ``welcome`` then opens the
+        session. Until then nothing is sent to the node on this connection."""
         node = msg.get("node")
         if uid not in self.hub.config.agent_uids:
             log.warning("Security violation: HELLO for node %r from uid %d (agents are uids %s)", node, uid,
@@ -67,13 +74,25 @@ class AgentRoom(Heartbeats):
         held = self._held(msg.get("held", []))
         nonce = F.text(msg.get("nonce"), "nonce", 64)
         key = secrets.token_bytes(32)
-        with self.hub.database.session(write=True) as s:
-            self.hub.add_session(AgentSession(node, identity, key, time.monotonic()))
-            self._adopt(s, node, held)
-            self._requeue_unheld(s, node, {h["invocation_id"] for h in held}, self.hub.config.dispatch_grace_s)
         welcome = json.dumps({"node": node, "nonce": nonce, "key": key.hex()}).encode()
         # The WELCOME itself is proven by the credential; every later message by the key's MAC.
-        self.hub.send(identity, P.WELCOME, node=node, cred=self.issue(welcome), heartbeat_s=self.heartbeat_s())
+        if not self.offload((identity, P.WELCOME, {"node": node, "held": held, "key": key}), self.issue, welcome):
+            raise RequestFailed(P.E_BUSY, "the co-scheduler is welcoming too many agents; try again")
+        self.welcoming += 1  # the heartbeat period counts them (heartbeats.py)
+
+    def welcome(self, identity: bytes, hello: dict, cred: Any) -> None:
+        """The WELCOME's credential is made (``cred``, or the exception making it raised):
+        open the node's session (replacing an older one: the agent restarted or
+        reconnected), adopt what it holds, WELCOME it."""
+        self.welcoming -= 1
+        if isinstance(cred, BaseException):
+            raise RequestFailed(P.E_INTERNAL, f"cannot make the WELCOME's credential: {cred}")
+        node, held = hello["node"], hello["held"]
+        with self.hub.database.session(write=True) as s:
+            self.hub.add_session(AgentSession(node, identity, hello["key"], time.monotonic()))
+            self._adopt(s, node, held)
+            self._requeue_unheld(s, node, {h["invocation_id"] for h in held}, self.hub.config.dispatch_grace_s)
+        self.hub.send(identity, P.WELCOME, node=node, cred=cred, heartbeat_s=self.heartbeat_s())
         self.hub.mark_dirty()
         log.info("agent %s registered (%d held)", node, len(held))
 
@@ -128,6 +147,7 @@ class AgentRoom(Heartbeats):
                 # first, stop the later one (its reports carry a later attempt: ignored).
                 self.hub.send_agent(row.node, P.CANCEL, invocation_id=inv_id, attempt=row.attempts,
                                     reason=f"a duplicate: the earlier copy on {node} still runs")
+                self.hub.work_changed(row.node)
                 D.repoint(s, inv_id, {"attempts": attempt, "slot_id": slot.id, "node": node, "job_id": slot.job_id,
                                       "slurm_cpus": cpus, "os_cpus": slot.os_cpus_of(cpus)},
                           f"the later copy on {row.node} (attempt {row.attempts}) stopped: {node} still runs "
@@ -138,6 +158,7 @@ class AgentRoom(Heartbeats):
             self.hub.send_agent(node, P.CANCEL, invocation_id=inv_id, attempt=attempt,
                                 reason="the co-scheduler has no such work on this node")
         D.transition_many(s, changes)
+        self.hub.work_changed(node)  # placement reads the node's work again (capacity.py)
 
     def _requeue_unheld(self, s: Session, node: str, held: set[int], grace_s: float) -> None:
         """Requeue work the database places on ``node`` that its agent does not hold. Only
@@ -150,7 +171,7 @@ class AgentRoom(Heartbeats):
             age = (now - inv.dispatched_at).total_seconds() if inv.dispatched_at else grace_s
             if age >= grace_s:
                 D.evict(s, inv, f"agent on {node} does not run it")
-                self.hub.mark_dirty()
+                self.hub.work_changed(node)
 
     # -- the other messages of a session -----------------------------------------------------
 
@@ -288,11 +309,13 @@ class AgentRoom(Heartbeats):
                                 node, inv_id, row.node)
                 continue  # a late message about an earlier attempt, a cancelled one, another node's
             kind, now = msg["type"], D.utcnow()
-            if kind == P.STARTED:
-                if row.state is State.DISPATCHED:
-                    changes.append(D.Change(inv_id, row.state, State.RUNNING, now))
-                    row.state = State.RUNNING
-            elif kind == P.RESULT:
+            if kind != P.STARTED:  # a core freed (STARTED leaves the work where it was)
+                self.hub.work_changed(node)
+            if kind == P.STARTED:  # written with the report that follows, or next turn (started.py)
+                self.held_starts.hold(row, now)
+                continue
+            changes += self.held_starts.take(inv_id, node, msg["attempt"], row)  # a held STARTED goes first
+            if kind == P.RESULT:
                 self.hub.mark_dirty()
                 if row.slot_id:
                     self.hub.stats.note_warm(row.slot_id, fn_key(row.function_id))
@@ -375,23 +398,33 @@ class AgentRoom(Heartbeats):
                 self.hub.slot_changed(slot.id)
             return existing
         s.add(slot)
-        self.hub.lends_to_check.add(slot.id)  # the reconciler asks Slurm for the job's end now
+        if slot.end_time is None:  # slurmstepd does not know it: the reconciler asks Slurm now
+            self.hub.lends_to_check.add(slot.id)
         self.hub.slot_changed(slot.id)
         log.info("slot %s: %d cores (OS CPUs %s), %d MiB", slot.id, len(slot.slurm_cpus), sorted(set(slot.os_cpus)),
                  slot.mem_mb)
         return slot
 
     def revoke_slot(self, s: Session, slot_id: str, reason: str) -> None:
-        """A lend is over (its agent said so, or Slurm did): requeue its work, tell the agent."""
-        slot = s.get(D.Slot, slot_id)
-        if slot is None or slot.state == "REVOKED":
-            return
-        slot.state, slot.revoked_at, slot.revoke_reason = "REVOKED", D.utcnow(), reason[:255]
+        """A lend is over (its agent said so, or Slurm did): requeue its work in this
+        transaction (in bulk: at thousands of nodes jobs end every second), tell the agent."""
+        at = D.utcnow()
+        done = s.execute(update(D.Slot).where(D.Slot.id == slot_id, D.Slot.state == "ACTIVE").values(
+            state="REVOKED", revoked_at=at, revoke_reason=reason[:255])).rowcount
+        if not done:
+            return  # unknown, or revoked already
+        job_id, node = slot_id.split("@", 1)  # agents' _slot_id
         self.hub.slot_changed(slot_id)
         # By node (index on node, state): by slot, SQLite walked every invocation on a slot.
-        for inv in _on_node(s, slot.node):
-            if inv.slot_id == slot_id:
-                D.evict(s, inv, f"slot {slot_id} revoked: {reason}")
+        ids = s.scalars(select(D.Invocation.id).where(
+            D.Invocation.node == node, D.Invocation.state.in_([st.value for st in ON_SLOT]),
+            D.Invocation.slot_id == slot_id)).all()
+        changes: list[D.Change] = []
+        for row in D.report_rows(s, ids).values():
+            changes.extend(D.eviction_changes(row, f"slot {slot_id} revoked: {reason}"[:1000], at))
+            if row.state is State.FAILED:  # out of attempts: it ended
+                self.hub.ended(row.id, row.state.value)
+        D.transition_many(s, changes)
         self.hub.stats.warm.pop(slot_id, None)
         self.hub.end_known.discard(slot_id)
         for on_revoke in self.on_revoke:
@@ -399,8 +432,8 @@ class AgentRoom(Heartbeats):
         self.hub.mark_dirty()
         # The agent may not know yet (the revoke came from Slurm, not from its spool): it
         # stops what still runs there. Harmless when the agent sent the revoke itself.
-        self.hub.send_agent(slot.node, P.REVOKE, job_id=slot.job_id, node=slot.node, reason=reason)
-        log.info("slot %s revoked: %s", slot_id, reason)
+        self.hub.send_agent(node, P.REVOKE, job_id=int(job_id), node=node, reason=reason)
+        log.info("slot %s revoked: %s (%d invocations requeued or failed)", slot_id, reason, len(ids))
 
     # -- liveness ----------------------------------------------------------------------------
 
@@ -408,17 +441,22 @@ class AgentRoom(Heartbeats):
         """Agents silent for ``agent_grace_s`` lose their sessions and their work goes back
         to the queue; so does work on nodes that never said HELLO to this co-scheduler, and
         work heartbeats say their agents do not hold (_check_held, once a second)."""
+        self.held_starts.step(self.hub.database)  # STARTEDs no report followed within a turn (started.py)
         self.check_held()
         now = time.monotonic()
         grace = self.hub.config.agent_grace_s
-        dead = [n for n, a in self.hub.sessions.items() if now - a.last_seen > grace]
         sweep = now >= self._next_orphan_sweep
+        if now < self._next_dead_check and not sweep:
+            return  # a look at every session each turn was a cost of thousands of agents
+        self._next_dead_check = now + min(DEAD_CHECK_S, grace / 10)
+        dead = [n for n, a in self.hub.sessions.items() if now - a.last_seen > grace]
         if not dead and not sweep:
             return
         with self.hub.database.session() as s:
             for node in dead:
                 log.warning("agent %s silent for %.0f s; requeueing its work", node, grace)
                 self.hub.drop_session(node)
+                self.hub.work_changed(node)
                 for inv in _on_node(s, node):
                     D.evict(s, inv, f"agent on {node} stopped answering")
             if sweep:
@@ -426,6 +464,7 @@ class AgentRoom(Heartbeats):
                 for inv in s.scalars(select(D.Invocation).where(
                         D.Invocation.state.in_([st.value for st in ON_SLOT]),
                         D.Invocation.node.not_in(list(self.hub.sessions) or [""]))):
+                    self.hub.work_changed(inv.node)
                     D.evict(s, inv, f"no agent on {inv.node} since this co-scheduler started")
         self.hub.mark_dirty()
 

@@ -9,7 +9,7 @@ what they share):
              (agents.py) in one transaction, a HELLO and every client request first to a
              credential check in a worker thread (identity.py)
   verified   requests and HELLOs whose credential check finished, in arrival order
-             (requests.py, agents.py)
+             (requests.py, agents.py), and WELCOMEs whose credential was made
   bulk       one chunk of each bulk cancel under way (requests.py)
   schedule   claim, place and dispatch queued invocations (dispatch.py)
   liveness   agents silent past their grace lose their work to the queue (agents.py)
@@ -30,6 +30,7 @@ and resend the results it never acknowledged.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -50,7 +51,7 @@ from .agents import AgentRoom
 from .config import Config, ConfigError, load as load_config
 from .dispatch import Dispatcher
 from .hub import Hub, RequestFailed
-from .identity import CredentialChecks
+from .identity import CredentialChecks, OffLoop
 from .leases import install as install_leases
 from .reconcile import Reconciler
 from .requests import ClientRoom
@@ -83,7 +84,8 @@ class Coscheduler:
         verify = verify or (lambda cred, digest: auth.verify_credential(cred, digest, config.munge_socket).uid)
         issue = issue or (lambda payload: munge.encode(payload, config.munge_socket))
         self.checks = CredentialChecks(verify)
-        self.agent_room = AgentRoom(self.hub, issue)
+        self.welcomes = OffLoop(threads=2, name="welcome")  # WELCOME credentials (agents.py)
+        self.agent_room = AgentRoom(self.hub, issue, self.welcomes.call)
         self.clients = ClientRoom(self.hub, self.checks)
         self.dispatcher = Dispatcher(self.hub)
         self.reconciler = Reconciler(self.hub, slurm, self.agent_room.revoke_slot)
@@ -116,12 +118,13 @@ class Coscheduler:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.checks.wake_fd, zmq.POLLIN)
+        poller.register(self.welcomes.wake_fd, zmq.POLLIN)
         while not self.stop_requested:
             if self.dispatcher.pipelined and not self.receive_backlog:
                 # Agents hold work dispatched ahead: no core idles while the loop waits, so
                 # let reports and requests gather and take them in one transaction each.
                 time.sleep(max(0.0, self.dispatcher.next_pass_at - time.monotonic()))
-            idle = not (self.dispatcher.pipelined or self.clients.bulk)
+            idle = not (self.dispatcher.pipelined or self.clients.bulk or self.hub.dirty)  # dirty: more to place
             ready = dict(poller.poll(timeout=int(self.config.tick_s * 1000) if idle else 0))
             if self.sock in ready:
                 self._guarded(self.step_receive)
@@ -147,6 +150,7 @@ class Coscheduler:
             self.exporter.close()
         self.reconciler.close()
         self.checks.close()
+        self.welcomes.close()
         self.sock.close()
         if self.curve is not None:
             self.curve.stop()
@@ -224,15 +228,19 @@ class Coscheduler:
             raise P.ProtocolError(P.E_BUSY, "the co-scheduler is checking too many credentials; try again")
 
     def step_verified(self) -> None:
-        """Requests and HELLOs whose credential was checked, in the order they came."""
-        for (identity, kind, msg), outcome in self.checks.finished():
-            if kind != P.HELLO:
+        """Requests and HELLOs whose credential was checked, in the order they came; then
+        the WELCOMEs whose credential was made (agents.py: the sessions begin)."""
+        for (identity, kind, msg), outcome in itertools.chain(self.checks.finished(), self.welcomes.finished()):
+            if kind not in (P.HELLO, P.WELCOME):
                 self.clients.answer_checked(identity, kind, msg, outcome)
                 continue
             try:
-                if isinstance(outcome, BaseException):
+                if kind == P.WELCOME:
+                    self.agent_room.welcome(identity, msg, outcome)
+                elif isinstance(outcome, BaseException):
                     raise RequestFailed(P.E_AUTH, f"HELLO refused: {outcome}")
-                self.agent_room.hello(identity, msg, int(outcome))
+                else:
+                    self.agent_room.hello(identity, msg, int(outcome))
             except (P.ProtocolError, RequestFailed) as exc:
                 log.warning("refused a HELLO for node %r: %s", str(msg.get("node"))[:64], exc)
                 self.hub.send(identity, P.ERROR, code=exc.code, message=str(exc))

@@ -10,7 +10,6 @@ May not touch: agent sessions (read only), client requests, Slurm.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
@@ -18,9 +17,9 @@ from faas_runtime import protocol as P
 from faas_runtime.states import State
 
 from . import db as D
-from .db.bulk import chunks
 from .hub import Hub, fn_key
-from .scheduler import Lane, PendingInvocation, Policy, SlotView, place_ahead
+from .capacity import Capacity
+from .scheduler import PendingInvocation, Policy, SlotView, place_ahead
 
 SCHEDULE_EVERY_S = 1.0  # a scheduling pass even when nothing announced a change
 # While agents hold work dispatched ahead, the loop runs at most this often: each pass
@@ -35,11 +34,9 @@ MAX_PIPELINED_GAP_S = 0.05
 # is not offered, or a function could be dispatched that cannot finish before the job ends;
 # after this many reconcile rounds without an answer it is offered as unlimited.
 UNKNOWN_END_ROUNDS = 3
-# Placement keeps the active slots in memory (reading thousands of lends every pass was
-# most of a pass at scale) and rereads those the rooms wrote (Hub.slot_changed), and all
-# of them this often, in case a write elsewhere was not marked (a reload of 4,000 slots
-# is a pass's p99 by itself, so not often).
-SLOT_RELOAD_S = 300.0
+# A pass dispatches at most this many (the rest next turn): a pass of 1,000 RUNs held the
+# loop for 100 ms and more, with reports and revokes waiting unread meanwhile.
+PASS_MAX = 256
 
 
 class Dispatcher:
@@ -52,8 +49,7 @@ class Dispatcher:
         self.last_schedule = 0.0
         self.gap_s = PIPELINED_GAP_S  # while pipelined: from the last pass to the next
         self._next_schedule = 0.0
-        self._slots: list[D.Slot] = []  # the active slots, by id (detached: read only)
-        self._slots_reload_at = 0.0
+        self.capacity = Capacity(hub)  # placement's memory of the slots and the work on them
 
     def policy(self) -> Policy:
         cfg = self.hub.config
@@ -76,22 +72,6 @@ class Dispatcher:
                 out[fn] = n
         return out
 
-    def _active_slots(self, s) -> list[D.Slot]:
-        """The active slots, from memory where nothing changed (SLOT_RELOAD_S)."""
-        hub, mono = self.hub, time.monotonic()
-        if mono >= self._slots_reload_at:
-            hub.slots_changed.clear()
-            self._slots = D.active_slots(s)
-            self._slots_reload_at = mono + SLOT_RELOAD_S
-        elif hub.slots_changed:
-            changed, hub.slots_changed = hub.slots_changed, set()
-            keep = {sl.id: sl for sl in self._slots if sl.id not in changed}
-            for chunk in chunks(sorted(changed)):
-                keep.update((sl.id, sl) for sl in s.scalars(D.select(D.Slot).where(
-                    D.Slot.id.in_(chunk), D.Slot.state == "ACTIVE")))
-            self._slots = [keep[k] for k in sorted(keep)]
-        return self._slots
-
     def step_schedule(self) -> None:
         hub = self.hub
         mono = time.monotonic()
@@ -105,45 +85,23 @@ class Dispatcher:
         now = time.time()
         unknown_end_s = UNKNOWN_END_ROUNDS * hub.config.reconcile_s
         with hub.database.session(write=True) as s:
-            slots = [sl for sl in self._active_slots(s) if sl.node in hub.sessions and (
-                sl.end_time is not None or sl.id in hub.end_known or now - sl.lent_at.timestamp() >= unknown_end_s)]
-            if not slots:
+            cap = self.capacity
+            cap.refresh(s)  # what changed since the last pass (capacity.py)
+            if not cap.slots or not hub.sessions:
                 return
-            # Per lent core in use, its lane (scheduler.Lane): the invocations on it
-            # (running, or dispatched ahead and waiting at the agent), the work expected of
-            # them and the most memory one holds per core. Only one runs on a core at a
-            # time: the slot's memory in use is at most the sum of its lanes' memory.
-            lanes: dict[str, dict[int, Lane]] = {}
-            for slot_id, cpus, mem_mb, function_id, timeout_s in D.slot_usage(s, [sl.id for sl in slots]):
-                slot_lanes = lanes.setdefault(slot_id, {})
-                expected = hub.stats.run_time.get(fn_key(function_id), timeout_s)
-                for c in cpus or ():
-                    n, backlog, lane_mem = slot_lanes.get(c, (0, 0.0, 0.0))
-                    slot_lanes[c] = Lane(n + 1, backlog + expected, max(lane_mem, mem_mb / len(cpus)))
-            busy = {slot_id: set(slot_lanes) for slot_id, slot_lanes in lanes.items()}
-            used_mem = {slot_id: math.ceil(sum(lane.mem_mb for lane in slot_lanes.values()))
-                        for slot_id, slot_lanes in lanes.items()}
+            busy: dict[str, set[int]] = {}
+            used_mem: dict[str, int] = {}
             for reserve in self.reservations:
                 reserve(busy, used_mem)
             depth = self.ahead_depth()
             deepest = max(depth.values(), default=0)
-            views = []
-            for sl in slots:
-                slot_lanes = lanes.get(sl.id, {})
-                free_cpus = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
-                # Only lanes take work dispatched ahead (a core leased to a hot client has none).
-                ahead = {c: lane for c, lane in slot_lanes.items() if lane.count <= deepest}
-                views.append(SlotView(sl.id, free_cpus, sl.mem_mb - used_mem.get(sl.id, 0), sl.lend_end,
-                                      hub.stats.warm_on(sl.id, mono), ahead))
-            free = sum(len(v.free_cpus) for v in views)
-            # room for invocations: a free core takes one to run and `deepest` to wait
-            room = free * (1 + deepest) + sum(deepest + 1 - lane.count for v in views for lane in v.queued.values())
+            room = cap.room(deepest, hub.config.queue_window)
             if not room:
                 return
             # Claim no more of each (priority, user) than the free cores (and the room to
             # dispatch ahead) could take, and as many again for those that fit nowhere
             # (passed over): a tick that places 64 does not read a thousand.
-            per_user = min(hub.config.user_window, 2 * room)
+            per_user = min(hub.config.user_window, 2 * room, 2 * PASS_MAX)
             pending = [r for r in D.claim_queued_rows(s, hub.config.queue_window, per_user)
                        if r.id > hub.cancelling.get(r.function_id, 0)]  # a bulk cancel is being written
             if not pending:
@@ -156,9 +114,16 @@ class Dispatcher:
                                   r.created_at.timestamp())
                 for r in pending
             ]
-            slot_by_id = {sl.id: sl for sl in slots}
-            placements = place_ahead(requests, views, now, D.on_slot_by_user(s), self.policy(), depth,
+            views = cap.views(requests, now, lambda sl: sl.node in hub.sessions and (
+                sl.end_time is not None or sl.id in hub.end_known or now - sl.lent_at.timestamp() >= unknown_end_s),
+                busy, used_mem, deepest)
+            if not views:
+                return
+            slot_by_id = {v.slot_id: cap.slots[v.slot_id].slot for v in views}
+            placements = place_ahead(requests, views, now, cap.running_by_user(), self.policy(), depth,
                                      hub.stats.run_time)
+            more = len(placements) > PASS_MAX  # in the fair order place() chose
+            del placements[PASS_MAX:]
             if not placements:
                 return
             payload = D.payloads(s, [p.invocation_id for p in placements])
@@ -187,6 +152,7 @@ class Dispatcher:
             for node, fields in runs:
                 by_node.setdefault(node, []).append(fields)
             for node, batch in by_node.items():  # sent after this transaction commits (the loop's _guarded)
+                hub.work_changed(node)  # placement reads its work again next pass
                 if len(batch) == 1:
                     hub.send_agent(node, P.RUN, **batch[0])
                 else:
@@ -194,7 +160,7 @@ class Dispatcher:
             placed_on = {p.slot_id for p in placements}  # not every view's cores: thousands at scale
             free_cores = {(v.slot_id, c) for v in views if v.slot_id in placed_on for c in v.free_cpus}
             self.pipelined = any((p.slot_id, c) not in free_cores for p in placements for c in p.cpus)
-            if len(placements) == len(pending):
+            if more or len(placements) == len(pending):
                 hub.mark_dirty()  # the window was used up: there may be more to place now
             elif self.pipelined:
                 self.gap_s = self._gap(views, placements, by_id, fns)

@@ -46,12 +46,16 @@ class Heartbeats:
         self._heard: dict[str, tuple[float, set[int]]] = {}  # node -> (seen, held) of its latest heartbeat
         self._checked: dict[str, float] = {}  # node -> when its holdings were last checked (monotonic)
         self._next_held_check = time.monotonic()
+        # HELLOs whose WELCOME is being made (agents.py): when thousands of agents register
+        # at once, the first ones learn a period for all of them, not for the few welcomed.
+        self.welcoming = 0
 
     def heartbeat_s(self) -> float:
         """The heartbeat period agents are told (WELCOME, and an ACK to an agent that beats
-        at another): it grows with the sessions, within [1 s, agent_grace_s / BEATS_PER_GRACE]."""
+        at another): it grows with the sessions (and the agents being welcomed), within
+        [1 s, agent_grace_s / BEATS_PER_GRACE]."""
         ceiling = self.hub.config.agent_grace_s / BEATS_PER_GRACE
-        wanted = len(self.hub.sessions) / HEARTBEATS_PER_S
+        wanted = (len(self.hub.sessions) + self.welcoming) / HEARTBEATS_PER_S
         return round(max(P.HEARTBEAT_INTERVAL_S, min(wanted, ceiling)), 1)
 
     def heartbeat(self, identity: bytes, msg: dict) -> None:
@@ -132,5 +136,5 @@ class Heartbeats:
                     lost.append(inv_id)
         for chunk in chunks(lost):
             for inv in s.scalars(select(D.Invocation).where(D.Invocation.id.in_(chunk))):
+                self.hub.work_changed(inv.node)  # before evict() forgets the node
                 D.evict(s, inv, f"agent on {inv.node} does not run it")
-                self.hub.mark_dirty()

@@ -102,9 +102,11 @@ class Hub:
         # and those it has answered for: placement offers a lend only once its end is known.
         self.lends_to_check: set[str] = set()
         self.end_known: set[str] = set()
-        # Slots written in this process since placement last read them (``slot_changed``):
-        # placement keeps the active slots in memory and rereads only these.
+        # Slots written, and nodes whose work changed, in this process since placement last
+        # read them (``slot_changed``, ``work_changed``): placement keeps the active slots and
+        # the work on them in memory and rereads only these nodes (capacity.py).
         self.slots_changed: set[str] = set()
+        self.nodes_changed: set[str] = set()
         self.dirty = True
         self.outbox: list[tuple[bytes, list[bytes]]] = []
         self.metrics = LoopMetrics()
@@ -126,6 +128,14 @@ class Hub:
         """A room wrote this slot (lent, resized, revoked, its end learned): placement rereads
         it. Marking one whose write then rolls back is harmless; missing one is not."""
         self.slots_changed.add(slot_id)
+        self.dirty = True
+
+    def work_changed(self, node: Optional[str]) -> None:
+        """Work on ``node`` was dispatched, ended, evicted, cancelled or adopted: placement
+        rereads the node. As with ``slot_changed``, a needless mark costs a read; a missing
+        one lasts until the rolling reread (capacity.RESYNC_S)."""
+        if node:
+            self.nodes_changed.add(node)
         self.dirty = True
 
     def send(self, identity: bytes, msg_type: str, **fields: Any) -> None:

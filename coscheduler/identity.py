@@ -1,4 +1,5 @@
-"""Credential checks off the loop: who sent each request, decoded by worker threads.
+"""Munge off the loop: who sent each request, decoded by worker threads
+(``CredentialChecks``); the WELCOMEs' credentials, encoded by others (``OffLoop``).
 
 A munge decode is a round trip to munged (about 100 us with libmunge, milliseconds when
 munged is loaded or a flood of bogus credentials arrives). The loop must answer pings and
@@ -23,10 +24,12 @@ from typing import Any, Callable, Iterator
 log = logging.getLogger("faas.coscheduler")
 
 
-class CredentialChecks:
-    def __init__(self, verify: Callable[[str, str], int], threads: int = 4, max_pending: int = 10_000):
-        self._verify = verify
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="credential")
+class OffLoop:
+    """Calls that wait on munged, run by worker threads; their outcomes come back to the
+    loop in the order they were made (``finished``)."""
+
+    def __init__(self, threads: int = 4, max_pending: int = 10_000, name: str = "munge"):
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._pending: collections.deque[tuple[Any, Future]] = collections.deque()
         self.max_pending = max_pending
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -38,11 +41,12 @@ class CredentialChecks:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def submit(self, item: Any, cred: str, digest: str) -> bool:
-        """Check ``cred`` against ``digest`` for ``item``; False when too many wait."""
+    def call(self, item: Any, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in a worker; ``finished`` yields ``item`` with what it returned
+        or raised. False when too many wait."""
         if len(self._pending) >= self.max_pending:
             return False
-        future = self._pool.submit(self._verify, cred, digest)
+        future = self._pool.submit(fn, *args)
         future.add_done_callback(self._wake)
         self._pending.append((item, future))
         return True
@@ -54,7 +58,7 @@ class CredentialChecks:
             pass  # the pipe is full: the loop wakes anyway
 
     def finished(self) -> Iterator[tuple[Any, Any]]:
-        """(item, uid or the exception) of the checks done, in arrival order."""
+        """(item, what the call returned or raised) of the calls done, in the order made."""
         try:
             while os.read(self._rfd, 4096):
                 pass
@@ -69,3 +73,14 @@ class CredentialChecks:
         self._pool.shutdown(wait=False, cancel_futures=True)
         os.close(self._rfd)
         os.close(self._wfd)
+
+
+class CredentialChecks(OffLoop):
+    def __init__(self, verify: Callable[[str, str], int], threads: int = 4, max_pending: int = 10_000):
+        super().__init__(threads, max_pending, "credential")
+        self._verify = verify
+
+    def submit(self, item: Any, cred: str, digest: str) -> bool:
+        """Check ``cred`` against ``digest`` for ``item`` (``finished`` yields the uid it
+        proves, or the exception); False when too many wait."""
+        return self.call(item, self._verify, cred, digest)

@@ -27,6 +27,13 @@ Installed with ``install(hub, clients, agents, dispatcher)``: request handlers f
 client and agent message types, ``reserve`` for the scheduling step, and ``slot_revoked``
 for the agents' room. It talks to the rest only through the hub (coscheduler/hub.py).
 LEASE_READY, LEASE_FAILED and LEASE_ENDED count only from the agent of the lease's node.
+
+A memory lease (LEASE ``kind`` = "memory", ``size_bytes``; ``slurm_faas.remote_memory``) is
+the same machinery with a built-in function: it needs RMA (``fabric``), reserves one lent
+core (the server's progress loop) and ``size + MEMORY_OVERHEAD_MB`` of the lend's memory
+(placed, refused on a shrunk or closed lend, ended by a revoke exactly as above), and the
+agent starts the remote-memory server for it (faas_runtime/memory_lease.py) instead of an
+executor; LEASE_STATUS's ``rma`` is where the holder attaches, with the token.
 """
 from __future__ import annotations
 
@@ -51,13 +58,16 @@ log = logging.getLogger("faas.leases")
 DEFAULT_DURATION_S = 300.0
 MAX_DURATION_S = 3600.0
 START_TIMEOUT_S = 60.0  # a lease the agent never readies is failed after this
+# A memory server's own process beside the bytes it serves: measured ~100 MiB on tcp;ofi_rxm
+# (Python and ZeroMQ ~25, the RMA endpoint's buffers ~70, mapped libraries), flat in its clients.
+MEMORY_OVERHEAD_MB = 128
 
 
 @dataclass
 class Lease:
     lease_id: str
     uid: int
-    function_id: int
+    function_id: Optional[int]  # None: a memory lease
     slot_id: str
     node: str
     slurm_cpus: list[int]
@@ -70,6 +80,8 @@ class Lease:
     endpoint: Optional[str] = None
     reason: Optional[str] = None
     rma: Optional[dict] = None  # {control, provider} when the executor serves the lease over RMA
+    kind: str = "function"  # or "memory" (remote memory: the built-in memory server)
+    size_bytes: int = 0  # a memory lease's size
 
     @property
     def holds_capacity(self) -> bool:
@@ -104,37 +116,77 @@ class Leases:
     # -- client requests ----------------------------------------------------------------
 
     def on_lease(self, s: Session, uid: int, msg: dict) -> dict:
+        kind = msg.get("kind", "function")
+        if kind == "memory":
+            return self._memory_lease(s, uid, msg)
+        if kind != "function":
+            raise self._failed(P.E_INVALID, f"a lease is of a function or of memory, not {str(kind)[:64]!r}")
         name = F.text(msg.get("function"), "function", 128)
         fn = s.scalar(select(D.Function).where(D.Function.owner_uid == uid, D.Function.name == name))
         if fn is None or getattr(fn, "deleted_at", None) is not None:
             raise self._failed(P.E_NOT_FOUND, f"no function named {name!r} of yours (register it first)")
-        duration = min(F.number(msg.get("duration_s", DEFAULT_DURATION_S), "duration_s", 0, 1e9, lo_open=True),
-                       MAX_DURATION_S)
-        fabric = msg.get("fabric")
-        if fabric is not None and not (isinstance(fabric, dict) and isinstance(fabric.get("provider"), str)
-                                       and len(fabric["provider"]) < 64 and len(str(fabric.get("domain") or "")) < 256):
-            raise self._failed(P.E_INVALID, "fabric must be a map with a provider name")
-        slot, cpus = self._fit(s, fn, duration)
-        lease = Lease(lease_id=f"L{self._prefix}-{next(self._ids)}", uid=uid, function_id=fn.id, slot_id=slot.id,
-                      node=slot.node, slurm_cpus=cpus, os_cpus=slot.os_cpus_of(cpus), mem_mb=fn.mem_mb,
-                      token=secrets.token_urlsafe(24), expires=time.monotonic() + duration,
-                      created=time.monotonic())
-        self.leases[lease.lease_id] = lease
+        duration, fabric = self._duration(msg), self._fabric(msg)
+        slot, cpus = self._fit(s, fn.cores, fn.mem_mb, min(duration, fn.timeout_s))
+        lease = self._add(uid=uid, function_id=fn.id, slot=slot, cpus=cpus, mem_mb=fn.mem_mb,
+                          duration=duration)
         self.hub.send_agent(slot.node, P.LEASE_START, lease_id=lease.lease_id,
                             token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
                             mem_mb=fn.mem_mb, uid=fn.owner_uid, function_id=fn.id,
                             entrypoint=fn.entrypoint, code_dir=fn.code_dir, image=fn.image,
                             runtime=fn.runtime, version=fn.version, duration_s=duration,
-                            **({"fabric": {"provider": fabric["provider"], "domain": str(fabric.get("domain") or "")}}
-                               if fabric else {}))
+                            **({"fabric": fabric} if fabric else {}))
         log.info("lease %s: function %s of uid %d on %s cores %s", lease.lease_id, fn.name, uid, slot.id, cpus)
         return {"lease_id": lease.lease_id, "state": lease.state}
+
+    def _memory_lease(self, s: Session, uid: int, msg: dict) -> dict:
+        """Remote memory: ``size_bytes`` of a lend's memory served by the built-in memory
+        server, as ``uid``, on one lent core (its RMA progress loop)."""
+        size = F.whole(msg.get("size_bytes"), "size_bytes", 1, F.MAX_MEM_MB << 20)
+        duration, fabric = self._duration(msg), self._fabric(msg)
+        if fabric is None:
+            raise self._failed(P.E_INVALID, "remote memory is served over libfabric RMA: ask with fabric = "
+                                            "{provider, domain} (FAAS_FABRIC)")
+        mem_mb = -(-size // (1 << 20)) + MEMORY_OVERHEAD_MB
+        slot, cpus = self._fit(s, 1, mem_mb, duration)
+        lease = self._add(uid=uid, function_id=None, slot=slot, cpus=cpus, mem_mb=mem_mb, duration=duration,
+                          kind="memory", size_bytes=size)
+        self.hub.send_agent(slot.node, P.LEASE_START, kind="memory", size_bytes=size, lease_id=lease.lease_id,
+                            token=lease.token, slot_id=slot.id, job_id=slot.job_id, os_cpus=lease.os_cpus,
+                            mem_mb=mem_mb, uid=uid, duration_s=duration, fabric=fabric)
+        log.info("lease %s: %d bytes of remote memory for uid %d on %s core %s", lease.lease_id, size, uid, slot.id,
+                 cpus)
+        return {"lease_id": lease.lease_id, "state": lease.state}
+
+    def _add(self, *, slot, cpus: list[int], duration: float, **fields) -> Lease:
+        now = time.monotonic()
+        lease = Lease(lease_id=f"L{self._prefix}-{next(self._ids)}", slot_id=slot.id, node=slot.node, slurm_cpus=cpus,
+                    os_cpus=slot.os_cpus_of(cpus), token=secrets.token_urlsafe(24), expires=now + duration,
+                    created=now, **fields)
+        self.leases[lease.lease_id] = lease
+        return lease
+
+    @staticmethod
+    def _duration(msg: dict) -> float:
+        return min(F.number(msg.get("duration_s", DEFAULT_DURATION_S), "duration_s", 0, 1e9, lo_open=True),
+                   MAX_DURATION_S)
+
+    def _fabric(self, msg: dict) -> Optional[dict]:
+        """The RMA the client asks for: {provider, domain}, or None."""
+        fabric = msg.get("fabric")
+        if fabric is None:
+            return None
+        if not (isinstance(fabric, dict) and isinstance(fabric.get("provider"), str)
+                and len(fabric["provider"]) < 64 and len(str(fabric.get("domain") or "")) < 256):
+            raise self._failed(P.E_INVALID, "fabric must be a map with a provider name")
+        return {"provider": fabric["provider"], "domain": str(fabric.get("domain") or "")}
 
     def on_status(self, s: Session, uid: int, msg: dict) -> dict:
         lease = self._owned(uid, msg)
         self._expire()
         reply = {"lease_id": lease.lease_id, "state": lease.state, "reason": lease.reason,
                  "expires_in": round(lease.expires - time.monotonic(), 3)}
+        if lease.kind == "memory":
+            reply.update(kind="memory", size_bytes=lease.size_bytes)
         if lease.state == "ready":
             reply.update(endpoint=lease.endpoint, token=lease.token, cpus=lease.os_cpus, slot_id=lease.slot_id)
             if lease.rma:
@@ -158,7 +210,9 @@ class Leases:
         self.hub.send_agent(lease.node, P.LEASE_END, lease_id=lease.lease_id, reason=reason)
         self.hub.mark_dirty()
 
-    def _fit(self, s: Session, fn: D.Function, duration: float):
+    def _fit(self, s: Session, cores: int, mem_mb: int, min_s: float):
+        """A lent slot with ``cores`` free cores and ``mem_mb`` free memory (as the lend offers
+        it now: 0 on a closed lend) that lasts ``min_s`` more: (slot, its Slurm cores)."""
         now = time.time()
         busy: dict[str, set[int]] = {}
         used_mem: dict[str, int] = {}
@@ -170,10 +224,10 @@ class Leases:
         for sl in slots:
             free = [c for c in sl.slurm_cpus if c not in busy.get(sl.id, ())]
             lend_end = sl.lend_end
-            if len(free) >= fn.cores and sl.mem_mb - used_mem.get(sl.id, 0) >= fn.mem_mb and \
-                    (lend_end is None or lend_end - now >= min(duration, fn.timeout_s)):
-                return sl, free[:fn.cores]
-        raise self._failed(P.E_NO_CAPACITY, f"no lent capacity fits {fn.cores} core(s) and {fn.mem_mb} MiB now")
+            if len(free) >= cores and sl.mem_mb - used_mem.get(sl.id, 0) >= mem_mb and \
+                    (lend_end is None or lend_end - now >= min_s):
+                return sl, free[:cores]
+        raise self._failed(P.E_NO_CAPACITY, f"no lent capacity fits {cores} core(s) and {mem_mb} MiB now")
 
     @staticmethod
     def _failed(code: str, message: str) -> Exception:

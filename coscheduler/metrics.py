@@ -13,6 +13,7 @@ socket and no transaction.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 import time
@@ -30,12 +31,8 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(BUCKETS):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
+        # The first bucket whose bound is >= value (the last: +Inf); once per invocation.
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
         self.sum += value
 
     def snapshot(self) -> dict:

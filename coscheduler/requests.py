@@ -365,7 +365,7 @@ class ClientRoom:
     def _stop_on_agent(self, node: Optional[str], inv_id: int, attempt: int, reason: str) -> None:
         """A cancelled invocation that was on a slot: its agent stops it (sent after commit)."""
         self.hub.send_agent(node, P.CANCEL, invocation_id=inv_id, attempt=attempt, reason=reason)
-        self.hub.mark_dirty()
+        self.hub.work_changed(node)  # its core is free: placement rereads the node
 
 
 def _runtime(value: Any) -> str:

@@ -236,8 +236,11 @@ class Client:
         return self.request(P.SLOTS)["slots"]
 
     def wait_many(self, ids: list[int], timeout_s: Optional[float] = None, poll_s: float = 0.2,
-                  window: int = 1000, progress: Optional[Callable[[int], None]] = None) -> dict[int, dict]:
+                  window: int = 1000, progress: Optional[Callable[[int], None]] = None,
+                  subscribed: bool = False) -> dict[int, dict]:
         """Wait until every invocation ends; return {id: its row from ``list``}.
+        ``subscribed``: they were submitted with ``invoke_batch(subscribe=True)`` on this
+        client, so the first SUBSCRIBE (a request, and a read of every id) is not needed.
 
         The co-scheduler pushes ENDED as they end (SUBSCRIBE), and the rows of those that
         ended are read by id, at most every ``poll_s`` or a ``window`` at a time: a wait for
@@ -249,7 +252,7 @@ class Client:
         done: dict[int, dict] = {}
         todo = dict.fromkeys(ids)  # not seen ending yet, in order
         ended: dict[int, None] = {}  # told they ended, rows not read yet
-        resubscribe_at, read_at = 0.0, time.monotonic() + poll_s
+        resubscribe_at, read_at = (time.monotonic() + RESUBSCRIBE_S if subscribed else 0.0), time.monotonic() + poll_s
         while todo:
             if time.monotonic() >= resubscribe_at:
                 unread = [i for i in todo if i not in ended]

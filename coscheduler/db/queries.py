@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from faas_runtime.states import ON_SLOT, State
 
-from .bulk import chunks, id_filters
+from .bulk import chunks, id_filters, is_postgresql, unprepared
 from .models import Function, Invocation, Slot
 
 
@@ -55,6 +55,10 @@ def user_counts(s: Session, uid: int) -> dict[str, int]:
 
 
 def on_slot_by_user(s: Session) -> dict[int, int]:
+    """Owner uid -> how many of their invocations are on slots (every scheduling pass)."""
+    if is_postgresql(s):  # planned each time (bulk.unprepared): a plan kept from a small table scanned it all
+        return dict(unprepared(s, "SELECT owner_uid, count(*) FROM invocations WHERE state = ANY(%s) "
+                                  "GROUP BY owner_uid", [st.value for st in ON_SLOT]))
     q = (select(Invocation.owner_uid, func.count()).where(Invocation.state.in_([st.value for st in ON_SLOT]))
          .group_by(Invocation.owner_uid))
     return {uid: n for uid, n in s.execute(q)}
@@ -88,6 +92,10 @@ def slot_usage(s: Session, slot_ids: list[str]) -> list:
 def payloads(s: Session, ids: Iterable[int]) -> dict[int, Union[str, bytes]]:
     """Invocation id -> its payload: JSON text, or bytes (a binary one)."""
     out: dict[int, Union[str, bytes]] = {}
+    if is_postgresql(s):  # planned for these ids (bulk.unprepared)
+        ids = list(ids)
+        rows = unprepared(s, "SELECT id, payload, payload_bin FROM invocations WHERE id = ANY(%s)", ids) if ids else []
+        return {inv_id: text if binary is None else binary for inv_id, text, binary in rows}
     for where in id_filters(s, Invocation.id, ids):
         q = select(Invocation.id, Invocation.payload, Invocation.payload_bin).where(where)
         out.update((inv_id, text if binary is None else binary) for inv_id, text, binary in s.execute(q))
@@ -97,6 +105,10 @@ def payloads(s: Session, ids: Iterable[int]) -> dict[int, Union[str, bytes]]:
 def states_of(s: Session, ids: Iterable[int]) -> dict[int, tuple[str, int]]:
     """Invocation id -> (state, owner uid), for those of ``ids`` that exist."""
     out: dict[int, tuple[str, int]] = {}
+    if is_postgresql(s):  # planned for these ids (bulk.unprepared)
+        ids = list(ids)
+        rows = unprepared(s, "SELECT id, state, owner_uid FROM invocations WHERE id = ANY(%s)", ids) if ids else []
+        return {inv_id: (state, owner) for inv_id, state, owner in rows}
     for where in id_filters(s, Invocation.id, ids):
         q = select(Invocation.id, Invocation.state, Invocation.owner_uid).where(where)
         out.update((inv_id, (state, owner)) for inv_id, state, owner in s.execute(q))

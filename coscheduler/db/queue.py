@@ -15,14 +15,15 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, NamedTuple, Optional
 
 from sqlalchemy import Integer, and_, bindparam, insert, select, text, true, tuple_, update
 from sqlalchemy.orm import Session, selectinload
 
 from faas_runtime.states import ALLOWED, ON_SLOT, IllegalTransition, State, check_transition
 
-from .bulk import RowWrite, add_events, id_filters, is_postgresql, unnest_submit, write_rows, write_rows_postgresql
+from .bulk import (RowWrite, add_events, id_filters, is_postgresql, submit_sqlite, unnest_submit, unprepared,
+                   write_rows, write_rows_postgresql)
 from .models import Function, Invocation, InvocationEvent, utcnow
 
 
@@ -99,8 +100,33 @@ def claim_queued(s: Session, limit: int, per_user: int) -> list[Invocation]:
 def claim_queued_rows(s: Session, limit: int, per_user: int) -> list:
     """``claim_queued`` as plain rows (id, owner_uid, function_id, priority, attempts,
     created_at), without ORM objects or payloads: the daemon's scheduling tick, which
-    reads payloads (``payloads``) of the few it places only."""
-    return list(s.execute(_claim(s.get_bind().dialect.name, True), _claim_params(limit, per_user)))
+    reads payloads (``payloads``) of the few it places only. On PostgreSQL planned anew
+    each time (``bulk.unprepared``: a plan kept from when the queue was small)."""
+    dialect = s.get_bind().dialect
+    if dialect.name != "postgresql":
+        return list(s.execute(_claim(dialect.name, True), _claim_params(limit, per_user)))
+    compiled = _claim_compiled(dialect)
+    params = compiled.construct_params(_claim_params(limit, per_user))
+    cur = s.connection().connection.dbapi_connection.cursor()
+    try:
+        cur.execute(compiled.string, params, prepare=False)
+        return [ClaimedRow(*r) for r in cur.fetchall()]
+    finally:
+        cur.close()
+
+
+class ClaimedRow(NamedTuple):
+    id: int
+    owner_uid: int
+    function_id: int
+    priority: int
+    attempts: int
+    created_at: dt.datetime
+
+
+@lru_cache(maxsize=2)
+def _claim_compiled(dialect):
+    return _claim("postgresql", True).compile(dialect=dialect)
 
 
 def _claim_params(limit: int, per_user: int) -> dict[str, int]:
@@ -213,10 +239,8 @@ def add_invocations(s: Session, fn: Function, payloads: list, owner_uid: int, pr
             "payloads": payloads, "function_id": fn.id, "owner_uid": owner_uid, "state": State.QUEUED.value,
             "priority": priority, "mem_mb": fn.mem_mb, "now": now}))
     else:
-        rows = [{"function_id": fn.id, "owner_uid": owner_uid, "payload": p, "state": State.QUEUED.value,
-                 "priority": priority, "attempts": 0, "mem_mb": fn.mem_mb, "created_at": now, "updated_at": now}
-                for p in payloads]
-        ids = list(s.scalars(insert(Invocation).returning(Invocation.id, sort_by_parameter_order=True), rows))
+        ids = submit_sqlite(s, payloads, function_id=fn.id, owner_uid=owner_uid, state=State.QUEUED.value,
+                            priority=priority, attempts=0, mem_mb=fn.mem_mb, created_at=now, updated_at=now)
     add_events(s, [{"invocation_id": i, "from_state": None, "to_state": State.QUEUED.value, "at": now,
                     "reason": "submitted"} for i in ids])
     return ids
@@ -321,17 +345,28 @@ class ReportRow:
 
 
 def report_rows(s: Session, ids: Iterable[int]) -> dict[int, ReportRow]:
-    """The invocations ``ids`` (those that exist), locked for this transaction on PostgreSQL."""
+    """The invocations ``ids`` (those that exist). Not locked: the changes made from them
+    (``transition_many``) are written only where a row is still in the state read, and
+    raise ``StaleState`` otherwise. A lock (FOR UPDATE) wrote every row once more on
+    PostgreSQL (a lock is a tuple write and WAL), for each report about it."""
     out: dict[int, ReportRow] = {}
+    if is_postgresql(s):
+        ids = list(ids)
+        for r in unprepared(s, _REPORT_ROWS_POSTGRESQL, ids) if ids else ():
+            out[r[0]] = ReportRow(r[0], State(r[1]), *r[2:])
+        return out
     for where in id_filters(s, Invocation.id, ids):
         q = (select(Invocation.id, Invocation.state, Invocation.attempts, Invocation.slot_id,
                     Invocation.function_id, Function.max_attempts, Invocation.node)
              .join(Function, Invocation.function_id == Function.id)
-             .where(where)
-             .with_for_update(of=Invocation))
+             .where(where))
         for r in s.execute(q):
             out[r.id] = ReportRow(r.id, State(r.state), r.attempts, r.slot_id, r.function_id, r.max_attempts, r.node)
     return out
+
+
+_REPORT_ROWS_POSTGRESQL = ("SELECT i.id, i.state, i.attempts, i.slot_id, i.function_id, f.max_attempts, i.node "
+                           "FROM invocations i JOIN functions f ON f.id = i.function_id WHERE i.id = ANY(%s)")
 
 
 def eviction_changes(row: ReportRow, reason: str, at: dt.datetime, unstarted: bool = False) -> list[Change]:

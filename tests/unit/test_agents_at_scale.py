@@ -7,9 +7,12 @@ called by the test; agents are its messages."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import threading
 import time
 
 import pytest
+import zmq
 
 from coscheduler import heartbeats as A
 from coscheduler import db as D
@@ -17,9 +20,10 @@ from coscheduler.config import Config
 from coscheduler.daemon import Coscheduler
 from coscheduler.hub import AgentSession
 from faas_runtime import protocol as P
+from faas_runtime import queue_client as client_mod
 from faas_runtime.states import State
 
-from .daemon_harness import UID, StubSlurm, _port
+from .daemon_harness import UID, StubSlurm, _port, wait_for
 
 GRACE_S = 1.0  # dispatch_grace_s: work dispatched longer ago than this may be found lost
 
@@ -104,6 +108,9 @@ def test_the_period_grows_with_the_agents_within_the_liveness_grace(daemon):
     for i in range(5 * A.HEARTBEATS_PER_S):
         _session(daemon, f"n{i}", began=0.0)
     assert room.heartbeat_s() == 5.0
+    room.welcoming = 2 * A.HEARTBEATS_PER_S  # a registration storm: counted before their sessions begin
+    assert room.heartbeat_s() == 7.0
+    room.welcoming = 0
     for i in range(5 * A.HEARTBEATS_PER_S, 100 * A.HEARTBEATS_PER_S):
         _session(daemon, f"n{i}", began=0.0)
     assert room.heartbeat_s() == grace / A.BEATS_PER_GRACE  # several beats per grace, however many agents
@@ -145,11 +152,14 @@ def test_lends_in_bulk_each_bad_one_refused_alone_in_order_with_revokes(daemon, 
     assert _slots(database) == {"1@n1": ("ACTIVE", 1000), "2@n2": ("REVOKED", 500), "4@n1": ("ACTIVE", 1000)}
     errors = [P.decode(frames[0]) for _, frames in daemon.hub.outbox if P.decode(frames[0])["type"] == P.ERROR]
     assert [e["code"] for e in errors] == [P.E_INVALID]
-    with database.session() as s:  # placement's memory of the active slots follows the writes
-        assert [sl.id for sl in daemon.dispatcher._active_slots(s)] == ["1@n1", "4@n1"]
+    memory = daemon.dispatcher.capacity  # placement's memory of the active slots follows the writes
+    with database.session() as s:
+        memory.refresh(s)
+    assert sorted(memory.slots) == ["1@n1", "4@n1"]
     daemon.agent_room.batch([(b"agent:n1", {"v": P.VERSION, "type": P.REVOKE, "node": "n1", "job_id": 1})])
     with database.session() as s:
-        assert [sl.id for sl in daemon.dispatcher._active_slots(s)] == ["4@n1"]
+        memory.refresh(s)
+    assert sorted(memory.slots) == ["4@n1"]
 
 
 def test_a_failing_bulk_lend_falls_back_to_one_at_a_time(daemon, database, monkeypatch):
@@ -188,3 +198,40 @@ def test_an_agent_beats_at_the_period_it_is_told_after_this_turns_reports(tmp_pa
         assert [kind for kind, _ in sent] == [P.RESULT, P.HEARTBEAT] and sent[-1][1]["every"] == 7.5
     finally:
         agent.shutdown()
+
+
+def test_the_welcome_credential_is_made_off_the_loop(database, monkeypatch):
+    """A slow munge encode (a loaded munged) holds up only the WELCOMEs behind it: the
+    loop keeps answering, and the node hears nothing before its WELCOME."""
+    monkeypatch.setattr(client_mod, "make_credential", lambda digest, socket=None: str(UID))
+    release = threading.Event()
+
+    def issue(payload: bytes) -> str:
+        if json.loads(payload)["node"] == "slow":
+            release.wait(20)
+        return "welcome"
+
+    config = Config(db_url=database.url, bind=f"tcp://127.0.0.1:{_port()}", tick_s=0.01, check_code=False)
+    d = Coscheduler(config, database, StubSlurm(), verify=lambda cred, digest: int(cred), issue=issue)
+    loop = threading.Thread(target=d.run, daemon=True)
+    loop.start()
+    ctx = zmq.Context()
+    try:
+        agent = ctx.socket(zmq.DEALER)
+        agent.setsockopt(zmq.LINGER, 0)
+        agent.connect(config.bind)
+        agent.send(P.encode(P.HELLO, node="slow", held=[], nonce="n", cred="0"))  # root: the verify stub
+        wait_for(lambda: len(d.welcomes) == 1)  # its credential is being made
+        with client_mod.Client(config.bind, timeout_s=10) as c:
+            for _ in range(3):
+                assert "slow" not in c.agents()  # the loop answers; no session yet
+        assert not agent.poll(200)  # nothing reaches the node before its WELCOME
+        release.set()
+        assert agent.poll(10_000)
+        welcome = P.decode(agent.recv_multipart()[0])
+        assert (welcome["type"], welcome["cred"]) == (P.WELCOME, "welcome") and "slow" in d.agents
+    finally:
+        release.set()
+        d.stop_requested = True
+        loop.join(10)
+        ctx.destroy(linger=0)

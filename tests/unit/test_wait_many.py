@@ -42,3 +42,21 @@ def test_wait_many_ends_when_every_push_is_lost(client, monkeypatch):
     ids = client.invoke_batch("echo", ["1"] * 30)
     rows = client.wait_many(ids, timeout_s=60)
     assert {r["state"] for r in rows.values()} == {"SUCCEEDED"} and len(rows) == 30
+
+
+def test_wait_many_of_a_batch_subscribed_as_queued_sends_no_subscribe(client):
+    from faas_runtime import protocol as P
+
+    client.harness.agent()
+    sent: list[str] = []
+    real_request = client.request
+
+    def counting(kind, *args, **kw):
+        sent.append(kind)
+        return real_request(kind, *args, **kw)
+
+    client.request = counting
+    ids = client.invoke_batch("echo", [json.dumps(i) for i in range(120)], subscribe=True)
+    rows = client.wait_many(ids, timeout_s=60, subscribed=True)
+    assert set(rows) == set(ids) and {r["state"] for r in rows.values()} == {"SUCCEEDED"}
+    assert P.SUBSCRIBE not in sent  # the pushes come from the INVOKE_BATCH's subscription

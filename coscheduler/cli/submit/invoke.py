@@ -99,13 +99,15 @@ def _invoke_batch(ctx, name, path, priority, wait, wait_timeout, output) -> None
             raise click.ClickException(f"{path}: payload {n} is {len(p.encode())} bytes; the co-scheduler "
                                        f"accepts at most {limits['max_payload_bytes']}")
     chunk = max(1, min(1000, limits["max_batch"]))
+    # Waiting: subscribed as they are queued (ENDED comes as they end, no SUBSCRIBE of them all after).
+    subscribe = wait and limits.get("subscribe") is True
     with click.progressbar(length=len(payloads), label=f"queueing {len(payloads)} invocations of {name}",
                            file=sys.stderr) as bar:
-        ids = client.invoke_batch(name, payloads, priority, chunk=chunk, progress=bar.update)
+        ids = client.invoke_batch(name, payloads, priority, chunk=chunk, progress=bar.update, subscribe=subscribe)
     if not wait:
         emit(output, {"invocation_ids": ids}, "\n".join(map(str, ids)))
         return
-    done = wait_all(client, ids, wait_timeout)
+    done = wait_all(client, ids, wait_timeout, subscribed=subscribe)
     rows = client.results(ids) if output == "json" else [done[i] for i in ids]
     states: dict[str, int] = {}
     for row in rows:
