@@ -11,9 +11,10 @@ Steps of the loop (each small, none blocking for long):
   reap       executors that exited (report their invocation: OOM -> "memory limit"),
              invocations past their timeout, warm executors idle past keep-warm, leases
              past their end, leased executors that became ready
-  memory     each lending job's memory (its cgroup): job usage + lent + margin stays
-             within the job's memory; the lend shrinks at once and regrows after a
-             hold-down (faas_runtime.memory_watch)
+  memory     each lending job's memory (its cgroup), every ``MEMORY_EVERY_S``: job usage +
+             lent + margin stays within the job's memory; the lend shrinks at once and
+             regrows after a hold-down (faas_runtime.memory_watch)
+  ahead      waiting invocations sent ahead to the executors of their cores (invocations)
   heartbeat  every ``heartbeat_s`` (the co-scheduler sets it: WELCOME, ACK), with what is held
 
 This module owns the loop, the conversation with the co-scheduler (HELLO with a munge
@@ -23,7 +24,8 @@ and reaps processes only through faas_runtime.executors and opens nothing in the
 executors' directories; the rest of the agent is mixed in from one module per concern:
 
   faas_runtime.executors    the warm executors: one per (function, slot, owner, image),
-                            busy with at most one invocation, reused until idle for
+                            running one invocation at a time (more may be sent ahead
+                            to it, faas_runtime.invocations), reused until idle for
                             ``keep_warm_s``; each in the function's container, in its own
                             cgroup (cpuset = the slot's lent CPUs, the function's memory, a
                             low CPU weight, a pids limit), as the function owner with their
@@ -73,6 +75,10 @@ __all__ = ["Agent", "Executor", "Running", "Slot", "main", "runtime_packages", "
 log = logging.getLogger("faas.agent")
 
 SPOOL_SCAN_S = 0.05
+# The memory guard's sample period: its margin covers a job's growth between two samples
+# (docs/runtime.md); reading the job's cgroup every loop turn cost more than the invocations.
+MEMORY_EVERY_S = 0.02
+REAP_EVERY_S = 0.005  # executors that exited, timeouts, keep-warm: looked at this often, not every turn
 HELLO_EVERY_S = 1.0  # at most one HELLO (a munge credential) per second while not welcomed
 REPORT_RESEND_S = 10.0  # a final report not acknowledged this long is sent again
 
@@ -132,6 +138,7 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
     seen_run: float = 0.0  # sent_at of the newest RUN read (heartbeats carry it)
     heartbeat_s: float = P.HEARTBEAT_INTERVAL_S  # the co-scheduler sets it (WELCOME, ACK): longer on big clusters
     _batch: list = field(default_factory=list)  # reports of this loop turn (flush_reports)
+    refill: set = field(default_factory=set)  # slots whose waiting invocations may go ahead (step_ahead)
     _spool_watcher: Optional[SpoolWatcher] = None
 
     def __post_init__(self) -> None:
@@ -182,20 +189,25 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
     def run(self) -> None:
         log.info("agent %s: spool %s, co-scheduler %s, cgroups %s", self.node, self.node_spool, self.endpoint,
                  self.subtree.base if self.subtree else "off")
-        next_beat = next_scan = 0.0
+        next_beat = next_scan = next_memory = next_reap = 0.0
         while not self.stop_requested:
             ready = dict(self.poller.poll(timeout=int(SPOOL_SCAN_S * 1000)))
             if self.sock in ready:
                 self._guarded(self.step_receive)
             if len(ready) > (self.sock in ready):
-                self._guarded(self.step_executors)
+                self._guarded(self.step_executors, ready)
             now = time.monotonic()
             watcher = self._spool_watcher
             if now >= next_scan or (watcher is not None and watcher.fileno() in ready):
                 self._guarded(self.step_spool)
                 next_scan = now + SPOOL_SCAN_S
-            self._guarded(self.step_reap)
-            self._guarded(self.step_memory)
+            if now >= next_reap:
+                self._guarded(self.step_reap)
+                next_reap = now + REAP_EVERY_S
+            if now >= next_memory:
+                self._guarded(self.step_memory)
+                next_memory = now + MEMORY_EVERY_S
+            self._guarded(self.step_ahead)
             self._guarded(self.step_link)
             if now >= next_beat:
                 self._guarded(self.step_heartbeat)
@@ -203,18 +215,18 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
             self._guarded(self.flush_reports)
         self.shutdown()
 
-    def _guarded(self, step) -> None:
+    def _guarded(self, step, *args) -> None:
         try:
-            step()
+            step(*args)
         except Exception:
             log.exception("step %s failed", step.__name__)
 
     def shutdown(self) -> None:
         """Stop every executor (the co-scheduler requeues their work) and close the socket."""
-        self.waiting.clear()
-        self.parked.clear()
         for ex in list(self.executors.values()):
             self._stop(ex, "agent shutting down")
+        self.waiting.clear()  # after the stops: with what was sent ahead and given back
+        self.parked.clear()
         deadline = time.monotonic() + self.grace_s
         while self.executors and time.monotonic() < deadline + 1:
             self.step_reap()
@@ -309,6 +321,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
         elif kind == P.CANCEL:
             if self.waiting.pop(int(msg["invocation_id"]), None) is not None:
                 return  # never started: nothing to stop
+            if self._drop_ahead(int(msg["invocation_id"])):
+                return  # sent ahead, not begun: the executor drops it (faas_runtime.invocations)
             if self.parked.pop(int(msg["invocation_id"]), None) is not None:
                 return  # held back by the memory guard: never started
             run = self.running.get(int(msg["invocation_id"]))
@@ -335,7 +349,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
                  "cpus": sorted(r.cores), "running": True} for r in self.running.values()]
         held += [{"invocation_id": inv_id, "attempt": int(m["attempt"]), "slot_id": m["slot_id"],
                   "cpus": list(m.get("cpus") or ()), "running": False}
-                 for inv_id, m in [*self.waiting.items(), *((i, pm) for i, (pm, _) in self.parked.items())]]
+                 for inv_id, m in [*self.waiting.items(), *((i, pm) for i, (pm, _) in self.parked.items()),
+                                   *((i, a[0]) for ex in self.executors.values() for i, a in ex.ahead.items())]]
         held += [{"invocation_id": inv_id, "attempt": attempt, "slot_id": self.placed[(inv_id, attempt)][0],
                   "cpus": self.placed[(inv_id, attempt)][1], "running": False}
                  for inv_id, attempt in self.unacked if (inv_id, attempt) in self.placed]
@@ -352,7 +367,8 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
         """The invocations this agent holds, running or waiting for their cores: [id, attempt]."""
         return sorted([[r.invocation_id, r.attempt] for r in self.running.values()]
                       + [[inv_id, int(m["attempt"])] for inv_id, m in self.waiting.items()]
-                      + [[inv_id, int(m["attempt"])] for inv_id, (m, _) in self.parked.items()])
+                      + [[inv_id, int(m["attempt"])] for inv_id, (m, _) in self.parked.items()]
+                      + [[inv_id, int(a[0]["attempt"])] for ex in self.executors.values() for inv_id, a in ex.ahead.items()])
 
     def step_heartbeat(self) -> None:
         if not self.welcomed:
@@ -426,17 +442,17 @@ class Agent(ExecutorPool, Invocations, HotLeases, MemoryGuard, AgentFailover):
         log.info("slot %s revoked: %s", slot.slot_id, reason)
 
     def _stop_slot(self, slot: Slot, reason: str) -> None:
-        for inv_id, msg in list(self.waiting.items()):
-            if msg["slot_id"] == slot.slot_id:
-                del self.waiting[inv_id]
-                self.report(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]),
-                            reason=f"slot {slot.slot_id} revoked: {reason}")
         for run in self.running.values():
             if run.slot_id == slot.slot_id:
                 run.reason = f"slot {slot.slot_id} revoked: {reason}"
         for ex in list(self.executors.values()):
             if ex.slot_id == slot.slot_id:
-                self._stop(ex, f"slot {slot.slot_id} revoked: {reason}")
+                self._stop(ex, f"slot {slot.slot_id} revoked: {reason}")  # what was sent ahead: reported
+        for inv_id, msg in list(self.waiting.items()):
+            if msg["slot_id"] == slot.slot_id:
+                del self.waiting[inv_id]
+                self.report(P.EVICTED, invocation_id=inv_id, attempt=int(msg["attempt"]),
+                            reason=f"slot {slot.slot_id} revoked: {reason}")
 
 
 @click.command()

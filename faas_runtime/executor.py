@@ -8,8 +8,10 @@ keep-warm timeout. Two ZeroMQ ROUTER sockets:
   control  a DEALER connected to the socket the agent bound for this executor (``--control``,
            in a directory of root's; the socket file is the owner's alone). The first
            message is OK ``rid=ready`` with the hot endpoint; then CALL (an invocation from
-           the queue), GRANT / LEASE_END (hot leases). Nothing the agent needs is left in
-           files: the agent runs as root and never reads a path the function can replace.
+           the queue) or CALLS (several, sent ahead: run in order, one RESULT each; a CANCEL
+           with their ``rids`` drops those not begun), GRANT / LEASE_END (hot leases). Nothing
+           the agent needs is left in files: the agent runs as root and never reads a path
+           the function can replace.
   hot      ``tcp://<host>:<free port>``: clients holding a lease (``faas_runtime.client``)
            call the function directly; every CALL carries the lease token the agent
            granted.
@@ -58,7 +60,9 @@ import logging
 import signal
 import sys
 import threading
+import time
 import traceback
+from collections import deque
 from typing import Any, Optional
 
 import zmq
@@ -66,7 +70,7 @@ import zmq
 from . import protocol as P
 from .output_capture import OutputCapture
 from .executor_rma import RmaServing
-from .executor_values import NotJSON, bounded_traceback, call_payload, value_out
+from .executor_values import NotJSON, bounded_traceback, call_payload, keep_freed_memory, value_out
 from .native import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, is_native_entrypoint, json_valid
 
 log = logging.getLogger("faas.executor")
@@ -114,6 +118,7 @@ class Executor(RmaServing):
         self._pinned_cpus: list[int] = []  # and the affinity that gave
         self.native: Optional[NativeFunction] = None  # a C function (path/lib.so:symbol)
         self.output = OutputCapture()  # a queued invocation's stdout and stderr
+        self.inbox: deque = deque()  # the agent's messages read and not handled yet, in order
         try:
             if is_native_entrypoint(entrypoint):
                 self.native = NativeFunction(entrypoint, code_dir)
@@ -200,8 +205,8 @@ class Executor(RmaServing):
                 ready = dict(poller.poll(timeout=100 if self.rma else 500))
             except zmq.ZMQError:
                 continue  # EINTR from a signal
-            if self.control in ready:
-                self._drain(self.control, trusted=True)
+            if self.control in ready or self.inbox:
+                self._drain_control()
             if self.hot in ready and not self.stopping:
                 self._drain(self.hot, trusted=False)
             for provider, r in idle_rma.items():
@@ -225,34 +230,64 @@ class Executor(RmaServing):
         for r in self.rma.values():
             r.close()
 
+    def _drain_control(self) -> None:
+        """The agent's messages, in order. What waits on the socket is read before each one
+        is handled, so a CANCEL reaches a CALL sent ahead before that CALL begins."""
+        while not self.stopping:
+            self._take_control()
+            if not self.inbox:
+                return
+            msg = self.inbox.popleft()
+            self._serve_one(self.control, None, msg, trusted=True)
+
+    def _take_control(self) -> None:
+        """Every frame waiting on the control socket into the inbox (CALLS as its CALLs)."""
+        while self.control.get(zmq.EVENTS) & zmq.POLLIN:  # asked, not raised: zmq.Again costs per call
+            try:
+                frame = self.control.recv_multipart(flags=zmq.NOBLOCK)[-1]  # the agent's DEALER: no routing frame
+                msg = P.decode(frame)
+            except zmq.Again:
+                return
+            except P.ProtocolError as exc:
+                self._reply(self.control, None, P.ERROR, code=exc.code, message=str(exc))
+                continue
+            kind = msg["type"]
+            if kind == P.CALLS and isinstance(msg.get("calls"), list):
+                self.inbox.extend({**c, "type": P.CALL} for c in msg["calls"] if isinstance(c, dict))
+            elif kind == P.CANCEL and isinstance(msg.get("rids"), list):
+                rids = {r for r in msg["rids"] if isinstance(r, str)}
+                self.inbox = deque(m for m in self.inbox if m["type"] != P.CALL or m.get("rid") not in rids)
+            else:
+                self.inbox.append(msg)
+
     def _drain(self, sock: zmq.Socket, trusted: bool) -> None:
         while not self.stopping:
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            if sock is self.control:  # the agent's DEALER: no routing frame
-                identity, frame = None, frames[-1]
-            elif len(frames) != 2:
-                continue
-            else:
-                identity, frame = frames
-            rid = None
-            try:
-                msg = P.decode(frame)
-                rid = msg.get("rid")
-                self._handle(sock, identity, msg, trusted)
-            except P.ProtocolError as exc:
-                self._reply(sock, identity, P.ERROR, rid=rid, code=exc.code, message=str(exc))
-            except Evicted:
-                self._reply(sock, identity, P.ERROR, rid=rid, code=P.E_EVICTED,
-                            message="the executor was stopped during the call (lend revoked)")
-                self.stopping = True
-                return
-            except Exception as exc:  # never die on one bad request
-                self._reply(sock, identity, P.ERROR, rid=rid, code=P.E_INTERNAL, message=str(exc))
+            if len(frames) == 2:
+                try:
+                    msg = P.decode(frames[1])
+                except P.ProtocolError as exc:
+                    self._reply(sock, frames[0], P.ERROR, code=exc.code, message=str(exc))
+                else:
+                    self._serve_one(sock, frames[0], msg, trusted)
             if not sock.get(zmq.EVENTS) & zmq.POLLIN:  # asked, not raised: zmq.Again costs per call
                 return
+
+    def _serve_one(self, sock: zmq.Socket, identity: Optional[bytes], msg: dict, trusted: bool) -> None:
+        rid = msg.get("rid")
+        try:
+            self._handle(sock, identity, msg, trusted)
+        except P.ProtocolError as exc:
+            self._reply(sock, identity, P.ERROR, rid=rid, code=exc.code, message=str(exc))
+        except Evicted:
+            self._reply(sock, identity, P.ERROR, rid=rid, code=P.E_EVICTED,
+                        message="the executor was stopped during the call (lend revoked)")
+            self.stopping = True
+        except Exception as exc:  # never die on one bad request
+            self._reply(sock, identity, P.ERROR, rid=rid, code=P.E_INTERNAL, message=str(exc))
 
     def _reply(self, sock: zmq.Socket, identity: Optional[bytes], msg_type: str, **fields: Any) -> None:
         frame = P.encode(msg_type, **fields)
@@ -275,7 +310,10 @@ class Executor(RmaServing):
                 self.hot_peers[identity] = token
                 cpus = self.tokens[token]
             payload, binary = call_payload(msg)
+            began = time.perf_counter()
             result = self.call(payload, cpus, capture=trusted, binary=binary)
+            if trusted:  # its own run time: the agent cannot see when a CALL sent ahead began
+                result["run_s"] = time.perf_counter() - began
             self._reply(sock, identity, P.RESULT, rid=msg.get("rid"), **result)
         elif kind == P.GRANT and trusted:
             self.tokens[msg["token"]] = list(msg.get("cpus") or sorted(os.sched_getaffinity(0)))
@@ -309,6 +347,8 @@ class Executor(RmaServing):
         """Stopping with leases still granted: the agent may have sent their LEASE_END (with
         the real reason, e.g. the memory guard's shrink) just before its SIGTERM, which ended
         the loop before it read it. Take those, so their clients hear that reason."""
+        for msg in [m for m in self.inbox if m["type"] == P.LEASE_END]:  # read, not yet handled
+            self._handle(self.control, None, msg, trusted=True)
         for _ in range(64):
             try:
                 if not self.tokens or not self.control.poll(wait_ms):
@@ -337,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     # Line by line, as a terminal would: a call's print() and its stderr keep their order.
     sys.stdout.reconfigure(line_buffering=True)
+    keep_freed_memory()  # a call's large buffers reuse faulted-in memory, not fresh pages
     ex = Executor(args.entrypoint, args.code, args.run_dir, args.hot_host, args.control)
     signal.signal(signal.SIGTERM, ex.on_sigterm)
     signal.signal(signal.SIGINT, ex.on_sigterm)

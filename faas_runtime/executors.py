@@ -49,6 +49,9 @@ log = logging.getLogger("faas.agent")
 CONTROL_SOCKET = "control.sock"
 READY_RID = "ready"  # the executor's first message on its control socket (with its hot endpoint)
 EXECUTOR_READY_TIMEOUT_S = 30.0
+# After a result, an executor's cgroup is read for processes the function left behind (a fresh
+# executor then): at most this often while calls run back to back, and always when it goes idle.
+PROCS_CHECK_S = 0.05
 IMAGE_PYTHON = "/usr/bin/python3"  # the interpreter inside images, by absolute path
 
 
@@ -73,6 +76,10 @@ class Executor:
     function_id: Optional[int] = None
     idle_since: float = 0.0
     busy: Optional[int] = None  # invocation id
+    # Invocations sent ahead (faas_runtime.invocations), in the order it runs them:
+    # invocation id -> (RUN message, lent cores: those of the one running, monotonic time sent)
+    ahead: dict = field(default_factory=dict)
+    procs_checked: float = 0.0  # monotonic; when its cgroup was last looked at for processes left behind
     lease_id: Optional[str] = None
     lease_token: Optional[str] = None
     lease_expires: Optional[float] = None  # monotonic
@@ -98,9 +105,10 @@ class Running:
     slot_id: str
     executor: Executor
     deadline: float  # monotonic
-    started: float  # monotonic
+    started: float  # monotonic (for one sent ahead: when the one before it ended)
     cores: frozenset[int] = frozenset()  # the lent Slurm cores it holds
     reason: Optional[str] = None  # why it is being stopped (None: it runs normally)
+    sent: float = 0.0  # monotonic: when its CALL went to the executor (run_s is never more than since)
 
 
 def runtime_packages() -> dict[str, str]:
@@ -203,15 +211,19 @@ class ExecutorPool:
             self.subtree = Subtree(name)
             self.subtree.reap_orphans()
 
-    def _executor_for(self, msg: dict, slot: Slot) -> Executor:
-        """An idle warm executor of this function on this slot, or a new one (cold start)."""
+    def _executor_key(self, msg: dict, slot: Slot) -> tuple:
+        """What an executor that may run ``msg`` has in common with it."""
         image = msg.get("image") or None
         runtime = msg.get("runtime") or (self.container_runtime if image else "none")
         # The group is never the sender's to choose: _spawn_executor takes it from the user database.
         # The version (the function's last change) is part of the key: a re-registered
         # function never runs on an executor that imported its old code.
-        key = (slot.slot_id, int(msg["uid"]), msg["entrypoint"], msg["code_dir"], image, runtime, int(msg["mem_mb"]),
-               str(msg.get("version") or ""))
+        return (slot.slot_id, int(msg["uid"]), msg["entrypoint"], msg["code_dir"], image, runtime, int(msg["mem_mb"]),
+                str(msg.get("version") or ""))
+
+    def _executor_for(self, msg: dict, slot: Slot) -> Executor:
+        """An idle warm executor of this function on this slot, or a new one (cold start)."""
+        key = self._executor_key(msg, slot)
         for ex in self.executors.values():
             if ex.key == key and ex.idle:
                 return ex
@@ -223,7 +235,10 @@ class ExecutorPool:
         ex.function_id = fn_id
         return ex
 
-    def _spawn_executor(self, key: tuple, slot: Slot) -> Executor:
+    def _spawn_executor(self, key: tuple, slot: Slot, module: str = "faas_runtime.executor",
+                        args: Optional[tuple] = None) -> Executor:
+        """``module``/``args``: another program of ours speaking the executor's control
+        protocol (faas_runtime.memory_lease: ``args`` replace --entrypoint and --code)."""
         slot_id, uid, entrypoint, code_dir, image, runtime, mem_mb, _version = key
         found = program(runtime)  # ContainerError: unknown or missing runtime
         identity, account = user_identity(uid, self.node)  # ConfinementError: no such user here
@@ -256,8 +271,9 @@ class ExecutorPool:
             binds = (Bind(code_dir, CODE_DIR), Bind(str(run_dir), RUN_DIR, read_only=False),
                      Bind(str(ctl_dir), CTL_DIR, read_only=False),
                      *(Bind(src, f"{LIB_DIR}/{pkg}") for pkg, src in self.packages.items()))
-        spec = RunSpec(image=image, argv=(python, "-m", "faas_runtime.executor", "--entrypoint", entrypoint,
-                                          "--code", code, "--run-dir", rdir, "--hot-host", self.hot_host,
+        spec = RunSpec(image=image, argv=(python, "-m", module,
+                                          *(("--entrypoint", entrypoint, "--code", code) if args is None else args),
+                                          "--run-dir", rdir, "--hot-host", self.hot_host,
                                           "--control", f"ipc://{ctl}/{CONTROL_SOCKET}"),
                        binds=binds, env=env, workdir=rdir, cpus=tuple(slot.record["os_cpus"]), mem_mb=mem_mb)
         argv = build_argv(runtime, spec, found or None)
@@ -313,9 +329,11 @@ class ExecutorPool:
         except zmq.Again:
             self._stop(ex, "executor does not read its socket")
 
-    def step_executors(self) -> None:
+    def step_executors(self, ready: Optional[dict] = None) -> None:
+        """Replies of the executors (``ready``: only those whose socket the poll found readable)."""
         for ex in list(self.executors.values()):
-            self._drain_executor(ex)
+            if ready is None or ex.sock in ready:
+                self._drain_executor(ex)
 
     def _drain_executor(self, ex: Executor) -> None:
         while True:
@@ -352,8 +370,14 @@ class ExecutorPool:
                 if run.reason is not None or ex.stopping:
                     continue  # being evicted or timed out: reported when the process is gone
                 del self.running[run.invocation_id]
-                ex.busy, ex.idle_since = None, time.monotonic()
+                now = time.monotonic()
+                ex.busy, ex.idle_since = None, now
                 ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
+                # The executor's own figure (a CALL sent ahead began before this agent heard),
+                # never more than this agent saw pass since it sent the call.
+                run_s = msg.get("run_s")
+                run_s = min(float(run_s), now - run.sent) if isinstance(run_s, (int, float)) and run_s >= 0 \
+                    else now - run.started
                 if msg["type"] == P.ERROR:
                     self.report(P.RESULT, **ids, outcome="error", error=f"executor: {msg.get('message')}")
                 else:
@@ -363,10 +387,15 @@ class ExecutorPool:
                     self.report(P.RESULT, **ids, outcome=msg.get("outcome", "error"), value_json=msg.get("value_json"),
                                 error=msg.get("error"), traceback=P.text_tail(msg.get("traceback"), P.MAX_ERROR_CHARS),
                                 output=P.text_tail(msg.get("output"), P.MAX_OUTPUT_BYTES), cpus=msg.get("cpus"),
-                                run_s=ex.idle_since - run.started)
-                if ex.cgroup is not None and len(ex.cgroup.pids()) > 1:
-                    self._stop(ex, "the function left processes behind")  # a fresh executor next time
-                self._start_waiting(run.slot_id)
+                                run_s=run_s)
+                if ex.cgroup is not None and (not ex.ahead or now - ex.procs_checked >= PROCS_CHECK_S):
+                    ex.procs_checked = now
+                    if len(ex.cgroup.pids()) > 1:
+                        self._stop(ex, "the function left processes behind")  # a fresh executor next time
+                if ex.ahead and not ex.stopping:
+                    self._promote(ex)  # the next sent ahead has begun (faas_runtime.invocations)
+                else:
+                    self._start_waiting(run.slot_id)
 
     def _stop(self, ex: Executor, reason: str) -> None:
         """SIGTERM everything in the executor's cgroup; SIGKILL follows after the grace."""
@@ -374,6 +403,7 @@ class ExecutorPool:
             return
         ex.stop_reason = reason
         ex.kill_at = time.monotonic() + self.grace_s
+        self._unsend(ex)  # what it had not begun runs elsewhere (faas_runtime.invocations)
         if ex.cgroup is not None:
             ex.cgroup.signal(signal.SIGTERM)
         _signal_group(ex.proc, signal.SIGTERM)
@@ -416,8 +446,10 @@ class ExecutorPool:
         self.poller.unregister(ex.sock)
         ex.sock.close()
         if ex.lease_id is not None:
+            reason = ex.stop_reason or f"executor exited {exit_code}"
+            tail = "" if ex.lease_ready or ex.stop_reason else _tail(ex.output_fd)
             self.send(P.LEASE_ENDED if ex.lease_ready else P.LEASE_FAILED, lease_id=ex.lease_id,
-                      reason=ex.stop_reason or f"executor exited {exit_code}")
+                      reason=f"{reason}: {tail}" if tail else reason)  # why it could not start
         run = self.running.pop(ex.busy, None) if ex.busy is not None else None
         if run is not None:
             ids = {"invocation_id": run.invocation_id, "attempt": run.attempt}
@@ -437,5 +469,6 @@ class ExecutorPool:
         os.close(ex.output_fd)
         shutil.rmtree(ex.run_dir, ignore_errors=True)  # fd-based, never follows the owner's links
         shutil.rmtree(ex.ctl_dir, ignore_errors=True)
+        self._unsend(ex)  # an executor that died by itself (or timed out) with calls sent ahead
         if run is not None:
             self._start_waiting(run.slot_id)

@@ -22,13 +22,15 @@ class OutputCapture:
     def __init__(self, limit: int = P.MAX_OUTPUT_BYTES):
         self.limit = limit
         self.fd = os.memfd_create("faas-output", os.MFD_CLOEXEC)
-        self._saved: list[int] = []
+        self._saved: list[int] = []  # the process' own fds 1 and 2, duplicated once
 
     def start(self) -> None:
         _flush()
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self._saved = [os.dup(1), os.dup(2)]
+        if os.fstat(self.fd).st_size:  # most calls print nothing: then no truncate and no seek
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+        if not self._saved:
+            self._saved = [os.dup(1), os.dup(2)]
         os.dup2(self.fd, 1)
         os.dup2(self.fd, 2)
 
@@ -37,14 +39,14 @@ class OutputCapture:
         _flush()
         for target, saved in zip((1, 2), self._saved):
             os.dup2(saved, target)
-            os.close(saved)
-        self._saved = []
         return tail(self.fd, self.limit)
 
 
 def tail(fd: int, limit: int) -> str:
     """The last ``limit`` bytes of ``fd`` as text, saying how much was cut before them."""
     size = os.fstat(fd).st_size
+    if not size:
+        return ""
     data = os.pread(fd, limit, max(0, size - limit))
     text = data.decode("utf-8", errors="replace")
     return f"[... {size - limit} earlier bytes not kept ...]\n{text}" if size > limit else text

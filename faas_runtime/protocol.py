@@ -70,6 +70,9 @@ ERROR = "error"
 # client asks); agent -> executor GRANT ``fabric`` (what to open); the executor's OK, then
 # LEASE_READY and LEASE_STATUS ``rma`` = {control, provider} (where to FABRIC_ATTACH, with
 # ``token``). A hot client PINGs the executor's hot socket with its token to get LEASE_ENDED.
+# Memory leases (remote memory; slurm_faas.remote_memory): LEASE and LEASE_START ``kind`` =
+# "memory" with ``size_bytes`` (and ``fabric``, required) instead of a function; the agent
+# starts faas_runtime.memory_lease for it, whose ``rma`` control takes FABRIC_ATTACH with the token.
 LEASE = "lease"
 LEASE_RELEASE = "lease-release"
 LEASE_STATUS = "lease-status"
@@ -84,7 +87,10 @@ LEASE_AGENT_TYPES = frozenset({LEASE_READY, LEASE_FAILED, LEASE_ENDED})
 # executor -> caller: RESULT (rid, outcome, value_json / error, cpus) or ERROR; to hot
 # clients LEASE_ENDED when the lease ends (revoke, expiry, release). Agent -> executor on
 # its private socket: GRANT (token, cpus) and LEASE_END (token, reason).
+# The agent sends queued invocations ahead (faas_runtime.invocations): CALLS (calls: [CALL
+# fields]) in one frame, run in order, one RESULT each; CANCEL (rids) drops those not begun.
 CALL = "call"
+CALLS = "calls"
 GRANT = "grant"
 # libfabric RMA set-up (faas_runtime.rma, faas_runtime.remote_memory; docs/fabric.md):
 # client -> RMA executor or memory server: FABRIC_ATTACH (provider, name = endpoint name,
