@@ -37,7 +37,9 @@ SIZES = {"64 B": 64, "1 MiB": 1 << 20}
 NATIVE = "libnative_fns.so:echo"
 
 
-def _raw_server(port_q: mp.Queue) -> None:
+def _raw_server(port_q: mp.Queue, cpus=None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # where the executor runs (its I/O thread too)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -51,9 +53,10 @@ def _raw_server(port_q: mp.Queue) -> None:
     ctx.destroy(linger=0)
 
 
-def raw_round_trips(size: int, n: int, warmup: int) -> list[float]:
+def raw_round_trips(size: int, n: int, warmup: int, server_cpus=None) -> list[float]:
+    """``server_cpus``: pin the echo server there (the executor's lent CPUs)."""
     q: mp.Queue = mp.Queue()
-    server = mp.Process(target=_raw_server, args=(q,), daemon=True)
+    server = mp.Process(target=_raw_server, args=(q, server_cpus), daemon=True)
     server.start()
     port = q.get(timeout=10)
     ctx = zmq.Context()

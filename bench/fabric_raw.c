@@ -5,10 +5,19 @@
  *                    the server (busy-polling) answers with fi_writedata SIZE bytes
  *     MODE write:    client fi_writedata SIZE bytes, server answers 0 bytes
  *     MODE read:     client fi_read SIZE bytes from the server's buffer (server polls)
+ *     MODE readpp:   SIZE bytes each way, each read by its receiver, as slurm-faas's bulk
+ *                    path moves them (faas_runtime.rma): the client signals with a 32-byte
+ *                    fi_writedata, the server fi_reads SIZE bytes from the client's buffer
+ *                    and signals back (32 bytes), the client fi_reads SIZE bytes from the
+ *                    server's buffer. Over tcp;ofi_rxm this is the faster way to move large
+ *                    data (a read is one request and one stream; see bench/bench_hot_python.py)
  *   Prints: "<mode> <size> median_us=<m> mean_us=<a>".
  *
  * Two processes: fork() before libfabric is touched; endpoint names, addresses
- * and keys go over pipes. Build: cc -O2 -o fabric_raw fabric_raw.c -lfabric
+ * and keys go over pipes. FABRIC_RAW_PIN=1 in the environment pins the server to
+ * the last CPU of the affinity and the client to the others, as the hot-call
+ * benchmarks place their executor (on the lent CPU) and client.
+ * Build: cc -O2 -o fabric_raw fabric_raw.c -lfabric
  */
 #define _GNU_SOURCE
 #include <rdma/fabric.h>
@@ -21,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -46,6 +56,8 @@ struct side {
     char *buf;
     uint64_t base, key;
 };
+#define SIGNAL 32 /* readpp: the size of a signal (slurm-faas's ring header) */
+
 struct xchg {
     char name[64];
     size_t namelen;
@@ -93,9 +105,10 @@ static void setup(struct side *s, const char *prov, const char *domain, size_t s
         CHECK(rc);
         break;
     }
-    s->buf = aligned_alloc(4096, (size + 4095) / 4096 * 4096 + 4096);
-    memset(s->buf, 1, size + 1);
-    CHECK(fi_mr_reg(s->dom, s->buf, size + 1, FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE, 0, 7, 0,
+    /* SIZE bytes of data, then SIGNAL bytes where readpp's signals land */
+    s->buf = aligned_alloc(4096, (size + SIGNAL + 4095) / 4096 * 4096);
+    memset(s->buf, 1, size + SIGNAL);
+    CHECK(fi_mr_reg(s->dom, s->buf, size + SIGNAL, FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE, 0, 7, 0,
                     &s->mr, NULL));
     s->key = fi_mr_key(s->mr);
     s->base = (fi->domain_attr->mr_mode & FI_MR_VIRT_ADDR) ? (uint64_t)(uintptr_t)s->buf : 0;
@@ -128,6 +141,78 @@ static void writedata(struct side *s, size_t len, fi_addr_t peer, uint64_t raddr
     CHECK(rc);
 }
 
+/* readpp: a signal arrives (remote CQ data) possibly while we wait for our own
+ * operations; count them so that none is lost. */
+static int remote_seen;
+
+/* Busy-poll until `need_local` completions of our own operations came and, with
+ * need_remote, one signal (consumed). */
+static void wait_until(struct side *s, int need_remote, int need_local)
+{
+    int local = 0;
+    while ((need_remote && remote_seen == 0) || local < need_local) {
+        if (poll1(s) & FI_REMOTE_CQ_DATA)
+            remote_seen++;
+        else
+            local++;
+    }
+    if (need_remote)
+        remote_seen--;
+}
+
+static void signal_peer(struct side *s, fi_addr_t peer, uint64_t pbase, uint64_t pkey, size_t size)
+{
+    ssize_t rc;
+    void *desc = fi_mr_desc(s->mr);
+    while ((rc = fi_writedata(s->ep, s->buf + size, SIGNAL, desc, 1, peer, pbase + size, pkey, NULL)) == -FI_EAGAIN)
+        fi_cq_read(s->cq, NULL, 0);
+    CHECK(rc);
+}
+
+static void read_from(struct side *s, size_t size, fi_addr_t peer, uint64_t pbase, uint64_t pkey)
+{
+    ssize_t rc;
+    void *desc = fi_mr_desc(s->mr);
+    while ((rc = fi_read(s->ep, s->buf, size, desc, peer, pbase, pkey, NULL)) == -FI_EAGAIN)
+        fi_cq_read(s->cq, NULL, 0);
+    CHECK(rc);
+}
+
+/* The server of reads: drive progress (tcp and shm serve one-sided requests only
+ * while the target polls) until the client writes a byte into the pipe rfd. */
+static void serve_until_told(struct side *s, int rfd)
+{
+    char c;
+    for (unsigned k = 1;; k++) {
+        fi_cq_read(s->cq, NULL, 0);
+        if ((k & 1023) == 0) { /* a cheap check every 1024 polls */
+            fd_set fds;
+            struct timeval tv = {0, 0};
+            FD_ZERO(&fds);
+            FD_SET(rfd, &fds);
+            if (select(rfd + 1, &fds, NULL, NULL, &tv) > 0 && read(rfd, &c, 1) >= 0)
+                return;
+        }
+    }
+}
+
+/* Pin this process to the last CPU of its affinity (server) or to the others (client). */
+static void pin(int server)
+{
+    cpu_set_t all, mine;
+    if (sched_getaffinity(0, sizeof all, &all) || CPU_COUNT(&all) < 2)
+        return;
+    int last = -1;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &all))
+            last = c;
+    CPU_ZERO(&mine);
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &all) && (c == last) == server)
+            CPU_SET(c, &mine);
+    sched_setaffinity(0, sizeof mine, &mine);
+}
+
 /* Wait for the remote completion data and the local completion of our write (either order). */
 static void wait_both(struct side *s)
 {
@@ -150,7 +235,7 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc != 6) {
-        fprintf(stderr, "usage: %s PROVIDER DOMAIN pingpong|write|read SIZE ITERS\n", argv[0]);
+        fprintf(stderr, "usage: %s PROVIDER DOMAIN pingpong|write|read|readpp SIZE ITERS\n", argv[0]);
         return 1;
     }
     const char *prov = argv[1], *domain = argv[2], *mode = argv[3];
@@ -162,6 +247,9 @@ int main(int argc, char **argv)
     pid_t pid = fork();
     if (pid == 0)
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* the server must not outlive a client that failed */
+    const char *pin_env = getenv("FABRIC_RAW_PIN");
+    if (pin_env && strcmp(pin_env, "1") == 0)
+        pin(pid == 0);
     struct side s;
     memset(&s, 0, sizeof s);
     setup(&s, prov, domain, size);
@@ -176,24 +264,16 @@ int main(int argc, char **argv)
     size_t reply = strcmp(mode, "pingpong") == 0 ? size : 0;
     if (pid == 0) { /* server */
         if (strcmp(mode, "read") == 0) {
-            char c;
-            /* serve reads by polling until the client says stop */
-            int fl = 1;
-            (void)fl;
-            for (;;) {
-                fi_cq_read(s.cq, NULL, 0);
-                struct timespec z = {0, 0};
-                (void)z;
-                fd_set fds; /* cheap check every 1024 polls */
-                static unsigned k;
-                if ((++k & 1023) == 0) {
-                    struct timeval tv = {0, 0};
-                    FD_ZERO(&fds);
-                    FD_SET(rfd, &fds);
-                    if (select(rfd + 1, &fds, NULL, NULL, &tv) > 0 && read(rfd, &c, 1) >= 0)
-                        break;
-                }
+            serve_until_told(&s, rfd);
+        } else if (strcmp(mode, "readpp") == 0) {
+            for (int i = 0; i < warm + iters; i++) {
+                wait_until(&s, 1, 0);                      /* the client's signal */
+                read_from(&s, size, peer, peerx.base, peerx.key);
+                wait_until(&s, 0, 1);                      /* its payload is here */
+                signal_peer(&s, peer, peerx.base, peerx.key, size);
+                wait_until(&s, 0, 1);
             }
+            serve_until_told(&s, rfd); /* the client's last read needs our progress */
         } else {
             for (int i = 0; i < warm + iters; i++) {
                 while (!(poll1(&s) & FI_REMOTE_CQ_DATA))
@@ -215,6 +295,11 @@ int main(int argc, char **argv)
                 fi_cq_read(s.cq, NULL, 0);
             CHECK(rc);
             poll1(&s);
+        } else if (strcmp(mode, "readpp") == 0) {
+            signal_peer(&s, peer, peerx.base, peerx.key, size);
+            wait_until(&s, 1, 1);                          /* our signal went, the server's came */
+            read_from(&s, size, peer, peerx.base, peerx.key);
+            wait_until(&s, 0, 1);
         } else {
             writedata(&s, size, peer, peerx.base, peerx.key, 1);
             wait_both(&s);
@@ -222,7 +307,7 @@ int main(int argc, char **argv)
         if (i >= warm)
             t[i - warm] = now_us() - t0;
     }
-    if (strcmp(mode, "read") == 0 && write(wfd, "x", 1) != 1)
+    if ((strcmp(mode, "read") == 0 || strcmp(mode, "readpp") == 0) && write(wfd, "x", 1) != 1)
         return 1;
     waitpid(pid, NULL, 0);
     double sum = 0;

@@ -134,8 +134,11 @@ class HotLease:
         try:
             from .rma import RmaClient
 
-            self._rma = RmaClient(str(rma["control"]), fabric, timeout=min(self.call_timeout_s, 30.0),
-                                  attach={"token": self.token})
+            from .rma import ExecutorLost, RemoteFunctionError, RmaLeaseEnded
+
+            self._rma_errors = (ExecutorLost, RemoteFunctionError, RmaLeaseEnded)
+            self._rma = RmaClient(str(rma["control"]), route_fabric(fabric, str(rma["control"])),
+                                  timeout=min(self.call_timeout_s, 30.0), attach={"token": self.token})
         except Exception as exc:  # no binding, no provider, refused: ZeroMQ, quietly
             self.rma_error = f"{type(exc).__name__}: {exc}"
             log.debug("lease %s: RMA attach to %s failed, calls use ZeroMQ: %s", self.lease_id, rma, exc)
@@ -169,6 +172,16 @@ class HotLease:
             return out[1:] if out[:1] == P.RMA_BINARY else json.loads(out)
         return _value(self._wait_reply(self._send(None, data), timeout_s))
 
+    def call_parts(self, parts: list, timeout_s: Optional[float] = None) -> Any:
+        """``call_bytes`` of the parts' concatenation (``pyapi.encode_call_parts``): over RMA
+        they are copied once, into registered memory, and a large result comes back as a
+        memoryview valid until this lease's next call (decode it before then)."""
+        if self._rma is not None:
+            body = P.RMA_BINARY + parts[0] if len(parts) == 1 else [P.RMA_BINARY, *parts]  # small: one C call
+            out = self._rma_call(body, timeout_s, view=True)
+            return out[1:] if out[:1] == P.RMA_BINARY else json.loads(bytes(out))
+        return _value(self._wait_reply(self._send(None, b"".join(parts)), timeout_s))
+
     def call_json(self, payload_json: str, timeout_s: Optional[float] = None) -> str:
         """One call with the payload as JSON text; returns the value as JSON text."""
         if self._rma is not None:
@@ -186,14 +199,13 @@ class HotLease:
         if self.ended is not None:
             raise LeaseEnded(self.ended)
 
-    def _rma_call(self, body: bytes, timeout_s: Optional[float]) -> bytes:
-        from .rma import ExecutorLost, RemoteFunctionError, RmaLeaseEnded
-
+    def _rma_call(self, body: Any, timeout_s: Optional[float], view: bool = False) -> Any:
+        ExecutorLost, RemoteFunctionError, RmaLeaseEnded = self._rma_errors  # imported by the attach
         if self.ended is not None:
             raise LeaseEnded(self.ended)
         timeout = self.call_timeout_s if timeout_s is None else timeout_s
         try:
-            out = self._rma.invoke(body, timeout=timeout, check=self._rma_check)
+            out = self._rma.invoke(body, timeout=timeout, check=self._rma_check, view=view)
         except RemoteFunctionError as exc:
             text = str(exc)
             try:
@@ -225,7 +237,8 @@ class HotLease:
         if self.ended is not None:
             raise LeaseEnded(self.ended)
         rid = f"{self._prefix}{next(self._rids)}"
-        body = {"payload_json": payload_json} if data is None else {P.PAYLOAD_BIN: bytes(data)}
+        body = {"payload_json": payload_json} if data is None else {
+            P.PAYLOAD_BIN: data if type(data) is bytes else bytes(data)}
         frame = P.encode(P.CALL, rid=rid, token=self.token, **body)
         self._sock.send(frame, copy=len(frame) < ZERO_COPY_BYTES)  # zero-copy only pays for large frames
         self._outstanding.add(rid)
@@ -273,6 +286,10 @@ class HotLease:
         """Receive what arrived (waiting up to ``timeout_s`` for the first message)."""
         if not self._poller.poll(max(0, int(timeout_s * 1000))):  # one Poller: Socket.poll makes one a call
             return
+        self._take()
+
+    def _take(self) -> None:
+        """Receive every message waiting."""
         while True:
             try:
                 frame = self._sock.recv(flags=zmq.NOBLOCK)
@@ -313,6 +330,24 @@ class HotLease:
         self.release()
 
 
+def route_fabric(fabric: FabricConfig, towards: str) -> FabricConfig:
+    """The client's side of ``addresses.agent_addresses``: with no domain configured, an IP
+    provider's endpoint opens on the interface this host reaches ``towards`` (the executor's
+    RMA control endpoint) through, where the executor can reach it back, not on the
+    provider's first interface (which may be ``lo``)."""
+    from dataclasses import replace
+
+    from .addresses import IP_PROVIDERS, AddressError, address_towards, interface_of
+
+    if fabric.domain or fabric.provider.split(";")[0].strip().lower() not in IP_PROVIDERS:
+        return fabric
+    try:
+        iface = interface_of(address_towards(towards))
+    except (AddressError, OSError):
+        return fabric
+    return replace(fabric, domain=iface) if iface else fabric
+
+
 def _value(reply: dict) -> Any:
     """A successful RESULT's value: bytes (binary) or the decoded JSON value."""
     data = reply.get(P.VALUE_BIN)
@@ -326,7 +361,7 @@ def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Option
 
     ``fabric``: the RMA configuration (default ``FabricConfig.from_env()``, i.e. FAAS_FABRIC);
     disabled (``off``) keeps the calls on ZeroMQ."""
-    from .queue_client import Client, RequestError  # the user-side queue client, same layer
+    from .queue_client import Client  # the user-side queue client, same layer
 
     endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
     munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")
@@ -334,26 +369,37 @@ def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Option
     ask = {"fabric": {"provider": fabric.provider, "domain": fabric.domain}} if fabric.enabled else {}
     control = Client(endpoint, munge_socket, timeout_s=min(timeout_s, 30.0))
     try:
-        try:
-            lease_id = control.request(P.LEASE, function=function, duration_s=duration_s, **ask)["lease_id"]
-        except RequestError as exc:
-            raise LeaseUnavailable(str(exc), exc.code) from None
-        deadline = time.monotonic() + timeout_s
-        poll = 0.01
-        while True:
-            st = control.request(P.LEASE_STATUS, lease_id=lease_id)
-            if st["state"] == "ready":
-                return HotLease(control, lease_id, st["endpoint"], st["token"], st.get("cpus") or [], call_timeout_s,
-                                st.get("slot_id"), rma=st.get("rma"), fabric=fabric)
-            if st["state"] in ("failed", "ended"):
-                raise LeaseUnavailable(f"lease {lease_id} {st['state']}: {st.get('reason')}")
-            if time.monotonic() > deadline:
-                try:
-                    control.request(P.LEASE_RELEASE, lease_id=lease_id)
-                finally:
-                    raise LeaseUnavailable(f"lease {lease_id} not ready after {timeout_s:g} s")
-            time.sleep(poll)
-            poll = min(poll * 1.5, 0.2)
+        st = request_lease(control, {"function": function, "duration_s": duration_s, **ask}, timeout_s)
+        return HotLease(control, st["lease_id"], st["endpoint"], st["token"], st.get("cpus") or [], call_timeout_s,
+                        st.get("slot_id"), rma=st.get("rma"), fabric=fabric)
     except BaseException:
         control.close()
         raise
+
+
+def request_lease(control, fields: dict, timeout_s: float) -> dict:
+    """Ask the co-scheduler for a lease (LEASE with ``fields``: a function's, or a memory
+    lease's, slurm_faas/memory.py) and wait up to ``timeout_s`` until it is ready: its
+    LEASE_STATUS (lease_id, endpoint, token, cpus, slot_id, rma). LeaseUnavailable when it
+    is refused, fails, or is not ready in time (then it is released)."""
+    from .queue_client import RequestError
+
+    try:
+        lease_id = control.request(P.LEASE, **fields)["lease_id"]
+    except RequestError as exc:
+        raise LeaseUnavailable(str(exc), exc.code) from None
+    deadline = time.monotonic() + timeout_s
+    poll = 0.01
+    while True:
+        st = control.request(P.LEASE_STATUS, lease_id=lease_id)
+        if st["state"] == "ready":
+            return {**st, "lease_id": lease_id}
+        if st["state"] in ("failed", "ended"):
+            raise LeaseUnavailable(f"lease {lease_id} {st['state']}: {st.get('reason')}")
+        if time.monotonic() > deadline:
+            try:
+                control.request(P.LEASE_RELEASE, lease_id=lease_id)
+            finally:
+                raise LeaseUnavailable(f"lease {lease_id} not ready after {timeout_s:g} s")
+        time.sleep(poll)
+        poll = min(poll * 1.5, 0.2)

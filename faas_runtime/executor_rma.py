@@ -19,6 +19,7 @@ from typing import Any, Optional
 import zmq
 
 from . import protocol as P
+from . import pyapi
 from .executor_values import NotJSON, value_to_json
 from .native import NativeFunctionError
 
@@ -42,7 +43,9 @@ class RmaServing:
         if r is None:
             try:
                 from .fabric import FabricConfig
-                from .rma import RmaExecutor
+                from .rma import HandlerError, RmaExecutor
+
+                self._rma_handler_error = HandlerError
 
                 config = FabricConfig(provider, str(fabric.get("domain") or ""), bool(fabric.get("no_cqdata")))
                 if not config.enabled:
@@ -71,21 +74,26 @@ class RmaServing:
             raise P.ProtocolError(P.E_LEASE, "no valid lease for this executor (ended or never granted)")
         return token
 
-    def _rma_handler(self, payload: memoryview) -> bytes:
+    def _rma_handler(self, payload: memoryview) -> Any:
         """JSON bytes in, JSON bytes out, or a binary call (``P.RMA_BINARY`` first: the
         function gets the bytes after it; bytes it returns go back after the same byte); a
         raising function fails the call with a JSON error document (error, traceback) as
-        its text."""
-        from .rma import HandlerError
-
+        its text. The Python API's trampoline (``pyapi.call``) is called on the slot itself
+        and its result returned in parts (``RmaExecutor`` copies them into place)."""
+        HandlerError = self._rma_handler_error  # imported by _rma_open (an import here costs ~5 us a call)
         cpus = self._rma_cpus
-        if cpus and cpus != getattr(threading.current_thread(), "faas_cpus", None):
+        if cpus and cpus is not getattr(threading.current_thread(), "faas_cpus", None):  # the same list: once
             os.sched_setaffinity(0, cpus)  # this thread's affinity
             threading.current_thread().faas_cpus = cpus
-        binary = payload[:1] == P.RMA_BINARY
+        binary = len(payload) > 0 and payload[0] == 0  # P.RMA_BINARY (an index, not a slice compare)
         with self.fn_lock:
             try:
-                if binary:
+                if binary and self.fn is pyapi.call:  # the Python API's trampoline reads the slot in place
+                    value = pyapi.call_parts(payload[1:])  # and gives its result in parts: no copies here
+                    if type(value) is list:
+                        return P.RMA_BINARY + value[0] if len(value) == 1 else [P.RMA_BINARY, *value]
+                    value_json = value_to_json(value)
+                elif binary:
                     value = self.fn(bytes(payload[1:]))  # bytes, as over ZeroMQ (the slot is reused)
                     if isinstance(value, (bytes, bytearray, memoryview)):
                         return P.RMA_BINARY + value

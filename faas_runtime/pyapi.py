@@ -20,7 +20,7 @@ only on the same Python minor version, so a mismatch is refused with a clear err
 body needs cloudpickle on the node), ``JSON_RESULT`` (the client asks for the result as a
 JSON document carrying base64, for a co-scheduler that stores only JSON results),
 ``OUT_OF_BAND`` (large buffers, numpy arrays, follow the pickle stream instead of being
-inside it: pickle protocol 5 out-of-band buffers, ``_pack``).
+inside it: pickle protocol 5 out-of-band buffers, ``_pack_parts``).
 
 Bytes in, bytes out: when the executor passes the payload as bytes (a binary invocation)
 the result is bytes. A JSON payload ``{"sfpy": "<base64>"}`` is accepted too (the CLI's
@@ -58,8 +58,11 @@ class BadCall(ValueError):
     """Bytes that are not a call or a result of this format."""
 
 
+_HEADERS = [_HEADER.pack(MAGIC, FORMAT, sys.version_info[0], sys.version_info[1], f) for f in range(8)]
+
+
 def _header(flags: int) -> bytes:
-    return _HEADER.pack(MAGIC, FORMAT, sys.version_info[0], sys.version_info[1], flags)
+    return _HEADERS[flags] if flags < 8 else _HEADER.pack(MAGIC, FORMAT, *sys.version_info[:2], flags)
 
 
 def read_header(data: bytes) -> tuple[tuple[int, int], int, memoryview]:
@@ -67,14 +70,17 @@ def read_header(data: bytes) -> tuple[tuple[int, int], int, memoryview]:
     view = memoryview(data)
     if len(view) < _HEADER.size:
         raise BadCall(f"{len(view)} bytes: not a slurm_faas call or result")
-    magic, fmt, major, minor, flags = _HEADER.unpack(view[:_HEADER.size])
+    magic, fmt, major, minor, flags = _HEADER.unpack_from(view)
     if magic != MAGIC or fmt != FORMAT:
         raise BadCall(f"not a slurm_faas call or result of format {FORMAT} (magic {bytes(magic)!r}, format {fmt})")
     return (major, minor), flags, view[_HEADER.size:]
 
 
+_MINE = tuple(sys.version_info[:2])
+
+
 def check_version(writer: tuple[int, int], by_value: bool, here: str) -> None:
-    mine = tuple(sys.version_info[:2])
+    mine = _MINE
     if writer[0] != mine[0] or (by_value and writer != mine):
         raise PythonVersionMismatch(
             f"the client runs Python {writer[0]}.{writer[1]} and {here} runs Python {mine[0]}.{mine[1]}: "
@@ -88,14 +94,21 @@ def check_version(writer: tuple[int, int], by_value: bool, here: str) -> None:
 def encode_call(fn: Callable, args: tuple, kwargs: dict, by_value: bool, json_result: bool = False) -> bytes:
     """A call of ``fn(*args, **kwargs)``: ``fn`` by reference (module and name: plain
     pickle) or by value (cloudpickle)."""
+    return b"".join(encode_call_parts(fn, args, kwargs, by_value, json_result))
+
+
+def encode_call_parts(fn: Callable, args: tuple, kwargs: dict, by_value: bool, json_result: bool = False) -> list:
+    """:func:`encode_call` as the parts its bytes are the concatenation of: large buffers
+    (a numpy array's memory) are parts of their own, not copied, so a transport can copy
+    them once, where they go (faas_runtime.rma: into its registered memory)."""
     body = (fn, args, kwargs)
     flags = JSON_RESULT if json_result else 0
     if not by_value:
         try:
-            return _pack(flags, pickle.dumps, body)
+            return _pack_parts(flags, pickle.dumps, body)
         except _UNPICKLABLE:
             pass  # an argument without an importable home (a lambda, a local class): by value
-    return _pack(flags | BY_VALUE, require_cloudpickle().dumps, body)
+    return _pack_parts(flags | BY_VALUE, require_cloudpickle().dumps, body)
 
 
 # What plain pickle raises for an object it can only take by value (cloudpickle can).
@@ -105,8 +118,13 @@ _UNPICKLABLE = (pickle.PicklingError, AttributeError, TypeError)
 def encode_value(value: Any) -> bytes:
     """A result: ``value`` pickled plainly, else by value with cloudpickle when it is a
     local class, a lambda or a closure (its reader needs cloudpickle installed)."""
+    return b"".join(encode_value_parts(value))
+
+
+def encode_value_parts(value: Any) -> list:
+    """:func:`encode_value` as parts (see :func:`encode_call_parts`)."""
     try:
-        return _pack(0, pickle.dumps, value)
+        return _pack_parts(0, pickle.dumps, value)
     except _UNPICKLABLE:
         try:
             import cloudpickle
@@ -114,25 +132,28 @@ def encode_value(value: Any) -> bytes:
             cloudpickle = None
         if cloudpickle is None:
             raise  # the pickling error: nothing else can take it
-        return _pack(0, cloudpickle.dumps, value)
+        return _pack_parts(0, cloudpickle.dumps, value)
 
 
-def _pack(flags: int, dumps: Callable, obj: Any) -> bytes:
-    """Header and pickle (protocol 5) of ``obj``. Large buffers (numpy arrays, PickleBuffer)
-    go out of band, after the pickle stream (flag ``OUT_OF_BAND``): one copy each, where
-    pickling them in band costs several (a 1 MiB array: 2 ms in band, 0.2 ms here)."""
+def _pack_parts(flags: int, dumps: Callable, obj: Any) -> list:
+    """Header and pickle (protocol 5) of ``obj``, as parts. Large buffers (numpy arrays,
+    PickleBuffer) go out of band, after the pickle stream (flag ``OUT_OF_BAND``), each a
+    part of its own (the object's memory, not a copy), where pickling them in band costs
+    several copies (a 1 MiB array: 2 ms in band, 0.2 ms here)."""
     buffers: list = []
     stream = dumps(obj, protocol=5, buffer_callback=buffers.append)
     if not buffers:
-        return _header(flags) + stream
+        return [_header(flags) + stream]
     raws = [b.raw() for b in buffers]  # contiguous: numpy gives out of band only those
     sizes = _OOB_COUNT.pack(len(raws)) + struct.pack(f"!{len(raws) + 1}Q", len(stream), *(r.nbytes for r in raws))
-    return b"".join([_header(flags | OUT_OF_BAND), sizes, stream, *raws])
+    return [b"".join([_header(flags | OUT_OF_BAND), sizes, stream]), *raws]
 
 
-def _unpack(flags: int, body: memoryview) -> Any:
-    """The object ``_pack`` wrote. Out-of-band buffers are copied once into writable memory
-    (a numpy array comes back writable, as an in-band one does)."""
+def _unpack(flags: int, body: memoryview, owned: bool = False) -> Any:
+    """The object ``_pack_parts`` wrote. Out-of-band buffers are copied once into writable
+    memory (a numpy array comes back writable, as an in-band one does), unless ``owned``:
+    ``body`` is then writable memory nobody else uses (a fresh receive buffer), and the
+    buffers are slices of it, with no copy."""
     if not flags & OUT_OF_BAND:
         return pickle.loads(body)
     try:
@@ -148,7 +169,7 @@ def _unpack(flags: int, body: memoryview) -> Any:
     stream, at = body[at:at + sizes[0]], at + sizes[0]
     buffers = []
     for size in sizes[1:]:
-        buffers.append(bytearray(body[at:at + size]))
+        buffers.append(body[at:at + size] if owned else bytearray(body[at:at + size]))
         at += size
     return pickle.loads(stream, buffers=buffers)
 
@@ -162,11 +183,12 @@ def require_cloudpickle():
     return cloudpickle
 
 
-def decode_result(data: bytes) -> Any:
-    """The value a call returned (its result bytes)."""
+def decode_result(data: Any, owned: bool = False) -> Any:
+    """The value a call returned (its result bytes; ``owned``: writable memory the value
+    may keep, see :func:`_unpack`)."""
     writer, flags, body = read_header(data)
     check_version(writer, False, "this client")
-    return _unpack(flags, body)
+    return _unpack(flags, body, owned and not body.readonly)
 
 
 def from_json(doc: Any) -> bytes:
@@ -224,15 +246,25 @@ def call(payload: Any) -> Any:
     """The trampoline: run the encoded call; return the encoded result (bytes for a bytes
     payload, a JSON document for a JSON one or when the call asks for it)."""
     as_json = not isinstance(payload, (bytes, bytearray, memoryview))
-    data = from_json(payload) if as_json else payload
+    out = call_parts(from_json(payload) if as_json else payload)
+    if isinstance(out, dict):
+        return out
+    out = b"".join(out)
+    return to_json(out) if as_json else out
+
+
+def call_parts(data: Any) -> Any:
+    """:func:`call` on bytes-like ``data`` (read only during the call: the RMA executor
+    passes a view of its receive buffer, no copy), the result as parts
+    (:func:`encode_value_parts`), or a JSON document when the call asks for one."""
     writer, flags, body = read_header(data)
     by_value = bool(flags & BY_VALUE)
     check_version(writer, by_value, "the node's function")
     if by_value:
         require_cloudpickle()  # its pickles name cloudpickle's helpers
     fn, args, kwargs = _unpack(flags, body)
-    out = encode_value(fn(*args, **kwargs))
-    return to_json(out) if as_json or flags & JSON_RESULT else out
+    out = encode_value_parts(fn(*args, **kwargs))
+    return to_json(b"".join(out)) if flags & JSON_RESULT else out
 
 
 def call_chunk(fn: Callable, items: list) -> list:

@@ -122,7 +122,7 @@ class Executor(cf.Executor):
             raise ValueError("chunksize must be >= 1")
         items = list(zip(*iterables))
         if chunksize is None:
-            chunksize = max(1, min(MAX_AUTO_CHUNK, len(items) // (4 * self._lent_cores())))
+            chunksize = max(1, min(MAX_AUTO_CHUNK, len(items) // (4 * self._lent_cores(res))))
         if chunksize == 1:
             futures = [self._submit(fn, fn, args, {}, res) for args in items]
         else:
@@ -131,14 +131,17 @@ class Executor(cf.Executor):
         results = _ordered(futures, timeout)
         return results if chunksize == 1 else itertools.chain.from_iterable(results)
 
-    def _lent_cores(self) -> int:
-        """Cores lent now (at least 1): a connection of its own, the thread owns the other."""
+    def _lent_cores(self, res: Resources) -> int:
+        """How many calls with ``res`` the lent cores run at once now (at least 1): per
+        ACTIVE slot, its cores over the call's cores, bounded by its memory over the call's
+        (a slot too small for the call counts none). A connection of its own: the thread
+        owns the other."""
         try:
             with Client(self.endpoint, self.munge_socket, timeout_s=10.0) as client:
                 slots = client.slots()
         except (RequestError, Unavailable):
             return 1
-        return max(1, sum(len(s.get("slurm_cpus") or ()) for s in slots if s.get("state") == "ACTIVE"))
+        return max(1, sum(calls_fitting(s, res) for s in slots if s.get("state") == "ACTIVE"))
 
     def attach(self, invocation_ids: list[int]) -> list[InvocationFuture]:
         """Futures for invocations queued earlier (by another connection or process): a
@@ -324,6 +327,13 @@ def _resolve(fut: InvocationFuture, row: dict) -> None:
         else:
             exc = pyapi.remote_error(error, tb, FunctionError)
         _settle(fut, exc)
+
+
+def calls_fitting(slot: dict, res: Resources) -> int:
+    """Calls with ``res`` (cores, mem_mb) that fit side by side in a slot row of ``slots()``."""
+    by_cores = len(slot.get("slurm_cpus") or ()) // max(1, res.cores)
+    mem = slot.get("mem_mb")
+    return by_cores if not isinstance(mem, int) else min(by_cores, mem // max(1, res.mem_mb))
 
 
 def _settle(fut: Optional[cf.Future], exc: BaseException) -> None:

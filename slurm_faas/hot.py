@@ -31,8 +31,8 @@ class PythonLease:
         self.lease, self.fn, self._by_value = hot, fn, by_value
 
     def call(self, *args: Any, timeout_s: Optional[float] = None, **kwargs: Any) -> Any:
-        payload = pyapi.encode_call(self.fn, args, kwargs, self._by_value)
-        return pyapi.decode_result(self.lease.call_bytes(payload, timeout_s))
+        parts = pyapi.encode_call_parts(self.fn, args, kwargs, self._by_value)
+        return pyapi.decode_result(self.lease.call_parts(parts, timeout_s))
 
     def release(self) -> None:
         self.lease.release()

@@ -94,7 +94,13 @@ class RmaClient:
         self._ev = self.ffi.addressof(self._inv, "ev")  # one event for every path (_raise_on reads it)
         self._ff_invoke, self._unpack = self.lib.ff_invoke, self.ffi.unpack
         self._inv.timeout_us = self._inv.wait_us = self._timeout_us
+        self._armed = self._default_armed  # what _inv holds (set again only when it changes)
         self._fast = (self._ff_invoke, self._inv, self._unpack, self._rptr, self._inline_max)
+        # Bulk data goes through memory registered once and reused (grown as needed): no
+        # registration and no fresh pages per call. Requests given as parts are copied in
+        # (once); large results are read into the other.
+        self._bulk_out: Optional[MemoryRegion] = None
+        self._bulk_in: Optional[MemoryRegion] = None
 
     def _request(self, msg_type: str, **fields: Any) -> dict:
         rid = os.urandom(4).hex()
@@ -107,46 +113,63 @@ class RmaClient:
         return msg
 
     def invoke(self, payload: Any = b"", timeout: Optional[float] = None,
-               check: Optional[Callable[[], None]] = None, slice_s: float = 0.01) -> Any:
-        """One invocation. ``timeout`` overrides the client's. With ``check``, the wait for
-        the result is cut into ``slice_s`` slices and ``check()`` runs between them (it
-        may raise to abandon the call; the client is then broken)."""
+               check: Optional[Callable[[], None]] = None, slice_s: float = 0.01, view: bool = False) -> Any:
+        """One invocation. ``payload``: bytes-like, or a list of bytes-like parts (sent as
+        their concatenation, copied once). ``timeout`` overrides the client's. With
+        ``check``, the wait for the result is cut into ``slice_s`` slices and ``check()``
+        runs between them (it may raise to abandon the call; the client is then broken).
+        ``view``: a large result may come back as a memoryview of this client's receive
+        buffer, valid until its next call (no copy)."""
         if self.broken is not None:
             raise ExecutorLost(107, "this client lost its executor", str(self.broken))
         if type(payload) is bytes and timeout is None and check is None:
             ff_invoke, inv, unpack, rptr, inline_max = self._fast
             n = len(payload)
             if n <= inline_max:  # the common case in one C call (copy, write, wait)
+                if self._armed is not self._default_armed:
+                    self._arm(self._default_armed)
                 n = ff_invoke(inv, payload, n)
                 if n >= 0:
                     return unpack(rptr, n)
                 return self._invoke_more(n, self.timeout, None, slice_s)
         if timeout is None:
             timeout = self.timeout
+        if type(payload) is list:
+            n = sum(memoryview(p).nbytes for p in payload)
+            if n <= self._inline_max:
+                payload = b"".join(payload)  # small: the inline path below
         if type(payload) is bytes and len(payload) <= self._inline_max:
-            inv = self._inv
             us = int(timeout * 1e6)
-            inv.timeout_us, inv.wait_us = us, us if check is None else int(min(slice_s, timeout) * 1e6)
-            try:
-                n = self._ff_invoke(inv, payload, len(payload))
-            finally:
-                inv.timeout_us = inv.wait_us = self._timeout_us
+            armed = (us, us if check is None else int(min(slice_s, timeout) * 1e6))
+            if armed != self._armed:  # the same timeouts call after call: set once
+                self._arm(armed)
+            n = self._ff_invoke(self._inv, payload, len(payload))
             if n >= 0:
                 return self._unpack(self._rptr, n)
             return self._invoke_more(n, timeout, check, slice_s)
         self._inv.seq = seq = (self._inv.seq + 1) & 0xFFFF
         imm = self._slot_bits | seq
-        pview = memoryview(payload).cast("B")
-        n = pview.nbytes
         bulk = None
-        if HSIZE + n <= self.slot_size:
-            HEADER.pack_into(self._qview, 0, n, 0, 0, 0, seq)
-            self._qview[HSIZE: HSIZE + n] = pview
-            length = HSIZE + n
-        else:
-            bulk = self.ep.register(payload)  # no copy: the executor reads it in place
-            HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, seq)
+        if type(payload) is list:  # large, in parts: copied once into the reused bulk buffer
+            region = self._bulk_out = _room(self.ep, self._bulk_out, n, remote=True)
+            at, into = 0, region.view
+            for part in payload:
+                part = memoryview(part).cast("B")
+                into[at: at + part.nbytes] = part
+                at += part.nbytes
+            HEADER.pack_into(self._qview, 0, n, region.base, region.key, F_BULK, seq)
             length = HSIZE
+        else:
+            pview = memoryview(payload).cast("B")
+            n = pview.nbytes
+            if HSIZE + n <= self.slot_size:
+                HEADER.pack_into(self._qview, 0, n, 0, 0, 0, seq)
+                self._qview[HSIZE: HSIZE + n] = pview
+                length = HSIZE + n
+            else:
+                bulk = self.ep.register(payload)  # no copy: the executor reads it in place
+                HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, seq)
+                length = HSIZE
         try:
             if check is None:
                 rc = self.lib.ff_call(self._h, self._req_h, 0, length, self.peer, self.ring_addr,
@@ -158,10 +181,14 @@ class RmaClient:
                 if rc != 0:
                     self._raise_on(rc, timeout)
                 self._wait_sliced(imm, timeout, check, slice_s)
-            return self._finish(bulk)
+            return self._finish(bulk, view)
         finally:
             if bulk is not None:
                 bulk.close()
+
+    def _arm(self, armed: tuple[int, int]) -> None:
+        self._inv.timeout_us, self._inv.wait_us = armed
+        self._armed = armed
 
     def _invoke_more(self, n: int, timeout: float, check: Optional[Callable[[], None]], slice_s: float) -> Any:
         """After ``ff_invoke`` said FF_INVOKE_MORE or failed: the rest of the call."""
@@ -181,16 +208,19 @@ class RmaClient:
     def timeout(self, seconds: float) -> None:
         self._timeout = seconds
         self._timeout_us = int(seconds * 1e6)
+        self._default_armed = (self._timeout_us, self._timeout_us)
         if hasattr(self, "_inv"):
-            self._inv.timeout_us = self._inv.wait_us = self._timeout_us
+            self._arm(self._default_armed)
 
-    def _finish(self, bulk: Optional[MemoryRegion]) -> Any:
+    def _finish(self, bulk: Optional[MemoryRegion], view: bool = False) -> Any:
         """The result whose header lies in the result buffer (the DATA event came)."""
         rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
         if flags & F_BULK:
-            out: Any = bytearray(rlen)
-            with self.ep.register(out, remote=False) as region:
-                self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
+            region = self._bulk_in = _room(self.ep, self._bulk_in, rlen, remote=False)
+            self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
+            out: Any = region.view[:rlen]
+            if not view or flags & F_ERROR:
+                out = bytearray(out)
         else:
             out = bytes(self._rview[HSIZE: HSIZE + rlen])
         if flags & F_ERROR:
@@ -237,6 +267,7 @@ class RmaClient:
     def close(self) -> None:
         if self.ep.closed:
             return
+        self._bulk_out = self._bulk_in = None  # their registrations close with the endpoint
         if self.broken is None:
             try:
                 self._request(protocol.FABRIC_DETACH, slot=self.slot)
@@ -253,3 +284,12 @@ class RmaClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _room(ep: Endpoint, region: Optional[MemoryRegion], size: int, remote: bool) -> MemoryRegion:
+    """``region`` if it holds ``size`` bytes, else a new one (the next power of two) in its place."""
+    if region is not None and region.size >= size:
+        return region
+    if region is not None:
+        region.close()
+    return ep.register(size=1 << max(16, (size - 1).bit_length()), remote=remote)

@@ -52,12 +52,14 @@ class _Slot:
     result_size: int
     identity: bytes
     staged: Optional[MemoryRegion] = None  # a bulk result waiting for the client's read
+    bulk_out: Optional[MemoryRegion] = None  # reused for results given in parts (read before the next request)
     tag: Any = None  # what ``authorize`` returned (the lease token)
     ended: Optional[str] = None  # why the lease of this slot ended; requests get F_ENDED
 
 
 class RmaExecutor:
-    """Serves ``handler(payload: memoryview) -> bytes-like`` over RMA.
+    """Serves ``handler(payload: memoryview) -> bytes-like`` (or a list of bytes-like
+    parts, sent as their concatenation) over RMA.
 
     ``serve()`` runs until :meth:`stop` (or SIGTERM in :func:`main`); it polls
     the fabric in C and the ZeroMQ control socket between bursts."""
@@ -104,7 +106,10 @@ class RmaExecutor:
         return self._native is not None
 
     def _sync_slot(self, slot: int) -> None:
-        """Mirror a lease into the C slot table (only this executor's serving thread calls it)."""
+        """Mirror a lease into the C slot table (only this executor's serving thread calls it;
+        only the C loop of a native function reads it)."""
+        if self._native is None:
+            return
         c = self._cslots[slot]
         lease = self._leases.get(slot)
         if lease is None:
@@ -169,8 +174,9 @@ class RmaExecutor:
         if lease is None:
             return
         self._sync_slot(slot)
-        if lease.staged is not None:
-            lease.staged.close()
+        for region in (lease.staged, lease.bulk_out):
+            if region is not None:
+                region.close()
         self.ep.remove(lease.peer)
 
     # -- data path --------------------------------------------------------------
@@ -224,9 +230,29 @@ class RmaExecutor:
         except Exception as exc:  # the function's failure is a result
             result = f"{type(exc).__name__}: {exc}".encode()
             rflags = F_ERROR
+        cap = min(lease.result_size, self.slot_size) - HSIZE
+        if type(result) is list:  # parts (a pickled value and its buffers): copied once, where they go
+            parts = [memoryview(r).cast("B") for r in result]
+            rlen = sum(r.nbytes for r in parts)
+            if rlen <= cap:
+                into, at = self._out_view, base + HSIZE
+            else:
+                region = lease.bulk_out
+                if region is None or region.size < rlen:
+                    if region is not None:
+                        region.close()
+                    region = lease.bulk_out = self.ep.register(size=1 << max(16, (rlen - 1).bit_length()))
+                into, at = region.view, 0
+            for part in parts:
+                into[at: at + part.nbytes] = part
+                at += part.nbytes
+            if rlen > cap:
+                HEADER.pack_into(self._out_view, base, rlen, region.base, region.key, rflags | F_BULK, seq)
+                return base, HSIZE
+            HEADER.pack_into(self._out_view, base, rlen, 0, 0, rflags, seq)
+            return base, HSIZE + rlen
         rview = memoryview(result).cast("B")
         rlen = rview.nbytes
-        cap = min(lease.result_size, self.slot_size) - HSIZE
         if rlen <= cap:
             HEADER.pack_into(self._out_view, base, rlen, 0, 0, rflags, seq)
             self._out_view[base + HSIZE: base + HSIZE + rlen] = rview

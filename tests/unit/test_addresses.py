@@ -65,3 +65,12 @@ def test_a_netns_cluster_puts_its_head_and_nodes_at_their_addresses(tmp_path):
     c = DevCluster(tmp_path)
     assert c.coscheduler_endpoint == "tcp://10.231.9.1:7801"
     assert c.node_address("n1") == "10.231.9.11" and c._in_node("n1") == net.enter("n1")
+
+
+def test_a_hot_clients_rma_interface_follows_its_route_to_the_executor():
+    from faas_runtime.client import route_fabric
+    from faas_runtime.fabric import FabricConfig
+
+    assert route_fabric(FabricConfig("tcp"), "tcp://127.0.0.1:5555").domain == "lo"
+    assert route_fabric(FabricConfig("tcp", "eth9"), "tcp://127.0.0.1:5555").domain == "eth9"  # configured wins
+    assert route_fabric(FabricConfig("shm"), "tcp://127.0.0.1:5555").domain == ""  # not an IP provider

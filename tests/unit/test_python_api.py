@@ -97,6 +97,20 @@ def test_large_buffers_go_out_of_band_and_come_back_writable():
             pyapi.decode_result(broken)
 
 
+def test_parts_are_the_call_without_copies_of_its_buffers():
+    data = bytearray(os.urandom(1 << 16))
+    parts = pyapi.encode_call_parts(echo, (Blob(data),), {}, by_value=False)
+    assert b"".join(parts) == pyapi.encode_call(echo, (Blob(data),), {}, by_value=False)
+    assert parts[1].obj is data  # the argument's own memory: a transport copies it once, where it goes
+    out = pyapi.call_parts(memoryview(b"".join(parts)))  # the executor's view of its receive buffer
+    assert type(out) is list and len(out) == 2
+    owned = bytearray(b"".join(out))
+    value = pyapi.decode_result(owned, owned=True)  # a fresh receive buffer: the value keeps it
+    assert value.data == data and value.data.obj is owned
+    assert pyapi.decode_result(bytes(owned), owned=True).data == data  # read-only memory is copied
+    assert pyapi.decode_result(owned).data is not owned  # not owned: copied
+
+
 def test_json_documents_carry_the_same_bytes_both_ways():
     data = pyapi.encode_call(square, (5,), {}, by_value=False, json_result=True)
     out = pyapi.call(data)  # a JSON document, for a co-scheduler that stores JSON results
@@ -141,6 +155,22 @@ def test_module_functions_go_by_reference_from_their_root_and_the_rest_by_value(
     assert shipping(lambda: 1).by_value
     assert not shipping(math.sqrt).by_value  # every Python has it
     assert shipping(square, str(tmp_path)).code_dir == str(tmp_path)
+
+
+def test_the_executor_keeps_freed_memory_for_the_next_calls_buffers():
+    from faas_runtime.executor_values import keep_freed_memory
+
+    assert keep_freed_memory() is True  # glibc here; False (and nothing changed) without it
+
+
+def test_map_chunks_count_only_the_calls_that_fit_the_lent_slots():
+    from slurm_faas.executor import calls_fitting
+
+    res = Resources().with_options({"cores": 2, "mem": "1G"})
+    assert calls_fitting({"slurm_cpus": [0, 1, 2, 3, 4], "mem_mb": 8192}, res) == 2  # by cores
+    assert calls_fitting({"slurm_cpus": [0, 1, 2, 3], "mem_mb": 1500}, res) == 1  # by memory
+    assert calls_fitting({"slurm_cpus": [0], "mem_mb": 8192}, res) == 0  # too small for one call
+    assert calls_fitting({"slurm_cpus": [0, 1]}, res) == 1
 
 
 def test_resources_and_the_function_they_name():
