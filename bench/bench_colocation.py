@@ -1,17 +1,20 @@
 """The paper's experiment with a real HPC benchmark: HPC Challenge (hpcc, Open MPI) as the
 batch job, started through ``sbatch --faas-share``, alone and with a mix of real functions
 (bench/colocation_fns/mix.py: Pillow thumbnails, HTML templates, networkx, numpy, zlib)
-invoked through the product at a steady rate onto the cores it lends.
+invoked through the product at a steady rate onto the cores it lends, and (``--remote-memory
+SIZE``) with part of its spare memory leased as remote memory and read in a loop from elsewhere
+(bench/colocation_memory.py).
 
     make bench-venv     # hpcc, openmpi-bin, the bench venv and the functions' packages
     .venv-bench/bin/python bench/bench_colocation.py [--rounds 5] [--n 2000] [--rate 4]
-        [--modes cores,auto] [--out docs/evaluation]
+        [--modes cores,auto] [--out docs/evaluation] [--remote-memory 1G]
     # on a site's cluster, from a shell where sbatch and submit-function work:
     .venv-bench/bin/python bench/bench_colocation.py --site --partition batch --nodes 2 \
         --cores-per-node 64 --lend-cores 8 --auto-ranks-per-node 48 --n 40000 --rate 50
 
-Each round runs the job alone, then with functions (alternating, so drift from elsewhere on
-the machine lands on both sides), for each mode:
+Each round runs the job alone, then with functions, then (--remote-memory) with the remote-
+memory reader (alternating, so drift from elsewhere on the machine lands on every side), for
+each mode:
   cores  -N nodes -n ranks -c cores/ranks --faas-share=cores=K,mem=M: hpcc on what it keeps;
   auto   -N nodes --ntasks-per-node=R --exclusive --faas-share=auto: MPI uses R ranks of the
          node's cores, the plugin lends the rest.
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "colocation_fns"))
 
 import colocation_cluster as cc  # noqa: E402
 import colocation_hpcc as hpcc  # noqa: E402
+import colocation_memory  # noqa: E402
 import mix  # noqa: E402
 
 DEV_MPIRUN = ("--bind-to none --oversubscribe --mca btl self,vader --mca btl_vader_single_copy_mechanism none "
@@ -90,6 +94,24 @@ def summarize_functions(runs: list) -> dict:
         "function_cpu_s": sum(f["function_cpu_s"] for f in figs),
         "latencies_s": [round(x, 3) for x in sorted(lat)],
     }
+
+
+def summarize_memory(alone: list, reading: list) -> dict:
+    """The remote-memory side: hpcc alone vs beside the reader, and the reader's bandwidth."""
+    import statistics
+
+    kernels = hpcc.compare([r.kernels for r in alone], [r.kernels for r in reading])
+    for label, k in kernels.items():
+        k["pair_slowdowns"] = [a.kernels[label] / b.kernels[label] - 1 for a, b in zip(alone, reading)]
+    bw = [r.memory["read_mb_per_s"] for r in reading if r.memory.get("read_mb_per_s") is not None]
+    return {"kernels": kernels,
+            "reader": {"size": reading[0].memory["size"], "block": reading[0].memory["block"],
+                       "read_mb_per_s": hpcc.spread(bw) if bw else None, "runs_with_figure": len(bw),
+                       "bad_blocks": sum(r.memory.get("bad_blocks") or 0 for r in reading),
+                       "errors": [r.memory["error"] for r in reading if r.memory.get("error")],
+                       "server_cpus": reading[0].memory.get("server_cpus"),
+                       "per_run_mb_per_s": [r.memory.get("read_mb_per_s") for r in reading],
+                       "median_mb_per_s": statistics.median(bw) if bw else None}}
 
 
 def run_analyze(target: cc.Target, since: str, capacity: int, mix_file: Path) -> dict:
@@ -152,6 +174,11 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="job directories (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation")
     ap.add_argument("--analyze", action="store_true", help="also run faas-admin analyze --sacct --simulate")
+    ap.add_argument("--remote-memory", default="", metavar="SIZE",
+                    help="also run each job with SIZE (e.g. 1G) of its lend leased as remote memory and read in a loop")
+    ap.add_argument("--memory-block", default="4M", help="the remote-memory reader's block")
+    ap.add_argument("--reader-cpus", default=None,
+                    help="CPUs of the reader (default on the dev cluster: the lend's real CPUs; on --site: any)")
     args = ap.parse_args()
     if args.rounds < 1 or args.rate <= 0 or args.n < 1:
         raise SystemExit("--rounds >= 1, --rate > 0 and --n >= 1 please")
@@ -162,6 +189,18 @@ def main() -> int:
     needs_packages = [n for n in names if n not in mix.STDLIB_ONLY]
     if needs_packages and not args.function_packages.is_dir():
         raise SystemExit(f"{args.function_packages} is missing ({needs_packages} need it): make bench-venv")
+
+    memory = None
+    if args.remote_memory:
+        from faas_runtime.remote_memory import parse_size
+
+        size, block = parse_size(args.remote_memory), parse_size(args.memory_block)
+        if block <= 0 or block % 256 or size % block:
+            raise SystemExit("--remote-memory must be a multiple of --memory-block, itself a multiple of 256")
+        fabric_env = () if args.site else (("FAAS_FABRIC", "tcp"), ("FAAS_FABRIC_DOMAIN", "lo"))
+        cpus = tuple(int(c) for c in args.reader_cpus.split(",")) if args.reader_cpus else None
+        memory = colocation_memory.MemoryLoad(size, block, cpus, pin_to_lend=args.reader_cpus is None and not args.site,
+                                              fabric_env=fabric_env)
 
     cluster = None
     if args.site:
@@ -180,17 +219,22 @@ def main() -> int:
         code = cc.function_code_dir(workdir / "code", args.function_packages if needs_packages else None)
         registered = cc.register_mix(target, code, names, "coloc")
         load = cc.FunctionLoad(registered, {f"coloc-{n}": mix.MIX[n][1] for n in names}, args.rate)
-        runs = {s.name: {"alone": [], "beside": []} for s in shapes(args)}
+        sides = [("alone", None, None), ("beside", load, None)] + ([("memory", None, memory)] if memory else [])
+        runs = {s.name: {side: [] for side, _l, _m in sides} for s in shapes(args)}
         print(f"hpcc N={args.n} NB={args.nb}; functions {names} at {args.rate:g}/s; {args.rounds} rounds; "
               f"load {load_before[0]:.1f}; job dirs in {workdir}", flush=True)
         for rnd in range(args.rounds):
             for shape in shapes(args):
-                for side, fl in (("alone", None), ("beside", load)):
+                for side, fl, mem in sides:
                     r = cc.run_once(target, workdir / f"{shape.name}-{rnd}-{side}", shape, args.n, args.nb, fl,
-                                    mpirun_args)
+                                    mpirun_args, memory=mem)
                     runs[shape.name][side].append(r)
                     extra = (f"; functions {r.functions['states']} busy {100 * r.functions['useful_share']:.0f} %"
                              if fl else "")
+                    if mem:
+                        bw = r.memory["read_mb_per_s"]
+                        extra = (f"; remote memory read {'-' if bw is None else f'{bw:.0f}'} MB/s, bad blocks "
+                                 f"{r.memory['bad_blocks']}{', ' + r.memory['error'] if r.memory['error'] else ''}")
                     print(f"round {rnd} {shape.name:<5} {side:<6} job {r.job_id} {r.window_s:6.1f} s  HPL "
                           f"{r.kernels['HPL']:.2f} Gflop/s  Triad {r.kernels.get('STREAM Triad', 0):.1f} GB/s{extra}",
                           flush=True)
@@ -208,6 +252,8 @@ def main() -> int:
                 "lend": sides["alone"][0].lend, "kept": sides["alone"][0].kept,
                 "window_s": {s: [r.window_s for r in rs] for s, rs in sides.items()},
                 "jobs": {s: [r.job_id for r in rs] for s, rs in sides.items()}}
+            if sides.get("memory"):
+                result["modes"][mode]["remote_memory"] = summarize_memory(sides["alone"], sides["memory"])
         if args.analyze:
             mix_file = workdir / "analyze-mix.json"
             first = next(iter(result["modes"].values()))["functions"]
@@ -248,6 +294,17 @@ def report(result: dict) -> None:
               f"run p50 {seconds['run_p50_s']}")
         print(f"  lent core-seconds running functions: {100 * f['useful_share']:.0f} %; function CPU time / lent real "
               f"CPU time: {100 * f['useful_share_of_real_cpus']:.0f} %; ran outside the lend: {f['ran_outside_lend']}")
+        rm = r.get("remote_memory")
+        if rm:
+            rd = rm["reader"]
+            bw = rd["read_mb_per_s"]
+            print(f"  beside remote memory ({rd['size'] >> 20} MiB leased on the lend, read in {rd['block'] >> 20} MiB "
+                  f"blocks):")
+            for label, k in rm["kernels"].items():
+                print(f"    {label:<18}{k['beside']['median']:>12.4g} ({k['beside']['min']:.4g}-{k['beside']['max']:.4g})"
+                      f"{100 * k['slowdown']:>+9.1f} %")
+            rate = "-" if bw is None else f"{bw['median']:.0f} MB/s median ({bw['min']:.0f}-{bw['max']:.0f})"
+            print(f"    reader: {rate}, bad blocks {rd['bad_blocks']}, errors {rd['errors'] or 'none'}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import colocation_hpcc as hpcc
+import colocation_memory
 
 FUNCTIONS_DIR = Path(__file__).resolve().parent / "colocation_fns"
 GO_FILE = "start-hpcc"
@@ -94,6 +95,7 @@ class RunResult:
     affinity: str  # the batch task's CPUs as it saw them
     lend: Optional[dict] = None  # the slot: slurm_cpus, os_cpus, mem_mb
     functions: dict = field(default_factory=dict)  # see function_figures()
+    memory: dict = field(default_factory=dict)  # the remote-memory reader's (colocation_memory.reader_figures)
 
 
 def register_mix(target: Target, code_dir: Path, names: list, prefix: str, mem_mb: int = 256) -> list:
@@ -190,8 +192,10 @@ class Invoker(threading.Thread):
 
 
 def run_once(target: Target, workdir: Path, shape: JobShape, n: int, nb: int, load: Optional[FunctionLoad],
-             mpirun_args: str, hpcc_binary: str = "hpcc", timeout_s: float = 1800.0) -> RunResult:
-    """One batch job: hpcc with the shape's ranks, and ``load`` invoked beside it (None: alone)."""
+             mpirun_args: str, hpcc_binary: str = "hpcc", timeout_s: float = 1800.0,
+             memory: Optional[colocation_memory.MemoryLoad] = None) -> RunResult:
+    """One batch job: hpcc with the shape's ranks, and ``load`` invoked beside it, or
+    ``memory`` leased from its lend and read in a loop (both None: alone)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "hpccinf.txt").write_text(hpcc.input_file(n, nb, shape.ranks))
     (workdir / "hpccoutf.txt").unlink(missing_ok=True)  # hpcc appends
@@ -202,8 +206,9 @@ def run_once(target: Target, workdir: Path, shape: JobShape, n: int, nb: int, lo
     out = target.run("sbatch", "--parsable", f"--chdir={workdir}", f"--output={out_file}",
                      f"--job-name=coloc-{shape.name}", *shape.sbatch_args, str(script))
     job_id = int(out.stdout.strip().split(";")[0])
-    invoker = None
-    lend = None
+    invoker = reader = None
+    lend, go = None, False
+    read: dict = {}
     try:
         _wait(f"job {job_id} to start", lambda: job_state(target, job_id) != "PENDING", timeout_s)
         with target.client() as c:
@@ -214,13 +219,21 @@ def run_once(target: Target, workdir: Path, shape: JobShape, n: int, nb: int, lo
             invoker = Invoker(target, load)
             invoker.start()
             _wait("the first function to succeed beside the job", lambda: _first_succeeded(target, invoker), 300, 0.5)
+        if memory is not None:  # the memory is leased and filled before hpcc starts
+            reader = colocation_memory.MemoryReader(target.env, memory, lend, timeout_s, workdir / "reader.err")
+            reader.wait_ready()
         (workdir / GO_FILE).touch()
+        go = True
         _wait(f"hpcc of job {job_id} to end", lambda: "end" in _job_output(out_file)
               or job_state(target, job_id) not in ("RUNNING", "CONFIGURING", "COMPLETING"), timeout_s)
     finally:
         if invoker is not None:
             invoker.stop.set()
             invoker.join(30)
+        if reader is not None:
+            read = reader.stop()
+        if not go:  # failed before hpcc was told to start: the job would wait for it minutes
+            target.run("scancel", str(job_id), check=False)
         _wait(f"job {job_id} to finish", lambda: job_state(target, job_id) not in
               ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"), 120)
     info = _job_output(out_file)
@@ -232,6 +245,8 @@ def run_once(target: Target, workdir: Path, shape: JobShape, n: int, nb: int, lo
                        end - start, info.get("kept", ""), info.get("affinity", ""), lend)
     if invoker is not None:
         result.functions = function_figures(target, invoker, start, end, lend)
+    if memory is not None:
+        result.memory = colocation_memory.reader_figures(read, start, end, memory.size, memory.block)
     return result
 
 

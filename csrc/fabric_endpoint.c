@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/random.h>
 
 const char *ff_strerror(int err) { return fi_strerror(err < 0 ? -err : err); }
 const char *ff_last_error(ff_ep *e) { return e ? e->err : ""; }
@@ -92,6 +93,14 @@ int ff_ep_open(const char *provider, const char *domain, int flags, ff_ep **out)
     e->use_cqdata = fi->domain_attr->cq_data_size >= 4 && !no_cqdata;
     e->saw_ordered = !!(fi->tx_attr->msg_order & FI_ORDER_SAW);
     e->next_key = 1;
+    /* Where the provider takes the keys we request (no FI_MR_PROV_KEY: tcp;ofi_rxm here), a
+     * key is all that guards a region from anyone who reaches the endpoint: start from an
+     * unguessable one, not 1 (remote memory, docs/fabric.md). */
+    if (!(mrm & FI_MR_PROV_KEY) && fi->domain_attr->mr_key_size >= sizeof(uint64_t)) {
+        uint64_t r;
+        if (getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r)
+            e->next_key = (r >> 2) | 1; /* room below 2^64 for every key this endpoint registers */
+    }
     *out = e;
 
     if ((rc = fi_fabric(fi->fabric_attr, &e->fabric, NULL)))

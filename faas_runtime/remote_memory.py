@@ -21,6 +21,11 @@ attached with; a transfer that races the revoke either fails (the key is gone) o
 sees the changed epoch. So a client never returns data from a revoked lend.
 Concurrent writers to the same bytes are the application's business.
 
+Leased (``token``; faas_runtime/memory_lease.py starts the server for a memory lease,
+``slurm_faas.remote_memory`` is the client): FABRIC_ATTACH and MEM_REVOKE must carry the
+lease's token, or get an ``auth`` error (``PermissionError`` in the client); PING stays open
+(it tells only whether the memory is still served).
+
     python -m faas_runtime.remote_memory --size 1G --control tcp://127.0.0.1:5600
 
 Owns: serving and reading a job's spare memory over RMA. May not touch: the queue.
@@ -28,6 +33,7 @@ Owns: serving and reading a job's spare memory over RMA. May not touch: the queu
 from __future__ import annotations
 
 import argparse
+import hmac
 import logging
 import mmap
 import os
@@ -73,7 +79,10 @@ class MemoryServer:
     most ``nap_us`` longer. ``nap_us=0``: busy-poll always (the lowest latency)."""
 
     def __init__(self, size: int, control: str = "tcp://127.0.0.1:0", config: Optional[FabricConfig] = None,
-                 spin_us: int = SPIN_US, nap_us: int = NAP_US, ctx: Optional[zmq.Context] = None):
+                 spin_us: int = SPIN_US, nap_us: int = NAP_US, ctx: Optional[zmq.Context] = None,
+                 token: Optional[str] = None, sock: Optional[zmq.Socket] = None):
+        """``token``: attach and revoke only with it (a memory lease). ``sock``: a ROUTER
+        already bound, used as the control socket (``control`` is then its address)."""
         self.ffi, self.lib = load()
         self.ep = Endpoint(config or FabricConfig.from_env(), serve=True)
         self.size = size
@@ -86,12 +95,16 @@ class MemoryServer:
         self._stop = self.ffi.new("int *")
         self._thread: Optional[threading.Thread] = None
         self._ctx = ctx or zmq.Context.instance()
-        self.sock = protocol.configure(self._ctx.socket(zmq.ROUTER))
-        host = control[: control.rfind(":")]
-        if control.endswith(":0"):
-            control = f"{host}:{self.sock.bind_to_random_port(host)}"
+        self.token = token
+        if sock is not None:
+            self.sock, control = sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
         else:
-            self.sock.bind(control)
+            self.sock = protocol.configure(self._ctx.socket(zmq.ROUTER))
+            host = control[: control.rfind(":")]
+            if control.endswith(":0"):
+                control = f"{host}:{self.sock.bind_to_random_port(host)}"
+            else:
+                self.sock.bind(control)
         self.control = control
         self.revoked = False
         self._start_progress()
@@ -148,8 +161,19 @@ class MemoryServer:
         if self.sock.poll(timeout_ms):
             protocol.answer_pending(self.sock, lambda _ident, msg: self._answer(msg))
 
+    def _holder(self, msg: dict) -> bool:
+        """Whether ``msg`` may attach or revoke: it carries the lease's token (or none is set)."""
+        if self.token is None:
+            return True
+        token = msg.get("token")
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.token.encode())
+
     def _answer(self, msg: dict) -> bytes:
         rid = msg.get("rid")
+        if msg["type"] in (protocol.FABRIC_ATTACH, protocol.MEM_REVOKE) and not self._holder(msg):
+            log.warning("refused %s without this lease's token", msg["type"])
+            return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_AUTH,
+                                   message="this remote memory is leased: only its lease's token attaches")
         if msg["type"] == protocol.FABRIC_ATTACH:
             if self.revoked or self.region is None:
                 return protocol.encode(protocol.ERROR, rid=rid, code=protocol.E_REVOKED,
@@ -192,7 +216,8 @@ class RemoteMemory:
     not the operation ``timeout`` (on shm nothing else tells the client)."""
 
     def __init__(self, control: str, config: Optional[FabricConfig] = None, timeout: float = 30.0,
-                 ctx: Optional[zmq.Context] = None, slice_s: float = 0.25, ping_timeout: float = 2.0):
+                 ctx: Optional[zmq.Context] = None, slice_s: float = 0.25, ping_timeout: float = 2.0,
+                 token: Optional[str] = None):
         self.timeout = timeout
         self.control, self.slice_s, self.ping_timeout = control, slice_s, ping_timeout
         self._ctx = ctx or zmq.Context.instance()
@@ -203,7 +228,7 @@ class RemoteMemory:
             try:
                 sock.connect(control)
                 sock.send(protocol.encode(protocol.FABRIC_ATTACH, rid="a", provider=self.ep.provider,
-                                          name=self.ep.name))
+                                          name=self.ep.name, **({"token": token} if token is not None else {})))
                 if not sock.poll(int(timeout * 1000)):
                     raise TimeoutError(f"no answer from the memory server at {control}")
                 rep = protocol.decode(sock.recv())
@@ -212,6 +237,8 @@ class RemoteMemory:
             if rep["type"] == protocol.ERROR:
                 if rep.get("code") == protocol.E_REVOKED:
                     raise RemoteMemoryRevoked(rep.get("message"))
+                if rep.get("code") == protocol.E_AUTH:
+                    raise PermissionError(rep.get("message"))
                 raise RuntimeError(f"{rep.get('code')}: {rep.get('message')}")
             self.size = int(rep["size"])
             self.epoch = int(rep["epoch"])
@@ -328,15 +355,16 @@ class RemoteMemory:
         self.close()
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower()
+def parse_size(text: str) -> int:
+    """Bytes from "4096", "512K", "64M", "2G" (binary units)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
     return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="faas-remote-memory")
-    ap.add_argument("--size", type=_size, required=True)
+    ap.add_argument("--size", type=parse_size, required=True)
     ap.add_argument("--control", default="tcp://127.0.0.1:0")
     ap.add_argument("--spin-us", type=int, default=SPIN_US, help="busy-poll this long after the last use")
     ap.add_argument("--nap-us", type=int, default=NAP_US, help="longest back-off sleep when idle (0: always spin)")

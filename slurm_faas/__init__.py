@@ -6,7 +6,8 @@ The one import for users (docs/python.md)::
 
 ``Executor`` is a ``concurrent.futures.Executor`` (``submit``, ``map``, ``shutdown``;
 futures whose ``cancel`` cancels the invocation), ``lease`` gives hot calls on a warm
-executor, and the typed errors are the ones raised by both. Nothing else here is public.
+executor, ``remote_memory`` a batch job's spare memory over RMA (slurm_faas/memory.py), and
+the typed errors are the ones raised by them. Nothing else here is public.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from .errors import (
 )
 from .executor import Executor, InvocationFuture
 from .hot import PythonLease, lease
+from .memory import RemoteMemoryLease, RemoteMemoryLost, RemoteMemoryRevoked, remote_memory
 
 __all__ = ["CallTimeout", "Executor", "FunctionError", "FunctionTimedOut", "InvocationFuture", "LeaseEnded",
            "LeaseError", "LeaseUnavailable", "PayloadTooLarge", "PythonLease", "PythonVersionMismatch",
-           "RemoteTraceback", "RequestError", "Unavailable", "lease"]
+           "RemoteMemoryLease", "RemoteMemoryLost", "RemoteMemoryRevoked", "RemoteTraceback", "RequestError",
+           "Unavailable", "lease", "remote_memory"]
