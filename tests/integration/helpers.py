@@ -65,11 +65,17 @@ def lease_for(cluster, name: str, **kw):
 def lease_on_slot(cluster, name: str, slot_id: str, **kw):
     """Lease ``name`` until the lease lands on ``slot_id``: work other tests left queued may
     hold the core for a moment, or other jobs' slots may be offered first."""
+    return held_on_slot(slot_id, lambda: lease_for(cluster, name, duration_s=120, timeout_s=10, **kw))
+
+
+def held_on_slot(slot_id: str, take):
+    """``take()`` (a lease of any kind: it has ``slot_id`` and ``release()``) again until what it
+    returns lies on ``slot_id``; those elsewhere are released."""
     from faas_runtime.client import LeaseUnavailable
 
     def attempt():
         try:
-            got = lease_for(cluster, name, duration_s=120, timeout_s=10, **kw)
+            got = take()
         except LeaseUnavailable:
             return None
         if got.slot_id != slot_id:

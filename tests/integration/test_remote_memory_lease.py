@@ -22,7 +22,7 @@ from faas_runtime.client import LeaseUnavailable
 from faas_runtime.queue_client import Client
 from tests.adversarial.conftest import run_as, user_env
 from tests.conftest import missing
-from tests.integration.helpers import FUNCTIONS, active_slot, run, sbatch, wait_until
+from tests.integration.helpers import FUNCTIONS, active_slot, held_on_slot, run, sbatch, wait_until
 from tests.integration.runtime_fixtures import harness, users  # noqa: F401  (fixtures)
 
 SIZE = 48 << 20
@@ -150,18 +150,9 @@ def test_a_users_remote_memory_runs_as_them_refuses_others_and_ends_with_the_job
 def _lease_on(cluster, slot_id: str, size: str):
     from slurm_faas import remote_memory
 
-    def attempt():
-        try:
-            mem = remote_memory(size, endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket),
-                                duration_s=120, timeout_s=20, fabric=fabric.FabricConfig("tcp", "lo"))
-        except LeaseUnavailable:
-            return None
-        if mem.slot_id != slot_id:
-            mem.release()
-            return None
-        return mem
-
-    return wait_until(f"remote memory on {slot_id}", attempt, timeout_s=60, interval_s=0.5)
+    return held_on_slot(slot_id, lambda: remote_memory(
+        size, endpoint=cluster.coscheduler_endpoint, munge_socket=str(cluster.munge_socket), duration_s=120,
+        timeout_s=20, fabric=fabric.FabricConfig("tcp", "lo")))
 
 
 def test_remote_memory_holds_lent_memory_until_released(cluster, jobs):
