@@ -387,7 +387,7 @@ def main() -> None:
     ap.add_argument("--latency-n", type=int, default=30)
     ap.add_argument("--cores", type=int, default=4, help="lent cores of the real-agent runs' job")
     ap.add_argument("--cli-n", type=int, default=2000, help="invocations of the CLI's invoke --batch --wait (0: none)")
-    ap.add_argument("--before", default="d0c7464",
+    ap.add_argument("--before", default="33e4967",  # the tree before the cuts docs/simulate.md reports
                     help="the revision whose real-agent runs are the 'before' column ('': none)")
     ap.add_argument("--no-queue", dest="queue", action="store_false", help="skip the stand-in agents' queue runs")
     args = ap.parse_args()
