@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from faas_runtime import munge  # noqa: E402
-from tests.unit.test_munge import private_munged  # noqa: E402
+from coscheduler.tools.private_munged import private_munged  # noqa: E402
 
 
 def per_cred_us(fn, creds: list[str], threads: int = 1) -> float:

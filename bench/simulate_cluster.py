@@ -463,7 +463,7 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile of the co-scheduler per scale here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases)")
     args = ap.parse_args()
-    from tests.unit.test_munge import private_munged
+    from coscheduler.tools.private_munged import private_munged
 
     work = Path(tempfile.mkdtemp(prefix="faas-sim-"))
     rows = []
