@@ -81,6 +81,7 @@ def summarize_functions(runs: list) -> dict:
         "invoked": sum(f["invoked"] for f in figs),
         "succeeded": sum(f["states"].get("SUCCEEDED", 0) for f in figs),
         "states": {s: sum(f["states"].get(s, 0) for f in figs) for s in {k for f in figs for k in f["states"]}},
+        "errors": sorted({e for f in figs for e in f.get("errors", [])})[:10],
         "throughput_per_s": statistics.median(f["throughput_per_s"] for f in figs),
         "latency_p50_s": hpcc.percentile(lat, 50) if lat else None,
         "latency_p99_s": hpcc.percentile(lat, 99) if lat else None,
@@ -292,6 +293,8 @@ def report(result: dict) -> None:
         print(f"  functions: {f['succeeded']} of {f['invoked']} succeeded {f['states']}, "
               f"{f['throughput_per_s']:.2f}/s, latency p50 {seconds['latency_p50_s']} p99 {seconds['latency_p99_s']}, "
               f"run p50 {seconds['run_p50_s']}")
+        for error in f.get("errors", []):
+            print(f"    failed: {error}")
         print(f"  lent core-seconds running functions: {100 * f['useful_share']:.0f} %; function CPU time / lent real "
               f"CPU time: {100 * f['useful_share_of_real_cpus']:.0f} %; ran outside the lend: {f['ran_outside_lend']}")
         rm = r.get("remote_memory")

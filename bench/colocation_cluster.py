@@ -275,6 +275,8 @@ def function_figures(target: Target, invoker: Invoker, start: float, end: float,
         for inv in ids:
             st = c.status(inv)
             row = {"state": st["state"], "ran_on_cpus": st.get("ran_on_cpus"), "node": st.get("node")}
+            if st.get("error"):  # kept with the figures: the cluster that knew why is torn down after
+                row["error"] = str(st["error"])[:500]
             hist = {to: _at(at) for to, at, _why in st.get("history", [])}
             queued = min(hist.values()) if hist else None
             if st["state"] == State.SUCCEEDED.value and "RUNNING" in hist:
@@ -300,6 +302,7 @@ def function_figures(target: Target, invoker: Invoker, start: float, end: float,
     lat = [r["latency_s"] for r in ok]
     return {
         "invoked": len(ids), "rejected": len(invoker.rejected), "states": states,
+        "errors": sorted({r["error"] for r in rows.values() if r.get("error")})[:10],
         "succeeded_in_window": sum(1 for r in ok if start <= r["run_end"] <= end),
         "throughput_per_s": sum(1 for r in ok if start <= r["run_end"] <= end) / window,
         "latency_p50_s": hpcc.percentile(lat, 50) if lat else None,
