@@ -361,10 +361,9 @@ def lease(function: str, *, endpoint: Optional[str] = None, munge_socket: Option
 
     ``fabric``: the RMA configuration (default ``FabricConfig.from_env()``, i.e. FAAS_FABRIC);
     disabled (``off``) keeps the calls on ZeroMQ."""
-    from .queue_client import Client  # the user-side queue client, same layer
+    from .queue_client import Client, user_address  # the user-side queue client, same layer
 
-    endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
-    munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")
+    endpoint, munge_socket = user_address(endpoint, munge_socket)
     fabric = FabricConfig.from_env() if fabric is None else fabric
     ask = {"fabric": {"provider": fabric.provider, "domain": fabric.domain}} if fabric.enabled else {}
     control = Client(endpoint, munge_socket, timeout_s=min(timeout_s, 30.0))

@@ -20,6 +20,14 @@ MAX_SUBSCRIBE_IDS = 100_000  # ids per SUBSCRIBE request (the co-scheduler's bou
 # wait_many subscribes again after this long without a push: a restarted or failed-over
 # co-scheduler forgot the subscriptions (and pushes to a dropped connection are lost).
 RESUBSCRIBE_S = 5.0
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:7800"
+
+
+def user_address(endpoint: Optional[str] = None, munge_socket: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """Where a user's program reaches the co-scheduler: the arguments given, else
+    FAAS_COSCHEDULER (one address or a list) and FAAS_MUNGE_SOCKET."""
+    return (endpoint or os.environ.get("FAAS_COSCHEDULER", DEFAULT_ENDPOINT),
+            munge_socket or os.environ.get("FAAS_MUNGE_SOCKET"))
 
 
 class RequestError(Exception):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 from faas_runtime import protocol as P
 from faas_runtime import pyapi
-from faas_runtime.queue_client import Client, PayloadTooLarge, RequestError, Unavailable
+from faas_runtime.queue_client import Client, PayloadTooLarge, RequestError, Unavailable, user_address
 
 from .errors import FunctionError, FunctionTimedOut
 from .functions import Resources, ensure_registered, function_spec, shipping
@@ -73,8 +72,7 @@ class Executor(cf.Executor):
 
     def __init__(self, endpoint: Optional[str] = None, munge_socket: Optional[str] = None, *,
                  batch_size: int = 1000, request_timeout_s: float = 60.0, **options: Any):
-        self.endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
-        self.munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")
+        self.endpoint, self.munge_socket = user_address(endpoint, munge_socket)
         self.resources = Resources().with_options(options)
         self.batch_size = batch_size
         self._client = Client(self.endpoint, self.munge_socket, timeout_s=request_timeout_s)

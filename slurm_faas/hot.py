@@ -13,13 +13,12 @@ and each call carries the callable and its arguments as opaque bytes.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Optional, Union
 
 from faas_runtime import pyapi
 from faas_runtime.client import HotLease
 from faas_runtime.client import lease as lease_function
-from faas_runtime.queue_client import Client
+from faas_runtime.queue_client import Client, user_address
 
 from .functions import Resources, ensure_registered, function_spec, shipping
 
@@ -50,8 +49,7 @@ def lease(function: Union[str, Callable], *, endpoint: Optional[str] = None, mun
     """Lease a warm executor: of a registered function (its name: calls take JSON values
     or bytes), or of a Python callable (calls take its arguments; ``options`` as the
     Executor's: cores, mem, timeout, container, ...)."""
-    endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
-    munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")
+    endpoint, munge_socket = user_address(endpoint, munge_socket)
     common = dict(endpoint=endpoint, munge_socket=munge_socket, duration_s=duration_s, timeout_s=timeout_s,
                   call_timeout_s=call_timeout_s)
     if isinstance(function, str):

@@ -19,13 +19,12 @@ before it lets the memory go, and every later access raises ``RemoteMemoryRevoke
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Optional, Union
 
 from faas_runtime import protocol as P
 from faas_runtime.client import LeaseUnavailable, request_lease
 from faas_runtime.fabric import FabricConfig, MemoryRegion
-from faas_runtime.queue_client import Client
+from faas_runtime.queue_client import Client, user_address
 from faas_runtime.remote_memory import RemoteMemory, RemoteMemoryLost, RemoteMemoryRevoked, parse_size
 
 __all__ = ["RemoteMemoryLease", "RemoteMemoryLost", "RemoteMemoryRevoked", "remote_memory"]
@@ -104,8 +103,7 @@ def remote_memory(size: Union[int, str], *, endpoint: Optional[str] = None, mung
     configuration (default FAAS_FABRIC / FAAS_FABRIC_DOMAIN); remote memory needs RMA.
     Raises ``LeaseUnavailable`` when no lend has the memory free now."""
     size_bytes = parse_size(size) if isinstance(size, str) else int(size)
-    endpoint = endpoint or os.environ.get("FAAS_COSCHEDULER", "tcp://127.0.0.1:7800")
-    munge_socket = munge_socket or os.environ.get("FAAS_MUNGE_SOCKET")
+    endpoint, munge_socket = user_address(endpoint, munge_socket)
     fabric = FabricConfig.from_env() if fabric is None else fabric
     if not fabric.enabled:
         raise ValueError(f"remote memory needs libfabric RMA, and FAAS_FABRIC is {fabric.provider!r}")

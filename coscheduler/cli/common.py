@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from faas_runtime.queue_client import Client, RequestError, Unavailable
+from faas_runtime.queue_client import DEFAULT_ENDPOINT, Client, RequestError, Unavailable
 from faas_runtime.auth import AuthError
 
 
@@ -15,7 +15,7 @@ def coscheduler_options(f: Callable) -> Callable:
     """--coscheduler and --munge-socket, from the environment that `dev-cluster env` prints."""
     f = click.option("--munge-socket", envvar="FAAS_MUNGE_SOCKET", default=None,
                      help="munged socket (default: munge's own)  [env: FAAS_MUNGE_SOCKET]")(f)
-    f = click.option("--coscheduler", "endpoint", envvar="FAAS_COSCHEDULER", default="tcp://127.0.0.1:7800",
+    f = click.option("--coscheduler", "endpoint", envvar="FAAS_COSCHEDULER", default=DEFAULT_ENDPOINT,
                      show_default=True, help="co-scheduler address; several, comma-separated: the active one of "
                      "them (high availability)  [env: FAAS_COSCHEDULER]")(f)
     return f
