@@ -20,6 +20,8 @@ from typing import Optional
 import colocation_hpcc as hpcc
 import colocation_memory
 
+from coscheduler.tools.devcluster_procs import poll_until
+
 FUNCTIONS_DIR = Path(__file__).resolve().parent / "colocation_fns"
 GO_FILE = "start-hpcc"
 JOB_SCRIPT = """#!/bin/bash
@@ -136,14 +138,10 @@ def job_state(target: Target, job_id: int) -> str:
 
 
 def _wait(what: str, check, timeout_s: float, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ColocationError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
+    value = poll_until(check, timeout_s, interval_s)
+    if not value:
+        raise ColocationError(f"timed out after {timeout_s:g} s waiting for {what}")
+    return value
 
 
 def _first_succeeded(target: Target, invoker: "Invoker") -> bool:

@@ -1,4 +1,5 @@
-"""Process and port helpers of the dev cluster (coscheduler.tools.devcluster)."""
+"""Process, port and waiting helpers of the dev cluster (coscheduler.tools.devcluster); the
+tests and benchmarks that drive a cluster wait with ``poll_until`` too."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,9 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional, TypeVar
+
+T = TypeVar("T")
 
 
 class ClusterError(Exception):
@@ -19,13 +22,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float, log_hint) -> None:
+def poll_until(check: Callable[[], T], timeout_s: float, interval_s: float = 0.1) -> Optional[T]:
+    """``check()`` every ``interval_s`` until it returns something true, which is returned;
+    None once ``timeout_s`` passed (on a monotonic clock). The caller raises its own error."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise ClusterError(f"{what} not ready after {timeout_s:g} s; see {log_hint}")
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(interval_s)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float, log_hint) -> None:
+    if not poll_until(check, timeout_s):
+        raise ClusterError(f"{what} not ready after {timeout_s:g} s; see {log_hint}")
 
 
 def terminate(pid: int, timeout_s: float) -> None:

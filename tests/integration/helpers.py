@@ -2,23 +2,20 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from coscheduler.tools.devcluster_procs import poll_until
 
 T = TypeVar("T")
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 
 
 def wait_until(what: str, check: Callable[[], T], timeout_s: float = 20.0, interval_s: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
+    value = poll_until(check, timeout_s, interval_s)
+    if not value:
+        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    return value
 
 
 def run(cluster, *argv: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from coscheduler import db as D
 from coscheduler.config import Config
 from coscheduler.daemon import Coscheduler
 from coscheduler.slurm import JobInfo
+from coscheduler.tools.devcluster_procs import poll_until
 from faas_runtime import protocol as P
 from faas_runtime import queue_client as client_mod
 
@@ -180,11 +181,8 @@ class Harness:
 
 
 def wait_for(check, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.02)
+    if not poll_until(check, timeout_s, 0.02):
+        raise AssertionError("timed out")
 
 
 @pytest.fixture
