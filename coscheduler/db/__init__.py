@@ -29,7 +29,6 @@ from .queries import (
     function_named,
     functions_by_id,
     on_slot,
-    on_slot_by_user,
     payloads,
     queued,
     slot_usage,
@@ -62,7 +61,7 @@ __all__ = [
     "StaleState", "StateTransition", "UTCDateTime",
     "active_slots", "add_invocation", "add_invocations", "after_eviction", "alembic_config", "cancel",
     "claim_queued", "claim_queued_rows", "count_by_state", "dumps", "evict", "eviction_changes", "func",
-    "function_named", "functions_by_id", "make_private", "on_slot", "on_slot_by_user", "payloads", "queued",
+    "function_named", "functions_by_id", "make_private", "on_slot", "payloads", "queued",
     "release_from_slot", "report_rows", "repoint", "select", "slot_usage", "states_of", "transition", "transition_many",
     "user_counts", "utcnow",
 ]

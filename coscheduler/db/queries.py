@@ -54,16 +54,6 @@ def user_counts(s: Session, uid: int) -> dict[str, int]:
     return {st: n for st, n in s.execute(q)}
 
 
-def on_slot_by_user(s: Session) -> dict[int, int]:
-    """Owner uid -> how many of their invocations are on slots (every scheduling pass)."""
-    if is_postgresql(s):  # planned each time (bulk.unprepared): a plan kept from a small table scanned it all
-        return dict(unprepared(s, "SELECT owner_uid, count(*) FROM invocations WHERE state = ANY(%s) "
-                                  "GROUP BY owner_uid", [st.value for st in ON_SLOT]))
-    q = (select(Invocation.owner_uid, func.count()).where(Invocation.state.in_([st.value for st in ON_SLOT]))
-         .group_by(Invocation.owner_uid))
-    return {uid: n for uid, n in s.execute(q)}
-
-
 def function_named(s: Session, uid: int, name: str) -> Optional[Function]:
     return s.scalar(select(Function).where(Function.owner_uid == uid, Function.name == name,
                                            Function.deleted_at.is_(None)))
