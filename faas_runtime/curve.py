@@ -25,7 +25,6 @@ from typing import Optional
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 ENV = "FAAS_CURVE_DIR"
 SERVER = "coscheduler"
@@ -72,15 +71,18 @@ def directory(explicit: Optional[str] = None) -> Optional[Path]:
     return Path(value) if value else None
 
 
-class _Auth(ThreadAuthenticator):
-    def __init__(self, ctx: zmq.Context, agents: dict[bytes, str]):
-        super().__init__(ctx)
-        self.agents = agents
+def _authenticator(ctx: zmq.Context, agents: dict[bytes, str]):
+    """ZAP handler naming each peer by its key. zmq.auth.thread imports asyncio and ssl
+    (40 ms): only the co-scheduler needs it, not every CLI and agent start."""
+    from zmq.auth.thread import ThreadAuthenticator
 
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        name = self.agents.get(zmq.utils.z85.encode(client_public_key) if len(client_public_key) == 32
-                               else client_public_key)
-        return f"agent:{name}" if name else "client"
+    class Auth(ThreadAuthenticator):
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            name = agents.get(zmq.utils.z85.encode(client_public_key) if len(client_public_key) == 32
+                              else client_public_key)
+            return f"agent:{name}" if name else "client"
+
+    return Auth(ctx)
 
 
 class CurveServer:
@@ -91,7 +93,7 @@ class CurveServer:
         agents: dict[bytes, str] = {}
         for cert in sorted((keys / "agents").glob("*.key")):
             agents[_load(cert, secret=False)[0]] = cert.stem
-        self.auth = _Auth(ctx, agents)
+        self.auth = _authenticator(ctx, agents)
         self.auth.start()
         # Any client key may connect (users are identified by munge, per request); the key
         # only decides the name (curve_user_id), which the daemon checks for agent messages.

@@ -24,7 +24,6 @@ import time
 from typing import Callable, Iterable, Optional, Union
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as P
 
@@ -101,6 +100,10 @@ class Link:
 
     def check(self) -> bool:
         """Whether the current address should be left: drains the monitor's events."""
+        # imported here: zmq.utils.monitor loads zmq.asyncio (asyncio, ssl: 40 ms of every
+        # CLI start), and only a link with several addresses has a monitor
+        from zmq.utils.monitor import recv_monitor_message
+
         while self.monitor is not None:
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)

@@ -245,10 +245,13 @@ class Client:
 
     def wait_many(self, ids: list[int], timeout_s: Optional[float] = None, poll_s: float = 0.2,
                   window: int = 1000, progress: Optional[Callable[[int], None]] = None,
-                  subscribed: bool = False) -> dict[int, dict]:
+                  subscribed: bool = False, read_succeeded: bool = True) -> dict[int, dict]:
         """Wait until every invocation ends; return {id: its row from ``list``}.
         ``subscribed``: they were submitted with ``invoke_batch(subscribe=True)`` on this
         client, so the first SUBSCRIBE (a request, and a read of every id) is not needed.
+        ``read_succeeded=False``: a caller that needs only the states (the CLI's batch
+        summary) gets ``{"invocation_id", "state"}`` for those pushed as SUCCEEDED, not
+        read back; the rest are read, with their errors.
 
         The co-scheduler pushes ENDED as they end (SUBSCRIBE), and the rows of those that
         ended are read by id, at most every ``poll_s`` or a ``window`` at a time: a wait for
@@ -261,17 +264,36 @@ class Client:
         todo = dict.fromkeys(ids)  # not seen ending yet, in order
         ended: dict[int, None] = {}  # told they ended, rows not read yet
         resubscribe_at, read_at = (time.monotonic() + RESUBSCRIBE_S if subscribed else 0.0), time.monotonic() + poll_s
+
+        def heard(pairs: list) -> None:
+            """[id, state] of ended invocations: known SUCCEEDED ones are done unread when
+            the caller allows it; the rest wait for a read."""
+            known = 0
+            for inv_id, state in pairs:
+                if inv_id not in todo or inv_id in ended:
+                    continue
+                if not read_succeeded and state == State.SUCCEEDED.value:
+                    del todo[inv_id]
+                    done[inv_id] = {"invocation_id": inv_id, "state": state}
+                    known += 1
+                else:
+                    ended[inv_id] = None
+            if known and progress is not None:
+                progress(known)
+
         while todo:
             if time.monotonic() >= resubscribe_at:
                 unread = [i for i in todo if i not in ended]
                 for start in range(0, len(unread), MAX_SUBSCRIBE_IDS):
-                    reply = self.subscribe(unread[start:start + MAX_SUBSCRIBE_IDS])
-                    ended.update((e[0], None) for e in reply["ended"])
+                    heard(self.subscribe(unread[start:start + MAX_SUBSCRIBE_IDS])["ended"])
                 resubscribe_at = time.monotonic() + RESUBSCRIBE_S
             until = min(read_at, resubscribe_at) if ended else resubscribe_at
             if deadline is not None:
                 until = min(until, deadline)
-            ended.update((e[0], None) for e in self.take_pushed(max(0.0, until - time.monotonic())) if e[0] in todo)
+            pushed = self.take_pushed(max(0.0, until - time.monotonic()))
+            heard(pushed)
+            if pushed:
+                resubscribe_at = time.monotonic() + RESUBSCRIBE_S  # the pushes are coming
             if ended and (len(ended) >= min(window, len(todo)) or time.monotonic() >= read_at):
                 part = list(itertools.islice(ended, window))
                 got = 0

@@ -60,3 +60,16 @@ def test_wait_many_of_a_batch_subscribed_as_queued_sends_no_subscribe(client):
     rows = client.wait_many(ids, timeout_s=60, subscribed=True)
     assert set(rows) == set(ids) and {r["state"] for r in rows.values()} == {"SUCCEEDED"}
     assert P.SUBSCRIBE not in sent  # the pushes come from the INVOKE_BATCH's subscription
+
+
+def test_wait_many_for_states_reads_back_only_what_did_not_succeed(client):
+    ids = client.invoke_batch("echo", [json.dumps(i) for i in range(80)], subscribe=True)
+    assert client.cancel(ids[5]) == "CANCELLED"  # still queued: no agent yet
+    client.harness.agent()
+    asked = _count_listed(client)
+    steps: list[int] = []
+    rows = client.wait_many(ids, timeout_s=60, subscribed=True, progress=steps.append, read_succeeded=False)
+    assert asked == [ids[5]]  # the SUCCEEDED ones are known from their pushes
+    assert rows[ids[5]]["state"] == "CANCELLED" and rows[ids[5]]["function"] == "echo"
+    assert all(rows[i] == {"invocation_id": i, "state": "SUCCEEDED"} for i in ids if i != ids[5])
+    assert sum(steps) == len(ids)

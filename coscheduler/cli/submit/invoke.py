@@ -107,7 +107,8 @@ def _invoke_batch(ctx, name, path, priority, wait, wait_timeout, output) -> None
     if not wait:
         emit(output, {"invocation_ids": ids}, "\n".join(map(str, ids)))
         return
-    done = wait_all(client, ids, wait_timeout, subscribed=subscribe)
+    # The text summary needs only states (and the failures' errors): SUCCEEDED ones are not read back.
+    done = wait_all(client, ids, wait_timeout, subscribed=subscribe, read_succeeded=output == "json")
     rows = client.results(ids) if output == "json" else [done[i] for i in ids]
     states: dict[str, int] = {}
     for row in rows:

@@ -7,7 +7,6 @@ from typing import Callable, Optional
 import click
 
 from faas_runtime.containers import RUNTIME_NAMES
-from spank_plugin.core import SpecError, parse_size_mb
 
 from ..common import emit, friendly_errors, make_client, output_option
 
@@ -20,6 +19,8 @@ class SizeMB(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
+        from spank_plugin.core import SpecError, parse_size_mb  # loads the C core: only when --mem is given
+
         try:
             return parse_size_mb(value)
         except SpecError as exc:

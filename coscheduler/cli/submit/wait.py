@@ -21,11 +21,13 @@ def wait_one(client: Client, invocation_id: int, timeout_s: Optional[float]) -> 
     return client.wait(invocation_id, timeout_s, on_change=said)
 
 
-def wait_all(client: Client, ids: list[int], timeout_s: Optional[float], subscribed: bool = False) -> dict[int, dict]:
-    """Wait for many, with a progress bar of how many ended (stderr); ``subscribed``: see
-    ``Client.wait_many``."""
+def wait_all(client: Client, ids: list[int], timeout_s: Optional[float], subscribed: bool = False,
+             read_succeeded: bool = True) -> dict[int, dict]:
+    """Wait for many, with a progress bar of how many ended (stderr); ``subscribed`` and
+    ``read_succeeded``: see ``Client.wait_many``."""
     with click.progressbar(length=len(ids), label=f"waiting for {len(ids)} invocations", file=sys.stderr) as bar:
-        return client.wait_many(ids, timeout_s, progress=bar.update, subscribed=subscribed)
+        return client.wait_many(ids, timeout_s, progress=bar.update, subscribed=subscribed,
+                                read_succeeded=read_succeeded)
 
 
 @click.command("wait")
