@@ -10,7 +10,8 @@ Parts, all in one run:
              transport alone allows on this machine), and the database alone: N
              invocations queued in batches and taken through the three transitions with
              the co-scheduler's own bulk data functions (claim_queued_rows,
-             transition_many), one transaction per step as the daemon does.
+             transition_many), one transaction per step as the daemon does; on SQLite
+             also without the state guard trigger (what it costs; never so in the product).
   queue      a second co-scheduler (SQLite file or a private PostgreSQL, run with
              synchronous_commit=off as a throughput-tuned site would) with munge from
              the dev cluster; four agents that answer RUN at once (no process is spawned:
@@ -117,9 +118,15 @@ def baseline_zmq(n: int) -> float:
     return n / elapsed
 
 
-def baseline_db(url: str, n: int) -> float:
+def baseline_db(url: str, n: int, guard: bool = True) -> float:
+    """Invocations/s of the data functions alone. ``guard=False`` (SQLite): without the
+    trigger that refuses illegal state changes, to show what it costs (any trigger makes
+    SQLite update in two passes); the product always has it (docs/architecture.md)."""
     db = D.Database(url)
     db.create_schema()
+    if not guard:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER invocation_state_guard")
     with db.session() as s:
         fn = D.Function(name="bench-db", owner_uid=1, owner_gid=1, entrypoint="m:f", code_dir="/", cores=1,
                         mem_mb=1, timeout_s=60, max_attempts=1)
@@ -411,8 +418,12 @@ def main() -> None:
                 print(f"postgresql: skipped ({exc})")
         for name, url in urls.items():
             base_url = url if name == "postgresql" else f"sqlite:///{work / 'baseline.db'}"
+            guarded = baseline_db(base_url, min(args.n, 10_000))
             print(f"baseline {name} data functions alone (queue + 3 transitions, batches of 1000): "
-                  f"{baseline_db(base_url, min(args.n, 10_000)):,.0f} invocations/s")
+                  f"{guarded:,.0f} invocations/s")
+            if name == "sqlite":
+                bare = baseline_db(f"sqlite:///{work / 'baseline-unguarded.db'}", min(args.n, 10_000), guard=False)
+                print(f"  the same without the state guard trigger: {bare:,.0f}/s ({bare / guarded:.2f}x)")
             if name == "postgresql":
                 with D.Database(url).engine.begin() as conn:
                     conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
