@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from faas_runtime.states import ON_SLOT, State
 
-from .bulk import chunks, id_filters, is_postgresql, unprepared
+from .bulk import chunks, id_filters, is_postgresql, unprepared_by_ids
 from .models import Function, Invocation, Slot
 
 
@@ -83,8 +83,7 @@ def payloads(s: Session, ids: Iterable[int]) -> dict[int, Union[str, bytes]]:
     """Invocation id -> its payload: JSON text, or bytes (a binary one)."""
     out: dict[int, Union[str, bytes]] = {}
     if is_postgresql(s):  # planned for these ids (bulk.unprepared)
-        ids = list(ids)
-        rows = unprepared(s, "SELECT id, payload, payload_bin FROM invocations WHERE id = ANY(%s)", ids) if ids else []
+        rows = unprepared_by_ids(s, "SELECT id, payload, payload_bin FROM invocations WHERE id = ANY(%s)", ids)
         return {inv_id: text if binary is None else binary for inv_id, text, binary in rows}
     for where in id_filters(s, Invocation.id, ids):
         q = select(Invocation.id, Invocation.payload, Invocation.payload_bin).where(where)
@@ -96,8 +95,7 @@ def states_of(s: Session, ids: Iterable[int]) -> dict[int, tuple[str, int]]:
     """Invocation id -> (state, owner uid), for those of ``ids`` that exist."""
     out: dict[int, tuple[str, int]] = {}
     if is_postgresql(s):  # planned for these ids (bulk.unprepared)
-        ids = list(ids)
-        rows = unprepared(s, "SELECT id, state, owner_uid FROM invocations WHERE id = ANY(%s)", ids) if ids else []
+        rows = unprepared_by_ids(s, "SELECT id, state, owner_uid FROM invocations WHERE id = ANY(%s)", ids)
         return {inv_id: (state, owner) for inv_id, state, owner in rows}
     for where in id_filters(s, Invocation.id, ids):
         q = select(Invocation.id, Invocation.state, Invocation.owner_uid).where(where)

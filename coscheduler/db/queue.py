@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 from faas_runtime.states import ALLOWED, ON_SLOT, IllegalTransition, State, check_transition
 
 from .bulk import (RowWrite, add_events, id_filters, is_postgresql, submit_sqlite, unnest_submit, unprepared,
-                   write_rows, write_rows_postgresql)
+                   unprepared_by_ids, write_rows, write_rows_postgresql)
 from .models import Function, Invocation, InvocationEvent, utcnow
 
 
@@ -106,13 +106,8 @@ def claim_queued_rows(s: Session, limit: int, per_user: int) -> list:
     if dialect.name != "postgresql":
         return list(s.execute(_claim(dialect.name, True), _claim_params(limit, per_user)))
     compiled = _claim_compiled(dialect)
-    params = compiled.construct_params(_claim_params(limit, per_user))
-    cur = s.connection().connection.dbapi_connection.cursor()
-    try:
-        cur.execute(compiled.string, params, prepare=False)
-        return [ClaimedRow(*r) for r in cur.fetchall()]
-    finally:
-        cur.close()
+    return [ClaimedRow(*r) for r in unprepared(s, compiled.string,
+                                               compiled.construct_params(_claim_params(limit, per_user)))]
 
 
 class ClaimedRow(NamedTuple):
@@ -351,8 +346,7 @@ def report_rows(s: Session, ids: Iterable[int]) -> dict[int, ReportRow]:
     PostgreSQL (a lock is a tuple write and WAL), for each report about it."""
     out: dict[int, ReportRow] = {}
     if is_postgresql(s):
-        ids = list(ids)
-        for r in unprepared(s, _REPORT_ROWS_POSTGRESQL, ids) if ids else ():
+        for r in unprepared_by_ids(s, _REPORT_ROWS_POSTGRESQL, ids):
             out[r[0]] = ReportRow(r[0], State(r[1]), *r[2:])
         return out
     for where in id_filters(s, Invocation.id, ids):
