@@ -39,6 +39,7 @@ from faas_runtime.states import ON_SLOT
 from . import db as D
 from .db.bulk import chunks
 from .hub import Hub, fn_key
+from .lends import slot_parts
 from .scheduler import NO_LANE, Lane, PendingInvocation, SlotView
 
 RESYNC_S = 60.0  # every node's slots and work are read again at least this often
@@ -77,10 +78,6 @@ class _Lent:
         return lanes
 
 
-def _node_of(slot_id: str) -> str:
-    return slot_id.split("@", 1)[1]  # "<job id>@<node>" (agents._slot_id)
-
-
 _WORK = (select(D.Invocation.node, D.Invocation.slot_id, D.Invocation.slurm_cpus, D.Invocation.mem_mb,
                 D.Invocation.function_id, D.Function.timeout_s, D.Invocation.owner_uid)
          .join(D.Function, D.Function.id == D.Invocation.function_id)
@@ -115,7 +112,7 @@ class Capacity:
             self.loaded = True
             return
         work_nodes, hub.nodes_changed = hub.nodes_changed, set()
-        slot_nodes = {_node_of(slot_id) for slot_id in hub.slots_changed}
+        slot_nodes = {slot_parts(slot_id)[1] for slot_id in hub.slots_changed}
         hub.slots_changed = set()
         slot_nodes.update(self._resync_due())
         if slot_nodes:

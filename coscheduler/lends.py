@@ -107,7 +107,7 @@ class Lends:
             state="REVOKED", revoked_at=at, revoke_reason=reason[:255])).rowcount
         if not done:
             return  # unknown, or revoked already
-        job_id, node = slot_id.split("@", 1)  # slot_id_of
+        job_id, node = slot_parts(slot_id)
         self.hub.slot_changed(slot_id)
         # By node (index on node, state): by slot, SQLite walked every invocation on a slot.
         ids = s.scalars(select(D.Invocation.id).where(
@@ -126,10 +126,16 @@ class Lends:
         self.hub.mark_dirty()
         # The agent may not know yet (the revoke came from Slurm, not from its spool): it
         # stops what still runs there. Harmless when the agent sent the revoke itself.
-        self.hub.send_agent(node, P.REVOKE, job_id=int(job_id), node=node, reason=reason)
+        self.hub.send_agent(node, P.REVOKE, job_id=job_id, node=node, reason=reason)
         log.info("slot %s revoked: %s (%d invocations requeued or failed)", slot_id, reason, len(ids))
 
 
 def slot_id_of(job_id: Any, node: str) -> str:
     """A lend's slot id: ``<job id>@<node>``."""
     return f"{F.whole(job_id, 'job_id', 1, 2**32)}@{node}"
+
+
+def slot_parts(slot_id: str) -> tuple[int, str]:
+    """(job id, node) of a slot id (``slot_id_of``)."""
+    job_id, node = slot_id.split("@", 1)
+    return int(job_id), node

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from . import db as D
 from .db.bulk import chunks
 from .hub import Hub
+from .lends import slot_parts
 from .slurm import JobInfo, SlurmAccess, SlurmError
 
 log = logging.getLogger("faas.coscheduler")
@@ -59,7 +60,7 @@ class Reconciler:
             # Only the new lends' jobs: at scale lends come every second, and reading every
             # active slot for each was a cost of the loop (the full round is every reconcile_s).
             self._asked, self.hub.lends_to_check = self.hub.lends_to_check, set()
-            job_ids = {int(slot_id.split("@", 1)[0]) for slot_id in self._asked}
+            job_ids = {slot_parts(slot_id)[0] for slot_id in self._asked}
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="slurm")
         self._answer = self._worker.submit(self._ask, job_ids)
