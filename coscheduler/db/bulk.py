@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from .models import Invocation, InvocationEvent, UTCDateTime
+from .models import Invocation, InvocationEvent, UTCDateTime, as_utc
 
 
 def is_postgresql(s: Session) -> bool:
@@ -116,9 +116,7 @@ def sqlite_time(value: Optional[dt.datetime]) -> Optional[str]:
     zone; the DATETIME storage format, which compares as text in time order)."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column; use coscheduler.db.utcnow()")
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return as_utc(value).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 @lru_cache(maxsize=64)

@@ -36,6 +36,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """An aware datetime in UTC; a naive one is refused (its zone is unknown)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column; use coscheduler.db.utcnow()")
+    return value.astimezone(dt.timezone.utc)
+
+
 class UTCDateTime(TypeDecorator):
     """Timezone-aware UTC timestamps on every backend.
 
@@ -49,9 +56,7 @@ class UTCDateTime(TypeDecorator):
     def process_bind_param(self, value: Optional[dt.datetime], dialect) -> Optional[dt.datetime]:
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column; use coscheduler.db.utcnow()")
-        value = value.astimezone(dt.timezone.utc)
+        value = as_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Optional[dt.datetime], dialect) -> Optional[dt.datetime]:
