@@ -18,6 +18,7 @@ from faas_runtime import auth, pyapi
 from faas_runtime import protocol as P
 from faas_runtime.executor_values import call_payload, value_out
 from slurm_faas.functions import Resources, function_spec, mem_mb, shipping
+from tests.integration.rma_parts_fns import Blob  # pickles its buffer out of band, as numpy does
 from tests.unit.daemon_harness import FakeAgent, harness_factory  # noqa: F401  (fixture)
 
 
@@ -67,16 +68,6 @@ def test_arguments_and_values_without_an_importable_home_go_by_value():
     assert pyapi.decode_result(pyapi.call(pyapi.encode_call(square, (6,), {}, by_value=False))) == 36
     value = pyapi.decode_result(pyapi.call(pyapi.encode_call(make, (Local, 5), {}, by_value=True)))
     assert type(value).__name__ == "Local" and value.v == 5  # the value came back by value
-
-
-class Blob:
-    """Pickles its buffer out of band, as a numpy array does (protocol 5)."""
-
-    def __init__(self, data):
-        self.data = data
-
-    def __reduce_ex__(self, protocol):
-        return Blob, (pickle.PickleBuffer(self.data),)
 
 
 def echo(value):
