@@ -8,7 +8,6 @@ import concurrent.futures as cf
 import json
 import math
 import os
-import pickle
 import sys
 
 import pytest
