@@ -133,7 +133,7 @@ class Executor(RmaServing):
         self.hot.bind(f"tcp://{hot_host}:0")
         self.control = P.configure(self.ctx.socket(zmq.DEALER))
         self.control.connect(control)
-        self._reply(self.control, None, P.OK, rid="ready", endpoint=self.hot.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._reply(self.control, None, P.OK, rid=P.READY_RID, endpoint=self.hot.getsockopt_string(zmq.LAST_ENDPOINT))
 
     def on_sigterm(self, _signum, _frame) -> None:
         self.stopping = True

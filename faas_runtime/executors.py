@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("faas.agent")
 
 CONTROL_SOCKET = "control.sock"
-READY_RID = "ready"  # the executor's first message on its control socket (with its hot endpoint)
 EXECUTOR_READY_TIMEOUT_S = 30.0
 # After a result, an executor's cgroup is read for processes the function left behind (a fresh
 # executor then): at most this often while calls run back to back, and always when it goes idle.
@@ -348,7 +347,7 @@ class ExecutorPool:
             except P.ProtocolError as exc:
                 log.warning("executor %s sent a bad message: %s", ex.name, exc)
                 continue
-            if msg["type"] == P.OK and msg.get("rid") == READY_RID and not ex.ready:
+            if msg["type"] == P.OK and msg.get("rid") == P.READY_RID and not ex.ready:
                 endpoint = msg.get("endpoint")
                 ex.hot_endpoint = endpoint if isinstance(endpoint, str) and len(endpoint) < 256 else None
                 ex.ready = True

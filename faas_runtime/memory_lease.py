@@ -55,7 +55,7 @@ class MemoryLeaseProcess:
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.control = P.configure(self.ctx.socket(zmq.DEALER))
         self.control.connect(control)
-        self.control.send(P.encode(P.OK, rid="ready", endpoint=self.endpoint))
+        self.control.send(P.encode(P.OK, rid=P.READY_RID, endpoint=self.endpoint))
 
     def on_sigterm(self, _signum, _frame) -> None:
         self.stopping = True

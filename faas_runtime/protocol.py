@@ -139,6 +139,9 @@ VALUE_BIN = "value"
 # (JSON text never does), bytes for the function; its result likewise (bytes the function
 # returned after the same byte, else JSON text).
 RMA_BINARY = b"\x00"
+# An executor's (or a memory server's) first message on its control socket: OK with this
+# rid and its hot ``endpoint``.
+READY_RID = "ready"
 # SUBSCRIBE (ids) -> subscribed, ended: the co-scheduler pushes ENDED (ended: [[id, state]])
 # on this connection when any of them ends; INVOKE_BATCH ``subscribe`` = true subscribes the
 # new ids. A client that reconnects collects by id (RESULTS).
