@@ -195,6 +195,7 @@ struct ff_slot {
 /* The ring header (faas_runtime.rma.HEADER): 32 bytes, little endian. */
 #define FF_RING_HSIZE 32
 #define FF_RING_BULK 1
+#define FF_RING_GATHER 8 /* the body is a segment table (faas_runtime/rma/gather.py): Python's */
 #define FF_EV_NATIVE 4 /* the native function did not succeed on a fast-path request:
                           err = its return code (or -1: *out_len > out_cap), tag = its *out_len,
                           data = the request's immediate data; the reply is not yet sent */

@@ -91,7 +91,7 @@ int ff_serve_native(ff_ep *e, ff_native *nf, ff_mr *ring, ff_mr *out, uint64_t s
         const char *req = ring->buf + slot * slot_size;
         uint64_t length = get_le64(req);
         uint32_t flags = get_le32(req + 24), seq = get_le32(req + 28);
-        if ((flags & FF_RING_BULK) || length > slot_size - FF_RING_HSIZE)
+        if ((flags & (FF_RING_BULK | FF_RING_GATHER)) || length > slot_size - FF_RING_HSIZE)
             return 0;
         uint64_t cap = (s->rsize < slot_size ? s->rsize : slot_size) - FF_RING_HSIZE;
         char *rep = out->buf + slot * slot_size;

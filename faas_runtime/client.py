@@ -174,12 +174,17 @@ class HotLease:
 
     def call_parts(self, parts: list, timeout_s: Optional[float] = None) -> Any:
         """``call_bytes`` of the parts' concatenation (``pyapi.encode_call_parts``): over RMA
-        they are copied once, into registered memory, and a large result comes back as a
-        memoryview valid until this lease's next call (decode it before then)."""
+        large parts are read where they lie (``faas_runtime.rma.gather``), and a large
+        result comes back as a memoryview valid until this lease's next call, or as the
+        list of its segments (``pyapi.decode_result`` takes both; decode before the next
+        call)."""
         if self._rma is not None:
             body = P.RMA_BINARY + parts[0] if len(parts) == 1 else [P.RMA_BINARY, *parts]  # small: one C call
             out = self._rma_call(body, timeout_s, view=True)
-            return out[1:] if out[:1] == P.RMA_BINARY else json.loads(bytes(out))
+            first = out[0] if type(out) is list else out
+            if first[:1] != P.RMA_BINARY:
+                return json.loads(b"".join(out) if type(out) is list else bytes(out))
+            return [first[1:], *out[1:]] if type(out) is list else out[1:]
         return _value(self._wait_reply(self._send(None, b"".join(parts)), timeout_s))
 
     def call_json(self, payload_json: str, timeout_s: Optional[float] = None) -> str:

@@ -56,7 +56,7 @@ class RmaServing:
 
                     handler = NativeHandler(self.native, error_text=_native_error_doc, check_json=True)
                 r = RmaExecutor(handler, f"tcp://{self.hot_host}:0", config, ctx=zmq.Context(),
-                                authorize=self._rma_authorize)
+                                authorize=self._rma_authorize, segments=handler == self._rma_handler)
             except Exception as exc:  # FabricUnavailable, FabricError, ImportError: ZeroMQ alone
                 self.rma_failed[provider] = f"{type(exc).__name__}: {exc}"
                 log.warning("RMA with provider %s is off in this executor, hot calls use ZeroMQ: %s", provider, exc)
@@ -79,17 +79,24 @@ class RmaServing:
         function gets the bytes after it; bytes it returns go back after the same byte); a
         raising function fails the call with a JSON error document (error, traceback) as
         its text. The Python API's trampoline (``pyapi.call``) is called on the slot itself
-        and its result returned in parts (``RmaExecutor`` copies them into place)."""
+        (or on the segments of a gathered request, whose large ones its arguments keep)
+        and its result returned in parts (``RmaExecutor`` sends them gathered or copies
+        them into place)."""
         HandlerError = self._rma_handler_error  # imported by _rma_open (an import here costs ~5 us a call)
         cpus = self._rma_cpus
         if cpus and cpus is not getattr(threading.current_thread(), "faas_cpus", None):  # the same list: once
             os.sched_setaffinity(0, cpus)  # this thread's affinity
             threading.current_thread().faas_cpus = cpus
-        binary = len(payload) > 0 and payload[0] == 0  # P.RMA_BINARY (an index, not a slice compare)
+        segments = type(payload) is list  # a gathered request: its first segment has the head
+        first = payload[0] if segments else payload
+        binary = len(first) > 0 and first[0] == 0  # P.RMA_BINARY (an index, not a slice compare)
+        if segments and not (binary and self.fn is pyapi.call):
+            payload = first = memoryview(b"".join(payload))  # the other functions take one buffer
+            segments = False
         with self.fn_lock:
             try:
                 if binary and self.fn is pyapi.call:  # the Python API's trampoline reads the slot in place
-                    value = pyapi.call_parts(payload[1:])  # and gives its result in parts: no copies here
+                    value = pyapi.call_parts([first[1:], *payload[1:]] if segments else payload[1:])
                     if type(value) is list:
                         return P.RMA_BINARY + value[0] if len(value) == 1 else [P.RMA_BINARY, *value]
                     value_json = value_to_json(value)

@@ -149,29 +149,67 @@ def _pack_parts(flags: int, dumps: Callable, obj: Any) -> list:
     return [b"".join([_header(flags | OUT_OF_BAND), sizes, stream]), *raws]
 
 
-def _unpack(flags: int, body: memoryview, owned: bool = False) -> Any:
-    """The object ``_pack_parts`` wrote. Out-of-band buffers are copied once into writable
-    memory (a numpy array comes back writable, as an in-band one does), unless ``owned``:
-    ``body`` is then writable memory nobody else uses (a fresh receive buffer), and the
-    buffers are slices of it, with no copy."""
+def _unpack(flags: int, body: Any, owned: bool = False) -> Any:
+    """The object ``_pack_parts`` wrote, from ``body`` (memory) or from its segments (a
+    list: a transport's gathered receive, ``faas_runtime.rma.gather``). Out-of-band
+    buffers are copied once into writable memory (a numpy array comes back writable, as an
+    in-band one does), except memory given to keep: ``owned`` (``body`` is writable memory
+    nobody else uses, a fresh receive buffer), or, in a list, a writable segment that is
+    exactly the buffer (fresh memory the transport read it into); those are taken as they
+    are, with no copy."""
+    segments = body if type(body) is list else [body]
     if not flags & OUT_OF_BAND:
-        return pickle.loads(body)
+        return pickle.loads(body if type(body) is not list else b"".join(segments))
+    reader = _Segments(segments, owned or type(body) is list)
     try:
-        (count,) = _OOB_COUNT.unpack_from(body)
-        if count > len(body) // 8:
+        (count,) = _OOB_COUNT.unpack(reader.take(_OOB_COUNT.size)[0])
+        if count > reader.left // 8:
             raise struct.error("more buffers than bytes")
-        sizes = struct.unpack_from(f"!{count + 1}Q", body, _OOB_COUNT.size)
+        sizes = struct.unpack(f"!{count + 1}Q", reader.take(8 * (count + 1))[0])
     except struct.error:
         raise BadCall("a truncated slurm_faas call or result (its buffer sizes)") from None
-    at = _OOB_COUNT.size + 8 * (count + 1)
-    if at + sum(sizes) != len(body):
-        raise BadCall(f"a slurm_faas call or result of {len(body)} bytes whose parts say {at + sum(sizes)}")
-    stream, at = body[at:at + sizes[0]], at + sizes[0]
+    if sum(sizes) != reader.left:
+        raise BadCall(f"a slurm_faas call or result whose parts say {sum(sizes)} bytes after its sizes, "
+                      f"not {reader.left}")
+    stream = reader.take(sizes[0])[0]
     buffers = []
     for size in sizes[1:]:
-        buffers.append(body[at:at + size] if owned else bytearray(body[at:at + size]))
-        at += size
+        view, keep = reader.take(size)
+        buffers.append(view if keep else bytearray(view))
     return pickle.loads(stream, buffers=buffers)
+
+
+class _Segments:
+    """Reads bytes in order across segments: ``take(n)`` is a view when the n bytes lie in
+    one segment (a copy that joins them otherwise), and whether it may be kept."""
+
+    def __init__(self, segments: list, owned: bool):
+        self._segments = [memoryview(s).cast("B") for s in segments]
+        self._owned = owned
+        self._i = self._at = 0
+        self.left = sum(s.nbytes for s in self._segments)
+
+    def take(self, n: int) -> tuple[Any, bool]:
+        if n > self.left:
+            raise struct.error("past the end")
+        self.left -= n
+        while self._i < len(self._segments) and self._at == self._segments[self._i].nbytes:
+            self._i, self._at = self._i + 1, 0
+        if n == 0:
+            return memoryview(b""), False
+        seg = self._segments[self._i]
+        if self._at + n <= seg.nbytes:  # within one segment: a view
+            view, self._at = seg[self._at: self._at + n], self._at + n
+            return view, self._owned and not seg.readonly
+        pieces = []
+        while n:
+            seg = self._segments[self._i]
+            k = min(n, seg.nbytes - self._at)
+            pieces.append(seg[self._at: self._at + k])
+            n, self._at = n - k, self._at + k
+            if self._at == seg.nbytes:
+                self._i, self._at = self._i + 1, 0
+        return memoryview(b"".join(pieces)), False
 
 
 def require_cloudpickle():
@@ -184,11 +222,23 @@ def require_cloudpickle():
 
 
 def decode_result(data: Any, owned: bool = False) -> Any:
-    """The value a call returned (its result bytes; ``owned``: writable memory the value
-    may keep, see :func:`_unpack`)."""
-    writer, flags, body = read_header(data)
+    """The value a call returned: its result bytes (``owned``: writable memory the value
+    may keep), or their segments (a list, see :func:`_unpack`)."""
+    writer, flags, body = _read_segments(data)
     check_version(writer, False, "this client")
-    return _unpack(flags, body, owned and not body.readonly)
+    return _unpack(flags, body, owned and type(body) is not list and not body.readonly)
+
+
+def _read_segments(data: Any) -> tuple[tuple[int, int], int, Any]:
+    """:func:`read_header` of bytes, or of segments (a list): its body is then the list
+    of the segments after the header."""
+    if type(data) is not list:
+        return read_header(data)
+    first = memoryview(data[0]).cast("B") if data else memoryview(b"")
+    if first.nbytes < _HEADER.size:  # the header spans segments (not as our transports send)
+        return read_header(b"".join(data))
+    writer, flags, body = read_header(first)
+    return writer, flags, [body, *data[1:]]
 
 
 def from_json(doc: Any) -> bytes:
@@ -255,9 +305,10 @@ def call(payload: Any) -> Any:
 
 def call_parts(data: Any) -> Any:
     """:func:`call` on bytes-like ``data`` (read only during the call: the RMA executor
-    passes a view of its receive buffer, no copy), the result as parts
-    (:func:`encode_value_parts`), or a JSON document when the call asks for one."""
-    writer, flags, body = read_header(data)
+    passes a view of its receive buffer, no copy) or on its segments (a list: a gathered
+    receive, whose fresh segments the arguments keep, see :func:`_unpack`), the result as
+    parts (:func:`encode_value_parts`), or a JSON document when the call asks for one."""
+    writer, flags, body = _read_segments(data)
     by_value = bool(flags & BY_VALUE)
     check_version(writer, by_value, "the node's function")
     if by_value:

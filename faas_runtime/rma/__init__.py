@@ -17,8 +17,11 @@ Bulk: a payload larger than the slot is not copied: the client registers it
 where it lies and sends only a header; the executor reads it with ``fi_read``.
 A result larger than the client's result buffer stays registered at the
 executor and the client reads it (released at the slot's next request).
+Requests and results given as parts (the Python API's: a pickle stream and
+array buffers) go gathered: large parts registered where they lie, read by the
+other side into fresh memory of its own, small ones inline.
 
-Modules: ``wire`` (the header and its flags), ``server`` (:class:`RmaExecutor`,
+Modules: ``wire`` (the header and its flags), ``gather`` (messages in segments), ``server`` (:class:`RmaExecutor`,
 :class:`NativeHandler` for the C loop), ``client`` (:class:`RmaClient`), ``__main__``
 (``python -m faas_runtime.rma``, a stand-alone executor) and ``testing`` (trivial
 handlers for its tests and benchmarks). The names below are the package's API.

@@ -21,7 +21,8 @@ import zmq
 from faas_runtime import protocol
 from faas_runtime.fabric import Endpoint, FabricConfig, FabricError, MemoryRegion, _check, load
 
-from .wire import DEFAULT_SLOT_SIZE, EV_DATA, EV_NONE, F_BULK, F_ENDED, F_ERROR, FF_INVOKE_MORE, HEADER, HSIZE
+from . import gather
+from .wire import DEFAULT_SLOT_SIZE, EV_DATA, EV_NONE, F_BULK, F_ENDED, F_ERROR, F_GATHER, FF_INVOKE_MORE, HEADER, HSIZE
 
 
 class RemoteFunctionError(RuntimeError):
@@ -119,7 +120,10 @@ class RmaClient:
         ``check``, the wait for the result is cut into ``slice_s`` slices and ``check()``
         runs between them (it may raise to abandon the call; the client is then broken).
         ``view``: a large result may come back as a memoryview of this client's receive
-        buffer, valid until its next call (no copy)."""
+        buffer, valid until its next call (no copy), or, sent gathered (a handler's result
+        in parts, ``gather``), as the list of its segments: the large ones in fresh memory
+        of their own, the rest read-only views valid until the next call. Large parts of
+        a request are sent gathered too: registered where they lie, not copied."""
         if self.broken is not None:
             raise ExecutorLost(107, "this client lost its executor", str(self.broken))
         if type(payload) is bytes and timeout is None and check is None:
@@ -131,7 +135,7 @@ class RmaClient:
                 n = ff_invoke(inv, payload, n)
                 if n >= 0:
                     return unpack(rptr, n)
-                return self._invoke_more(n, self.timeout, None, slice_s)
+                return self._invoke_more(n, self.timeout, None, slice_s, view)
         if timeout is None:
             timeout = self.timeout
         if type(payload) is list:
@@ -146,11 +150,17 @@ class RmaClient:
             n = self._ff_invoke(self._inv, payload, len(payload))
             if n >= 0:
                 return self._unpack(self._rptr, n)
-            return self._invoke_more(n, timeout, check, slice_s)
+            return self._invoke_more(n, timeout, check, slice_s, view)
         self._inv.seq = seq = (self._inv.seq + 1) & 0xFFFF
         imm = self._slot_bits | seq
-        bulk = None
-        if type(payload) is list:  # large, in parts: copied once into the reused bulk buffer
+        bulk: list[MemoryRegion] = []
+        gathered = gather.pack(self.ep, payload, self._qview, HSIZE, self.slot_size - HSIZE) \
+            if type(payload) is list else None
+        if gathered is not None:  # large parts registered where they lie, the rest inline
+            length, bulk = gathered
+            HEADER.pack_into(self._qview, 0, length, 0, 0, F_GATHER, seq)
+            length += HSIZE
+        elif type(payload) is list:  # in parts, more small ones than the slot holds: copied once
             region = self._bulk_out = _room(self.ep, self._bulk_out, n, remote=True)
             at, into = 0, region.view
             for part in payload:
@@ -167,8 +177,8 @@ class RmaClient:
                 self._qview[HSIZE: HSIZE + n] = pview
                 length = HSIZE + n
             else:
-                bulk = self.ep.register(payload)  # no copy: the executor reads it in place
-                HEADER.pack_into(self._qview, 0, n, bulk.base, bulk.key, F_BULK, seq)
+                bulk = [self.ep.register(payload)]  # no copy: the executor reads it in place
+                HEADER.pack_into(self._qview, 0, n, bulk[0].base, bulk[0].key, F_BULK, seq)
                 length = HSIZE
         try:
             if check is None:
@@ -181,24 +191,25 @@ class RmaClient:
                 if rc != 0:
                     self._raise_on(rc, timeout)
                 self._wait_sliced(imm, timeout, check, slice_s)
-            return self._finish(bulk, view)
+            return self._finish(view)
         finally:
-            if bulk is not None:
-                bulk.close()
+            for region in bulk:  # the executor has read them (or the call is abandoned)
+                region.close()
 
     def _arm(self, armed: tuple[int, int]) -> None:
         self._inv.timeout_us, self._inv.wait_us = armed
         self._armed = armed
 
-    def _invoke_more(self, n: int, timeout: float, check: Optional[Callable[[], None]], slice_s: float) -> Any:
+    def _invoke_more(self, n: int, timeout: float, check: Optional[Callable[[], None]], slice_s: float,
+                     view: bool) -> Any:
         """After ``ff_invoke`` said FF_INVOKE_MORE or failed: the rest of the call."""
         iv = self._inv
         if n == FF_INVOKE_MORE and iv.ev.kind == EV_DATA:
-            return self._finish(None)
+            return self._finish(view)
         if n != FF_INVOKE_MORE or check is None or iv.ev.kind != EV_NONE:
             self._raise_on(n if n != FF_INVOKE_MORE else 0, timeout)
         self._wait_sliced(int(iv.data), timeout - slice_s, check, slice_s)
-        return self._finish(None)
+        return self._finish(view)
 
     @property
     def timeout(self) -> float:
@@ -212,9 +223,15 @@ class RmaClient:
         if hasattr(self, "_inv"):
             self._arm(self._default_armed)
 
-    def _finish(self, bulk: Optional[MemoryRegion], view: bool = False) -> Any:
+    def _finish(self, view: bool = False) -> Any:
         """The result whose header lies in the result buffer (the DATA event came)."""
         rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
+        if flags & F_GATHER and not flags & F_ERROR:
+            if rlen > self._rview.nbytes - HSIZE:
+                raise ExecutorLost(71, "a gathered result longer than the result buffer", f"{rlen} bytes")
+            segments = gather.unpack(self.ep, self.peer, self._rview[HSIZE: HSIZE + rlen], self.timeout)
+            # ``view``: the segments (the inline ones are views of the result buffer)
+            return segments if view else b"".join(segments)
         if flags & F_BULK:
             region = self._bulk_in = _room(self.ep, self._bulk_in, rlen, remote=False)
             self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)

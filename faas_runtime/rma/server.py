@@ -6,7 +6,10 @@ executor busy-polls its completion queue in C; a request's immediate data names 
 the handler runs on a memoryview of the slot (no copy), and ``header + result`` goes into
 the client's registered result buffer with the same immediate data. A bulk payload is
 read with ``fi_read`` into a scratch region; a result larger than the client's buffer
-stays registered here until the slot's next request (the client reads it).
+stays registered here until the slot's next request (the client reads it). A gathered
+request (``gather``) is read segment by segment into fresh memory, handed to a handler
+that takes segments (``segments=True``) as their list, joined for the others; a result
+in parts that needs more than the client's buffer goes back gathered.
 
 Native functions (``csrc/faas_native.h``): when the handler is a :class:`NativeHandler`
 whose function the binding loaded, the executor's loop is ``ff_serve_native`` (C): it
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import zmq
@@ -36,8 +39,9 @@ from faas_runtime import protocol
 from faas_runtime.fabric import Endpoint, FabricConfig, FabricError, MemoryRegion, _check, load
 from faas_runtime.native import NativeFunction, NativeFunctionError, NATIVE_NOT_JSON, NATIVE_TOO_SMALL, json_valid
 
+from . import gather
 from .wire import (DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, EV_DATA, EV_NATIVE, EV_NONE, EV_RX_ERROR, EV_TX_ERROR, F_BULK,
-                   F_ENDED, F_ERROR, HEADER, HSIZE)
+                   F_ENDED, F_ERROR, F_GATHER, HEADER, HSIZE)
 
 log = logging.getLogger("faas.rma")
 
@@ -51,7 +55,7 @@ class _Slot:
     result_key: int
     result_size: int
     identity: bytes
-    staged: Optional[MemoryRegion] = None  # a bulk result waiting for the client's read
+    staged: list = field(default_factory=list)  # registrations of a result the client reads (until its next request)
     bulk_out: Optional[MemoryRegion] = None  # reused for results given in parts (read before the next request)
     tag: Any = None  # what ``authorize`` returned (the lease token)
     ended: Optional[str] = None  # why the lease of this slot ended; requests get F_ENDED
@@ -59,17 +63,21 @@ class _Slot:
 
 class RmaExecutor:
     """Serves ``handler(payload: memoryview) -> bytes-like`` (or a list of bytes-like
-    parts, sent as their concatenation) over RMA.
+    parts, sent as their concatenation) over RMA; with ``segments``, a gathered request's
+    payload is the list of its segments (memoryviews: fresh writable memory for the large
+    ones, read-only views of the slot for the rest).
 
     ``serve()`` runs until :meth:`stop` (or SIGTERM in :func:`main`); it polls
     the fabric in C and the ZeroMQ control socket between bursts."""
 
     def __init__(self, handler: Handler, control: str, config: Optional[FabricConfig] = None,
                  slots: int = DEFAULT_SLOTS, slot_size: int = DEFAULT_SLOT_SIZE,
-                 ctx: Optional[zmq.Context] = None, authorize: Optional[Callable[[dict], Any]] = None):
+                 ctx: Optional[zmq.Context] = None, authorize: Optional[Callable[[dict], Any]] = None,
+                 segments: bool = False):
         if slot_size < HSIZE + 64 or slots < 1 or slots > 0xFFFF:
             raise ValueError("slot_size >= 96 bytes and 1 <= slots <= 65535")
         self.handler = handler
+        self.segments = segments  # the handler takes a gathered request as its list of segments
         self.ep = Endpoint(config or FabricConfig.from_env())
         self.ffi, self.lib = load()
         self.slots = slots
@@ -116,7 +124,7 @@ class RmaExecutor:
             c.fast = 0
             return
         c.peer, c.raddr, c.rkey, c.rsize = lease.peer, lease.result_addr, lease.result_key, lease.result_size
-        c.fast = int(lease.ended is None and lease.staged is None and min(lease.result_size, self.slot_size) > HSIZE)
+        c.fast = int(lease.ended is None and not lease.staged and min(lease.result_size, self.slot_size) > HSIZE)
 
     # -- control channel ------------------------------------------------------
     def _control(self) -> None:
@@ -174,7 +182,7 @@ class RmaExecutor:
         if lease is None:
             return
         self._sync_slot(slot)
-        for region in (lease.staged, lease.bulk_out):
+        for region in (*lease.staged, lease.bulk_out):
             if region is not None:
                 region.close()
         self.ep.remove(lease.peer)
@@ -196,9 +204,9 @@ class RmaExecutor:
 
     def _run_leased(self, slot: int, lease: _Slot, native_failed: Optional[tuple[int, int]]
                     ) -> Optional[tuple[int, int]]:
-        if lease.staged is not None:  # the client read its previous bulk result
-            lease.staged.close()
-            lease.staged = None
+        for region in lease.staged:  # the client read its previous result
+            region.close()
+        lease.staged = []
         base = slot * self.slot_size
         length, baddr, bkey, flags, seq = HEADER.unpack_from(self._ring_view, base)
         if lease.ended is None and self._ends:
@@ -208,8 +216,14 @@ class RmaExecutor:
                 raise _Ended(lease.ended)
             if flags & F_BULK:
                 payload = self._read_bulk(lease, length, baddr, bkey)
+            elif length > self.slot_size - HSIZE:
+                raise HandlerError(f"a request of {length} bytes inline in a slot of {self.slot_size}")
             else:
                 payload = self._ring_view[base + HSIZE: base + HSIZE + length]
+                if flags & F_GATHER:  # its large parts: read into memory the handler may keep
+                    payload = gather.unpack(self.ep, lease.peer, payload, timeout=30.0)
+                    if not self.segments:
+                        payload = memoryview(b"".join(payload))
             if native_failed is not None and native_failed[0] != NATIVE_TOO_SMALL:
                 code, out_len = native_failed
                 cap = min(lease.result_size, self.slot_size) - HSIZE
@@ -236,7 +250,11 @@ class RmaExecutor:
             rlen = sum(r.nbytes for r in parts)
             if rlen <= cap:
                 into, at = self._out_view, base + HSIZE
-            else:
+            elif rflags == 0 and (gathered := gather.pack(self.ep, parts, self._out_view, base + HSIZE, cap)):
+                glen, lease.staged = gathered  # the large parts, registered where they lie
+                HEADER.pack_into(self._out_view, base, glen, 0, 0, F_GATHER, seq)
+                return base, HSIZE + glen
+            else:  # more small parts than the client's buffer holds: copied once
                 region = lease.bulk_out
                 if region is None or region.size < rlen:
                     if region is not None:
@@ -257,8 +275,8 @@ class RmaExecutor:
             HEADER.pack_into(self._out_view, base, rlen, 0, 0, rflags, seq)
             self._out_view[base + HSIZE: base + HSIZE + rlen] = rview
             return base, HSIZE + rlen
-        lease.staged = self.ep.register(result)  # no copy; the client reads it
-        HEADER.pack_into(self._out_view, base, rlen, lease.staged.base, lease.staged.key, rflags | F_BULK, seq)
+        lease.staged = [self.ep.register(result)]  # no copy; the client reads it
+        HEADER.pack_into(self._out_view, base, rlen, lease.staged[0].base, lease.staged[0].key, rflags | F_BULK, seq)
         return base, HSIZE
 
     def _read_bulk(self, lease: _Slot, length: int, addr: int, key: int) -> memoryview:

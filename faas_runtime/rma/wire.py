@@ -11,6 +11,9 @@ seq u32. Flags:
 
 - ``F_BULK``: the body is not inline; it lies at address/key (registered where it lies)
   and the other side reads it with ``fi_read``;
+- ``F_GATHER``: the body is inline and is a segment table with the small segments; the
+  large ones lie registered in the sender's memory and the receiver reads each into
+  memory of its own (``gather.py``: requests and results given as parts);
 - ``F_ERROR``: the result is the error text, UTF-8;
 - ``F_ENDED`` (with ``F_ERROR``): the lease of this slot ended; the text says why.
 
@@ -27,6 +30,7 @@ HSIZE = HEADER.size  # 32
 F_BULK = 1
 F_ERROR = 2
 F_ENDED = 4
+F_GATHER = 8
 DEFAULT_SLOT_SIZE = 64 * 1024
 DEFAULT_SLOTS = 16
 EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR, EV_NATIVE = 0, 1, 2, 3, 4

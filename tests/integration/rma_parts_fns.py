@@ -28,3 +28,21 @@ class Blob:
 
 def double(blob):
     return Blob(bytearray(blob.data) * 2)
+
+
+def echo(value):
+    return value
+
+
+KEPT = []  # arguments a function keeps between calls (the executor must not reuse their memory)
+
+
+def keep(blob):
+    """Keeps its argument; says how its buffer came: the receive memory itself (a
+    memoryview: gathered, no copy) or a copy (a bytearray)."""
+    KEPT.append(blob)
+    return len(KEPT), type(blob.data).__name__
+
+
+def kept():
+    return [bytes(b.data) for b in KEPT]

@@ -188,6 +188,32 @@ def test_lease_end_ends_rma_calls_and_an_agent_with_fabric_off_offers_zeromq(har
         hot.release()
 
 
+def test_python_calls_with_large_buffers_through_the_executor(harness, provider):
+    """The Python API's RMA data path in the real executor (``slurm_faas.lease``): large
+    arguments arrive gathered, in memory of their own that a function may keep across
+    calls; large results come back gathered, writable, with nothing left registered."""
+    from faas_runtime import pyapi
+    from slurm_faas.hot import PythonLease
+    from tests.integration.rma_parts_fns import Blob, echo, keep, kept
+
+    h = harness(cgroups=False)
+    slot = h.lend(7, [sorted(os.sched_getaffinity(0))[-1]])
+    before = fabric.registrations()
+    _, hot = _harness_lease(h, slot, pyapi.ENTRYPOINT, config(provider), code_dir=FUNCTIONS.parents[1])
+    try:
+        assert hot.transport == "rma"
+        data = [os.urandom(n) for n in (1 << 20, 3 << 20, 10, 1 << 20)]
+        got = [PythonLease(hot, keep, False).call(Blob(bytearray(d))) for d in data]
+        assert got == [(1, "memoryview"), (2, "memoryview"), (3, "bytearray"), (4, "memoryview")]  # large: not copied
+        assert PythonLease(hot, kept, False).call() == data  # what it kept is intact: its memory was its own
+        back = PythonLease(hot, echo, False).call([Blob(bytearray(d)) for d in data])
+        assert [bytes(b.data) for b in back] == data
+        assert not memoryview(back[0].data).readonly and not memoryview(back[1].data).readonly
+    finally:
+        hot.release()
+    assert fabric.registrations() == before
+
+
 # -- native (C) functions through the real executor ----------------------------------------
 
 LIB = native_build.LIBRARY

@@ -101,6 +101,34 @@ def test_parts_are_the_call_without_copies_of_its_buffers():
     assert pyapi.decode_result(owned).data is not owned  # not owned: copied
 
 
+def test_segments_a_transport_gathered_decode_keeping_only_fresh_memory():
+    big, small = bytearray(os.urandom(1 << 16)), bytearray(b"tiny")
+    parts = pyapi.encode_call_parts(echo, ((Blob(big), Blob(small)),), {}, by_value=False)
+    assert len(parts) == 3 and parts[1].obj is big and parts[2].obj is small
+    whole = b"".join(parts)
+    # as faas_runtime.rma.gather hands them over: the head a read-only view of the receive
+    # slot, each large buffer in fresh writable memory of its own
+    segments = [memoryview(parts[0]).toreadonly(), memoryview(bytearray(parts[1])), memoryview(bytes(parts[2]))]
+    out = pyapi.call_parts(segments)
+    assert b"".join(out) == b"".join(pyapi.call_parts(memoryview(whole)))
+    segments[1][0] ^= 0xFF  # the function got the fresh memory itself, and returned it: no copy between
+    assert out[1][0] == segments[1][0] != big[0]
+    segments[1][0] ^= 0xFF
+    value = pyapi.decode_result([memoryview(out[0]).toreadonly(), memoryview(bytearray(out[1])),
+                                 memoryview(bytes(out[2]))])
+    assert bytes(value[0].data) == big and bytes(value[1].data) == small
+    assert isinstance(value[0].data, memoryview) and not value[0].data.readonly  # kept, not copied
+    assert isinstance(value[1].data, bytearray)  # read-only memory (borrowed): copied
+    # segments cut anywhere (not at the buffers): joined where needed, the same value
+    for cut in (3, 9, len(whole) // 2, len(whole) - 1):
+        got = pyapi.decode_result([memoryview(whole[:cut]), memoryview(bytearray(whole[cut:]))])
+        assert [bytes(b.data) for b in got[1][0]] == [big, small]  # (fn, args, kwargs)
+    with pytest.raises(pyapi.BadCall):
+        pyapi.decode_result([memoryview(whole[:100]), memoryview(whole[101:])])  # a byte lost
+    with pytest.raises(pyapi.BadCall):
+        pyapi.decode_result([memoryview(whole), memoryview(b"x")])  # one too many
+
+
 def test_json_documents_carry_the_same_bytes_both_ways():
     data = pyapi.encode_call(square, (5,), {}, by_value=False, json_result=True)
     out = pyapi.call(data)  # a JSON document, for a co-scheduler that stores JSON results
