@@ -177,6 +177,10 @@ int ff_progress_loop(ff_ep *ep, volatile int *stop, int64_t spin_us, int64_t nap
 typedef struct ff_native ff_native;
 #define FF_NATIVE_TOO_SMALL 1 /* the function's "out_cap too small, *out_len = needed" */
 int ff_native_open(const char *path, const char *symbol, ff_native **out, char *err, uint64_t errlen);
+/* A handle whose function is Python: ff_native_call (and so ff_serve_native)
+ * calls the module's ff_py_call(handle, ...) (an extern "Python" function of the
+ * binding), so a Python handler is served by the C loop as well. */
+int ff_native_python(void *handle, ff_native **out);
 void ff_native_close(ff_native *nf);
 int ff_native_call(ff_native *nf, const void *in, uint64_t in_len, void *out, uint64_t out_cap,
                    uint64_t *out_len);

@@ -17,6 +17,10 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
+/* A Python handler's call (ff_native_python): defined by the cffi module
+ * (extern "Python+C", faas_runtime/_build_fabric.py; faas_runtime.rma.server). */
+int ff_py_call(void *handle, const void *in, uint64_t in_len, void *out, uint64_t out_cap, uint64_t *out_len);
+
 #define FF_NRECV 32        /* 8-byte receives for the write + send fallback */
 #define FF_EVQ 4096        /* queued events (one per outstanding request at most) */
 #define FF_CHUNK (8u << 20) /* largest single RMA operation we post */

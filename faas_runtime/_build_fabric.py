@@ -50,6 +50,8 @@ def available() -> bool:
 
 ffibuilder = FFI()
 ffibuilder.cdef(cdef_from_header(HEADER.read_text()))
+# The C loop's call into a Python handler (faas_runtime.rma.server registers it; csrc/fabric_internal.h)
+ffibuilder.cdef('extern "Python+C" int ff_py_call(void *, const void *, uint64_t, void *, uint64_t, uint64_t *);')
 ffibuilder.set_source(
     "faas_runtime._fabric",
     '#include "fabric.h"\n',

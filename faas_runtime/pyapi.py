@@ -157,10 +157,9 @@ def _unpack(flags: int, body: Any, owned: bool = False) -> Any:
     nobody else uses, a fresh receive buffer), or, in a list, a writable segment that is
     exactly the buffer (fresh memory the transport read it into); those are taken as they
     are, with no copy."""
-    segments = body if type(body) is list else [body]
     if not flags & OUT_OF_BAND:
-        return pickle.loads(body if type(body) is not list else b"".join(segments))
-    reader = _Segments(segments, owned or type(body) is list)
+        return pickle.loads(body if type(body) is not list else b"".join(body))
+    reader = _Segments(body if type(body) is list else [body], owned or type(body) is list)
     try:
         (count,) = _OOB_COUNT.unpack(reader.take(_OOB_COUNT.size)[0])
         if count > reader.left // 8:

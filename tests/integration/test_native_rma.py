@@ -140,6 +140,42 @@ def test_the_c_loop_answers_without_python(provider, native_dir):
         native.close()
 
 
+def test_python_handlers_are_called_by_the_c_loop_once_a_request(provider):
+    """A Python handler is called from the C loop (ff_py_call): its small results go out
+    from there; a result too large for the client's buffer, or an exception, is handed to
+    Python's loop with the outcome, so the handler never runs twice for one request."""
+    from faas_runtime.rma import RemoteFunctionError, RmaClient, RmaExecutor
+
+    calls = []
+
+    def handler(payload):
+        calls.append(bytes(payload))
+        if bytes(payload) == b"boom":
+            raise ValueError("boom")
+        if bytes(payload) == b"big":
+            return [b"a" * 70_000, b"b" * 70_000]  # above the 64 KiB result buffer: gathered
+        if bytes(payload) == b"none":
+            return None
+        return [b"<", payload, b">"]
+
+    ex = RmaExecutor(handler, "tcp://127.0.0.1:0", config(provider))
+    assert not ex.native_fast_path  # Python runs, but in the C loop
+    t = threading.Thread(target=ex.serve, daemon=True)
+    t.start()
+    try:
+        with RmaClient(ex.control, config(provider), timeout=TIMEOUT) as c:
+            assert [bytes(c.invoke(b"%d" % i)) for i in range(50)] == [b"<%d>" % i for i in range(50)]
+            assert bytes(c.invoke(b"big")) == b"a" * 70_000 + b"b" * 70_000
+            with pytest.raises(RemoteFunctionError, match="ValueError: boom"):
+                c.invoke(b"boom")
+            assert bytes(c.invoke(b"none")) == b"" and bytes(c.invoke(b"x")) == b"<x>"
+        assert calls == [b"%d" % i for i in range(50)] + [b"big", b"boom", b"none", b"x"]  # each once
+    finally:
+        ex.stop()
+        t.join(TIMEOUT)
+        ex.close()
+
+
 @pytest.mark.parametrize("kind", ["python", "native"])
 def test_end_reaches_requests_in_the_c_loop_and_in_python(provider, native_dir, kind):
     """RmaExecutor.end (from another thread, as the executor's main thread calls it) makes
