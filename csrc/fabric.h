@@ -148,12 +148,6 @@ struct ff_invoker {
 #define FF_INVOKE_MORE (-1000000)
 int64_t ff_invoke(struct ff_invoker *iv, const char *payload, uint64_t len);
 
-/* The executor's hot path in one call: post the reply (as ff_post_write) and
- * wait for the next event. */
-int ff_reply_wait(ff_ep *ep, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer,
-                  uint64_t raddr, uint64_t rkey, uint64_t data, uint64_t tag,
-                  struct ff_event *ev, int64_t timeout_us);
-
 /* Drive progress until *stop becomes non-zero (a memory server's loop). It
  * busy-polls while the endpoint is used and backs off when idle, so that an
  * idle server does not burn its core: after spin_us without use it sleeps

@@ -235,17 +235,3 @@ int64_t ff_invoke(struct ff_invoker *iv, const char *payload, uint64_t len)
         return FF_INVOKE_MORE;
     return (int64_t)get_le64(h);
 }
-
-int ff_reply_wait(ff_ep *e, ff_mr *lmr, uint64_t loff, uint64_t len, uint64_t peer, uint64_t raddr,
-                  uint64_t rkey, uint64_t data, uint64_t tag, struct ff_event *ev, int64_t timeout_us)
-{
-    int rc = ff_post_write(e, lmr, loff, len, peer, raddr, rkey, data, tag, timeout_us);
-    if (rc) { /* a failed reply is this client's problem, not the executor's */
-        memset(ev, 0, sizeof *ev);
-        ev->kind = FF_EV_TX_ERROR;
-        ev->err = -rc;
-        ev->tag = tag;
-        return 0;
-    }
-    return wait_event(e, 0, 0, ev, timeout_us);
-}
