@@ -77,6 +77,9 @@ def read_header(data: bytes) -> tuple[tuple[int, int], int, memoryview]:
 
 
 _MINE = tuple(sys.version_info[:2])
+# Magic, format and this Python's major version: bytes that begin so need no version check
+# beyond the flags (the fast paths of decode_result and call_parts).
+_SAME_MAJOR = MAGIC + bytes([FORMAT, sys.version_info[0]])
 
 
 def check_version(writer: tuple[int, int], by_value: bool, here: str) -> None:
@@ -223,6 +226,8 @@ def require_cloudpickle():
 def decode_result(data: Any, owned: bool = False) -> Any:
     """The value a call returned: its result bytes (``owned``: writable memory the value
     may keep), or their segments (a list, see :func:`_unpack`)."""
+    if type(data) is bytes and data[:6] == _SAME_MAJOR and len(data) >= 8 and not data[7] & OUT_OF_BAND:
+        return pickle.loads(memoryview(data)[_HEADER.size:])  # one pickle: the small call's case, in short
     writer, flags, body = _read_segments(data)
     check_version(writer, False, "this client")
     return _unpack(flags, body, owned and type(body) is not list and not body.readonly)
@@ -307,6 +312,9 @@ def call_parts(data: Any) -> Any:
     passes a view of its receive buffer, no copy) or on its segments (a list: a gathered
     receive, whose fresh segments the arguments keep, see :func:`_unpack`), the result as
     parts (:func:`encode_value_parts`), or a JSON document when the call asks for one."""
+    if type(data) is not list and len(data) >= 8 and data[:6] == _SAME_MAJOR and data[7] == 0:
+        fn, args, kwargs = pickle.loads(data[_HEADER.size:])  # by reference, in band: in short
+        return encode_value_parts(fn(*args, **kwargs))
     writer, flags, body = _read_segments(data)
     by_value = bool(flags & BY_VALUE)
     check_version(writer, by_value, "the node's function")
