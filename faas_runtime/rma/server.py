@@ -15,13 +15,13 @@ The loop is ``ff_serve_native`` (C) for every handler: it calls the function str
 the ring slot, writes the result into the reply buffer and posts it. A native function
 (a :class:`NativeHandler` whose function the binding loaded, ``csrc/faas_native.h``) runs
 with no Python per request; a Python handler is called from the loop through the binding's
-``ff_py_call`` (:meth:`RmaExecutor._call_inline`), which copies its result into the reply
-(about 4 us a request less than a loop in Python). Python's own loop sees only what the C
-loop hands back: control messages (between polls), bulk and gathered payloads, results
-larger than the client's buffer, a function that failed (a native one's code and message
-come back as an ``FF_EV_NATIVE`` event and become the same error text the Python call
-gives; a Python handler's outcome waits for it in ``_handed_back``), ended leases and
-errors.
+``ff_py_call`` (:meth:`RmaExecutor._call_inline`), which copies its result into the
+reply (1.4 to 2.3 us a request less than a loop in Python, docs/fabric.md). Python's own
+loop sees only what the C loop hands back: control messages (between polls), bulk and
+gathered payloads, results larger than the client's buffer, a function that failed (a
+native one's code and message come back as an ``FF_EV_NATIVE`` event and become the same
+error text the Python call gives; a Python handler's outcome waits for it in
+``_handed_back``), ended leases and errors.
 
 Leases (the warm executor, ``faas_runtime.executor``): ``authorize(attach_msg)`` checks
 each FABRIC_ATTACH (the lease token) and returns the lease's tag, or raises
