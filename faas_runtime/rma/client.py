@@ -12,9 +12,10 @@ Owns: the client's end of the RMA path. May not touch: the executor's end.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import zmq
 
@@ -227,14 +228,16 @@ class RmaClient:
         """The result whose header lies in the result buffer (the DATA event came)."""
         rlen, baddr, bkey, flags, seq = HEADER.unpack_from(self._rview, 0)
         if flags & F_GATHER and not flags & F_ERROR:
-            if rlen > self._rview.nbytes - HSIZE:
-                raise ExecutorLost(71, "a gathered result longer than the result buffer", f"{rlen} bytes")
-            segments = gather.unpack(self.ep, self.peer, self._rview[HSIZE: HSIZE + rlen], self.timeout)
+            with self._reading_result():
+                if rlen > self._rview.nbytes - HSIZE:
+                    raise gather.BadGather(f"a gathered result of {rlen} bytes, longer than the result buffer")
+                segments = gather.unpack(self.ep, self.peer, self._rview[HSIZE: HSIZE + rlen], self.timeout)
             # ``view``: the segments (the inline ones are views of the result buffer)
             return segments if view else b"".join(segments)
         if flags & F_BULK:
             region = self._bulk_in = _room(self.ep, self._bulk_in, rlen, remote=False)
-            self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
+            with self._reading_result():
+                self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
             out: Any = region.view[:rlen]
             if not view or flags & F_ERROR:
                 out = bytearray(out)
@@ -247,6 +250,19 @@ class RmaClient:
                 raise RmaLeaseEnded(text)
             raise RemoteFunctionError(text)
         return out
+
+    @contextlib.contextmanager
+    def _reading_result(self) -> Iterator[None]:
+        """Around the reads of a result that lies at the executor: one that fails (the
+        executor went away, or described its result wrongly) loses the executor."""
+        try:
+            yield
+        except FabricError as exc:
+            self.broken = exc
+            raise ExecutorLost(exc.code, exc.strerror or str(exc), "reading the result") from exc
+        except gather.BadGather as exc:
+            self.broken = exc
+            raise ExecutorLost(71, str(exc), "reading the result") from exc
 
     def _wait_sliced(self, imm: int, timeout: float, check: Callable[[], None], slice_s: float) -> None:
         """Wait for the result signal ``imm`` in slices, running ``check()`` between them;

@@ -116,3 +116,38 @@ def test_gathered_tables_that_lie_fail_the_call_and_the_executor_serves_on(provi
         # a well-formed table with inline segments only: the message they make
         body = struct.pack("<II", 2, 0) + entry(3, 0, 0, 0) + entry(4, 0, 0, 0) + b"abc" + b"defg"
         assert bytes(_send_gathered(client, body)) == b"abcdefg"
+
+
+@pytest.mark.parametrize("lie", ["a bad key", "a count that does not fit"])
+def test_a_gathered_result_that_lies_loses_the_executor_with_a_typed_error(provider, monkeypatch, lie):  # noqa: F811
+    """The client's side of a lying table: an executor (here one in this process whose
+    gather.pack is made to lie) that describes its result wrongly costs the client that
+    executor (ExecutorLost), never a wrong value or an untyped error."""
+    import struct
+    import threading
+
+    from faas_runtime.rma import ExecutorLost, RmaClient, RmaExecutor
+
+    real_pack = gather.pack
+
+    def lying_pack(ep, parts, into, at, room):
+        got = real_pack(ep, parts, into, at, room)
+        if lie == "a bad key":
+            struct.pack_into("<Q", into, at + 8 + 16, 0xDEAD0000)  # the first segment's key
+        else:
+            struct.pack_into("<I", into, at, 100_000)  # more segments than the body holds
+        return got
+
+    monkeypatch.setattr(gather, "pack", lying_pack)
+    ex = RmaExecutor(lambda payload: [b"a" * 70_000, b"b" * 70_000], "tcp://127.0.0.1:0", config(provider))
+    t = threading.Thread(target=ex.serve, daemon=True)
+    t.start()
+    try:
+        with RmaClient(ex.control, config(provider), timeout=5.0) as c:
+            with pytest.raises(ExecutorLost):
+                c.invoke(b"x")
+            assert c.broken is not None  # no further call trusts that executor
+    finally:
+        ex.stop()
+        t.join(TIMEOUT)
+        ex.close()
