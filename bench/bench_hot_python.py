@@ -25,15 +25,20 @@ The 1 MiB raw C baseline is the faster of two ways to move 1 MiB each way with
 completions (bench/fabric_raw.c): ``pingpong`` (each side fi_writedata's 1 MiB into the
 other's registered buffer) and ``readpp`` (each side signals with 32 bytes and the other
 fi_reads the 1 MiB, which is how the bulk path moves it). ``--repeat R`` runs the whole
-comparison R times and prints the range of each ratio. The machine is shared: read the
-ratios. No assertions: numbers to read.
+comparison R times and prints the range of each ratio. ``--before REV`` runs REV's own
+copy of this benchmark after each of ours (a git worktree, bench/_trees.py; its C
+extensions built when they differ) and prints its lease rows beside ours: before/after
+in the same minutes. The machine is shared: read the ratios. No assertions: numbers to read.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import pickle
+import re
+import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -95,8 +100,9 @@ def raw_c(binary, provider: str, size: int, n: int, pin: bool) -> tuple[float, s
     return best
 
 
-def run_once(la, slot, code: str, paths: dict, args, raw_binary, lent: list[int]) -> dict[tuple[str, str], float]:
-    """One comparison of every path and payload; prints its rows, returns the ratios."""
+def run_once(la, slot, code: str, paths: dict, args, raw_binary, lent: list[int]
+             ) -> dict[tuple[str, str], tuple[float, float]]:
+    """One comparison of every path and payload; prints its rows, returns (ours, raw) in us."""
     values = payloads()
     ratios = {}
     print(f"{'payload':<8} {'path':<34} {'median us':>10} {'p99 us':>10} {'n':>6}")
@@ -125,7 +131,7 @@ def run_once(la, slot, code: str, paths: dict, args, raw_binary, lent: list[int]
                 ref, ref_name = refs[label]
                 print(f"{label:<8} {ref_name:<34} {ref:>10.1f} {'':>10} {n:>6}")
                 t = _fmt(lease_round_trips(lease, value, n, warmup=n // 10))
-                ratios[(label, path)] = t[0] / ref
+                ratios[(label, path)] = (t[0], ref)
                 print(f"{label:<8} {'slurm_faas.lease().call ' + path:<34} {t[0]:>10.1f} {t[1]:>10.1f} {n:>6}"
                       f"   / {ref_name.split(' readpp')[0].split(' pingpong')[0]}: {t[0] / ref:.2f}x")
         finally:
@@ -143,10 +149,12 @@ def main() -> int:
     ap.add_argument("--no-cgroups", dest="cgroups", action="store_false",
                     help="the executor outside a cgroup: without the lent cores' low CPU weight, which on a "
                          "loaded machine dominates what the software path costs")
+    ap.add_argument("--before", default="", help="a revision whose lease rows run beside ours (see above)")
     ap.add_argument("--pin", action="store_true",
                     help="client on the CPUs but the lent one, raw servers on the lent one (see above)")
     args = ap.parse_args()
     from _local_agent import LocalAgent
+    from _trees import checkout
     from bench_fabric import build_raw
 
     from faas_runtime.fabric import FabricConfig
@@ -165,15 +173,48 @@ def main() -> int:
         raw_binary = build_raw() if len(paths) > 1 else None
         print(f"load average {os.getloadavg()[0]:.2f}; executor on CPU {lent}, client on "
               f"{sorted(os.sched_getaffinity(0))}; cgroups {'on' if la.agent.subtree else 'off'}")
-        runs = [run_once(la, slot, code, paths, args, raw_binary, lent) for _ in range(args.repeat)]
+        with checkout(args.before, la.root / "before") if args.before else nullcontext() as before:
+            runs, befores = [], []
+            for _ in range(args.repeat):
+                runs.append(run_once(la, slot, code, paths, args, raw_binary, lent))
+                if before is not None:
+                    befores.append(run_before(before, args, runs[-1]))
         if args.repeat > 1:
             print(f"ratios over {args.repeat} runs (min..max), load average {os.getloadavg()[0]:.2f}:")
             for key in runs[0]:
-                got = [r[key] for r in runs if key in r]
+                got = [r[key][0] / r[key][1] for r in runs if key in r]
                 print(f"  {key[0]:<6} {key[1]:<8} {min(got):.2f}x .. {max(got):.2f}x")
+        if befores:
+            print(f"lease rows, this tree against {args.before} (median us, this / before), {len(befores)} runs each:")
+            for key in runs[0]:
+                got = [(r[key][0], b[key]) for r, b in zip(runs, befores) if key in b]
+                if got:
+                    print(f"  {key[0]:<6} {key[1]:<8} " + "; ".join(f"{a:.1f} / {b:.1f}" for a, b in got)
+                          + f"   ratio {min(a / b for a, b in got):.2f} .. {max(a / b for a, b in got):.2f}")
     finally:
         la.close()
     return 0
+
+
+def run_before(tree: Path, args, ours: dict) -> dict[tuple[str, str], float]:
+    """Run ``tree``'s copy of this benchmark once (its own code: PYTHONPATH names it, the
+    editable install's finder is dropped); returns its lease rows' medians in us."""
+    from _trees import script_argv
+
+    argv = [sys.executable, *script_argv(tree / "bench" / "bench_hot_python.py"), "--n", str(args.n),
+            "--fabric", args.fabric, *([] if args.cgroups else ["--no-cgroups"]), *(["--pin"] if args.pin else [])]
+    out = subprocess.run(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True,
+                         timeout=1800)
+    rows = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"(\d+ \w?i?B)\s+slurm_faas\.lease\(\)\.call (.+?)\s+([\d.]+)\s", line)
+        if m:
+            rows[(m.group(1), m.group(2))] = float(m.group(3))
+    print(f"before: {len(rows)} lease rows" + ("" if rows else f" (exit {out.returncode}: {out.stderr[-500:]})"))
+    for key, us in rows.items():
+        if key in ours:
+            print(f"{key[0]:<8} {'before ' + key[1]:<34} {us:>10.1f}   this tree / before: {ours[key][0] / us:.2f}")
+    return rows
 
 
 if __name__ == "__main__":
