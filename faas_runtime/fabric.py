@@ -254,6 +254,15 @@ class Endpoint:
             obj = bytearray(size)
         return MemoryRegion(self, obj, self._lib.FF_ACCESS_REMOTE if remote else self._lib.FF_ACCESS_LOCAL)
 
+    def room(self, region: Optional[MemoryRegion], size: int, remote: bool = True) -> MemoryRegion:
+        """``region`` if it holds ``size`` bytes, else a new one (the next power of two, at
+        least 64 KiB) in its place: a buffer registered once and reused, grown as needed."""
+        if region is not None and region.size >= size:
+            return region
+        if region is not None:
+            region.close()
+        return self.register(size=1 << max(16, (size - 1).bit_length()), remote=remote)
+
     # -- one-sided operations ----------------------------------------------
     def write(self, region: MemoryRegion, offset: int, length: int, peer: int, raddr: int, rkey: int,
               data: Optional[int] = None, timeout: float = 30.0) -> None:

@@ -23,7 +23,8 @@ from faas_runtime import protocol
 from faas_runtime.fabric import Endpoint, FabricConfig, FabricError, MemoryRegion, _check, load
 
 from . import gather
-from .wire import DEFAULT_SLOT_SIZE, EV_DATA, EV_NONE, F_BULK, F_ENDED, F_ERROR, F_GATHER, FF_INVOKE_MORE, HEADER, HSIZE
+from .wire import (DEFAULT_SLOT_SIZE, EV_DATA, EV_NONE, F_BULK, F_ENDED, F_ERROR, F_GATHER, FF_INVOKE_MORE, HEADER, HSIZE,
+                   put_parts)
 
 
 class RemoteFunctionError(RuntimeError):
@@ -162,12 +163,8 @@ class RmaClient:
             HEADER.pack_into(self._qview, 0, length, 0, 0, F_GATHER, seq)
             length += HSIZE
         elif type(payload) is list:  # in parts, more small ones than the slot holds: copied once
-            region = self._bulk_out = _room(self.ep, self._bulk_out, n, remote=True)
-            at, into = 0, region.view
-            for part in payload:
-                part = memoryview(part).cast("B")
-                into[at: at + part.nbytes] = part
-                at += part.nbytes
+            region = self._bulk_out = self.ep.room(self._bulk_out, n, remote=True)
+            put_parts(region.view, 0, payload)
             HEADER.pack_into(self._qview, 0, n, region.base, region.key, F_BULK, seq)
             length = HSIZE
         else:
@@ -235,7 +232,7 @@ class RmaClient:
             # ``view``: the segments (the inline ones are views of the result buffer)
             return segments if view else b"".join(segments)
         if flags & F_BULK:
-            region = self._bulk_in = _room(self.ep, self._bulk_in, rlen, remote=False)
+            region = self._bulk_in = self.ep.room(self._bulk_in, rlen, remote=False)
             with self._reading_result():
                 self.ep.read(region, 0, rlen, self.peer, baddr, bkey, timeout=self.timeout)
             out: Any = region.view[:rlen]
@@ -317,12 +314,3 @@ class RmaClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _room(ep: Endpoint, region: Optional[MemoryRegion], size: int, remote: bool) -> MemoryRegion:
-    """``region`` if it holds ``size`` bytes, else a new one (the next power of two) in its place."""
-    if region is not None and region.size >= size:
-        return region
-    if region is not None:
-        region.close()
-    return ep.register(size=1 << max(16, (size - 1).bit_length()), remote=remote)

@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 from faas_runtime.fabric import Endpoint, MemoryRegion
 
+from .wire import put_parts
+
 GATHER_MIN = 64 * 1024  # parts this large are read where they lie (below: inline costs less than a read)
 _COUNT = struct.Struct("<II")
 _ENTRY = struct.Struct("<QQQQ")
@@ -63,9 +65,7 @@ def pack(ep: Endpoint, parts: list, into: memoryview, at: int, room: int
         if type(s) is list:
             n = sum(v.nbytes for v in s)
             _ENTRY.pack_into(into, entry, n, 0, 0, 0)
-            for v in s:
-                into[data: data + v.nbytes] = v
-                data += v.nbytes
+            data = put_parts(into, data, s)
         else:
             r = next(remote)
             _ENTRY.pack_into(into, entry, r.size, r.base, r.key, 1)

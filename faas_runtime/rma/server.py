@@ -45,7 +45,7 @@ from faas_runtime.native import NativeFunction, NativeFunctionError, NATIVE_NOT_
 
 from . import gather
 from .wire import (DEFAULT_SLOT_SIZE, DEFAULT_SLOTS, EV_DATA, EV_NATIVE, EV_NONE, EV_RX_ERROR, EV_TX_ERROR, F_BULK,
-                   F_ENDED, F_ERROR, F_GATHER, HEADER, HSIZE)
+                   F_ENDED, F_ERROR, F_GATHER, HEADER, HSIZE, put_parts)
 
 log = logging.getLogger("faas.rma")
 
@@ -146,16 +146,11 @@ class RmaExecutor:
             ffi.memmove(out, view, view.nbytes)
             out_len[0] = view.nbytes
             return 0
-        views = [memoryview(p).cast("B") for p in result]
-        n = sum(v.nbytes for v in views)
+        n = sum(memoryview(p).nbytes for p in result)
         if n > cap:
             self._handed_back = result
             return _HAND_BACK
-        at = ffi.cast("char *", out)
-        for v in views:
-            ffi.memmove(at, v, v.nbytes)
-            at += v.nbytes
-        out_len[0] = n
+        out_len[0] = put_parts(memoryview(ffi.buffer(out, cap)), 0, result)
         return 0
 
     def _sync_slot(self, slot: int) -> None:
@@ -311,15 +306,9 @@ class RmaExecutor:
                 HEADER.pack_into(self._out_view, base, glen, 0, 0, F_GATHER, seq)
                 return base, HSIZE + glen
             else:  # more small parts than the client's buffer holds: copied once
-                region = lease.bulk_out
-                if region is None or region.size < rlen:
-                    if region is not None:
-                        region.close()
-                    region = lease.bulk_out = self.ep.register(size=1 << max(16, (rlen - 1).bit_length()))
+                region = lease.bulk_out = self.ep.room(lease.bulk_out, rlen)
                 into, at = region.view, 0
-            for part in parts:
-                into[at: at + part.nbytes] = part
-                at += part.nbytes
+            put_parts(into, at, parts)
             if rlen > cap:
                 HEADER.pack_into(self._out_view, base, rlen, region.base, region.key, rflags | F_BULK, seq)
                 return base, HSIZE

@@ -24,6 +24,7 @@ Owns: the RMA header format. May not touch: endpoints (server.py, client.py).
 from __future__ import annotations
 
 import struct
+from typing import Iterable
 
 HEADER = struct.Struct("<QQQII")
 HSIZE = HEADER.size  # 32
@@ -35,3 +36,13 @@ DEFAULT_SLOT_SIZE = 64 * 1024
 DEFAULT_SLOTS = 16
 EV_NONE, EV_DATA, EV_TX_ERROR, EV_RX_ERROR, EV_NATIVE = 0, 1, 2, 3, 4
 FF_INVOKE_MORE = -1000000  # ff_invoke: the call needs Python to finish it
+
+
+def put_parts(into: memoryview, at: int, parts: Iterable) -> int:
+    """Copy ``parts`` (bytes-like) one after another into ``into`` from ``at``; returns
+    where they end. How every sender lays a message given in parts into its buffer."""
+    for part in parts:
+        part = memoryview(part).cast("B")
+        into[at: at + part.nbytes] = part
+        at += part.nbytes
+    return at
