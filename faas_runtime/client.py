@@ -181,10 +181,10 @@ class HotLease:
         if self._rma is not None:
             body = P.RMA_BINARY + parts[0] if len(parts) == 1 else [P.RMA_BINARY, *parts]  # small: one C call
             out = self._rma_call(body, timeout_s, view=True)
-            first = out[0] if type(out) is list else out
-            if first[:1] != P.RMA_BINARY:
-                return json.loads(b"".join(out) if type(out) is list else bytes(out))
-            return [first[1:], *out[1:]] if type(out) is list else out[1:]
+            segments = out if type(out) is list else [out]
+            if segments[0][:1] != P.RMA_BINARY:
+                return json.loads(b"".join(segments))
+            return [segments[0][1:], *segments[1:]] if type(out) is list else out[1:]
         return _value(self._wait_reply(self._send(None, b"".join(parts)), timeout_s))
 
     def call_json(self, payload_json: str, timeout_s: Optional[float] = None) -> str:

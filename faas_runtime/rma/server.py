@@ -156,8 +156,6 @@ class RmaExecutor:
     def _sync_slot(self, slot: int) -> None:
         """Mirror a lease into the C slot table (only this executor's serving thread calls it;
         only the C loop reads it)."""
-        if self._native is None:
-            return
         c = self._cslots[slot]
         lease = self._leases.get(slot)
         if lease is None:
