@@ -78,8 +78,17 @@ def read_header(data: bytes) -> tuple[tuple[int, int], int, memoryview]:
 
 _MINE = tuple(sys.version_info[:2])
 # Magic, format and this Python's major version: bytes that begin so need no version check
-# beyond the flags (the fast paths of decode_result and call_parts).
+# beyond the flags (``_plain_flags``).
 _SAME_MAJOR = MAGIC + bytes([FORMAT, sys.version_info[0]])
+
+
+def _plain_flags(data: Any) -> Optional[int]:
+    """The flags of one contiguous call or result that a Python of this major version wrote
+    (no version check is then due but the flags' own), else None: the short paths of
+    :func:`decode_result` and :func:`call_parts` (the hot call's case)."""
+    if type(data) is list or len(data) < _HEADER.size or data[:6] != _SAME_MAJOR:
+        return None
+    return data[7]
 
 
 def check_version(writer: tuple[int, int], by_value: bool, here: str) -> None:
@@ -226,7 +235,8 @@ def require_cloudpickle():
 def decode_result(data: Any, owned: bool = False) -> Any:
     """The value a call returned: its result bytes (``owned``: writable memory the value
     may keep), or their segments (a list, see :func:`_unpack`)."""
-    if type(data) is bytes and data[:6] == _SAME_MAJOR and len(data) >= 8 and not data[7] & OUT_OF_BAND:
+    flags = _plain_flags(data)
+    if flags is not None and not flags & OUT_OF_BAND:
         return pickle.loads(memoryview(data)[_HEADER.size:])  # one pickle: the small call's case, in short
     writer, flags, body = _read_segments(data)
     check_version(writer, False, "this client")
@@ -312,8 +322,8 @@ def call_parts(data: Any) -> Any:
     passes a view of its receive buffer, no copy) or on its segments (a list: a gathered
     receive, whose fresh segments the arguments keep, see :func:`_unpack`), the result as
     parts (:func:`encode_value_parts`), or a JSON document when the call asks for one."""
-    if type(data) is not list and len(data) >= 8 and data[:6] == _SAME_MAJOR and data[7] == 0:
-        fn, args, kwargs = pickle.loads(data[_HEADER.size:])  # by reference, in band: in short
+    if _plain_flags(data) == 0:
+        fn, args, kwargs = pickle.loads(memoryview(data)[_HEADER.size:])  # by reference, in band: in short
         return encode_value_parts(fn(*args, **kwargs))
     writer, flags, body = _read_segments(data)
     by_value = bool(flags & BY_VALUE)
